@@ -1,0 +1,206 @@
+"""The money: FOCUS cost lines and rollups, budgets and alerts, channels, anomalies, recommendations."""
+
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from finops import crypto
+from providers_app.models import CloudAccount, Resource
+
+from providers_app import focus_schema as focus
+
+MONEY = {"max_digits": 38, "decimal_places": 15}
+
+
+def _focus_field(column: focus.Column) -> models.Field:
+    null = not column.required
+    if column.type == focus.DECIMAL:
+        return models.DecimalField(db_column=column.field, null=null, blank=null, **MONEY)
+    if column.type == focus.DATETIME:
+        return models.DateTimeField(db_column=column.field, null=null, blank=null)
+    if column.type == focus.JSON:
+        return models.JSONField(db_column=column.field, null=null, blank=null)
+    return models.TextField(db_column=column.field, null=null, blank=null)
+
+
+class CostLineItem(models.Model):
+    """One FOCUS 1.2 row. The 57 FOCUS columns are added from `costs_app.focus.COLUMNS` below."""
+
+    account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="cost_lines")
+    # Where the row came from, for audit and for "which file had this": file name and 1-based row.
+    source_file = models.TextField(blank=True, default="")
+    source_row = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["account", "billing_period_start"], name="costline_acct_period_idx"),
+            models.Index(fields=["account", "charge_period_start"], name="costline_acct_charge_idx"),
+            models.Index(fields=["account", "resource_id"], name="costline_acct_resource_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service_name} {self.billed_cost} {self.billing_currency}"
+
+
+for _column in focus.COLUMNS:
+    CostLineItem.add_to_class(_column.field, _focus_field(_column))
+
+
+class CostDailyRollup(models.Model):
+    """Cost per account × day × service × sub-account × region × currency, rebuilt on every import."""
+
+    account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="daily_costs")
+    day = models.DateField()
+    billing_period_start = models.DateTimeField()
+    service_name = models.TextField(default="", blank=True)
+    service_category = models.TextField(default="", blank=True)
+    sub_account_id = models.TextField(default="", blank=True)
+    region_id = models.TextField(default="", blank=True)
+    billing_currency = models.CharField(max_length=3)
+    billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    effective_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    list_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    line_count = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "day", "service_name", "sub_account_id", "region_id", "billing_currency"],
+                name="rollup_dims_uniq",
+            )
+        ]
+        indexes = [models.Index(fields=["day"]), models.Index(fields=["account", "billing_period_start"])]
+
+
+class ChannelKind(models.TextChoices):
+    EMAIL = "email", "Email"
+    SLACK = "slack", "Slack incoming webhook"
+    WEBHOOK = "webhook", "Generic webhook"
+
+
+class NotificationChannel(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=16, choices=ChannelKind.choices)
+    # Email addresses (comma-separated) or the webhook URL; encrypted because webhook URLs are secrets.
+    target_ciphertext = models.TextField(editable=False)
+    target_hint = models.CharField(max_length=64, blank=True, editable=False)
+    is_active = models.BooleanField(default=True)
+    notify_task_failures = models.BooleanField(
+        default=False, help_text="Also send alerts when a task fails after its last retry."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    def set_target(self, target: str) -> None:
+        self.target_ciphertext = crypto.encrypt(target)
+        self.target_hint = target if self.kind == ChannelKind.EMAIL else crypto.mask(target)
+
+    def get_target(self) -> str:
+        return crypto.decrypt(self.target_ciphertext)
+
+
+class BudgetPeriod(models.TextChoices):
+    MONTHLY = "monthly", "Monthly"
+    QUARTERLY = "quarterly", "Quarterly"
+    ANNUAL = "annual", "Annual"
+
+
+def default_thresholds() -> list:
+    return [50, 80, 100]
+
+
+class Budget(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    # Scope: one account, or all accounts when empty; optional service filter.
+    account = models.ForeignKey(CloudAccount, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets")
+    service_name = models.CharField(max_length=200, blank=True)
+    amount = models.DecimalField(max_digits=20, decimal_places=2, validators=[MinValueValidator(Decimal("0.01"))])
+    currency = models.CharField(max_length=3, default="USD")
+    period = models.CharField(max_length=16, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTHLY)
+    thresholds = models.JSONField(default=default_thresholds, help_text="Percentages of the amount, e.g. [50, 80, 100].")
+    channels = models.ManyToManyField(NotificationChannel, blank=True, related_name="budgets")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.amount} {self.currency}/{self.period}"
+
+
+class BudgetAlert(models.Model):
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateField()
+    threshold = models.DecimalField(max_digits=7, decimal_places=2)
+    spend = models.DecimalField(**MONEY)
+    percentage = models.DecimalField(max_digits=12, decimal_places=2)
+    created_at = models.DateTimeField(default=timezone.now)
+    notified_at = models.DateTimeField(null=True, blank=True)
+    notification_errors = models.JSONField(default=list, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "period_start", "threshold"], name="budget_alert_once")
+        ]
+        ordering = ["-created_at"]
+
+
+class AnomalyStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+    RESOLVED = "resolved", "Resolved"
+    FALSE_POSITIVE = "false_positive", "False positive"
+
+
+class Anomaly(models.Model):
+    account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="anomalies")
+    service_name = models.TextField(blank=True, default="", help_text="Empty for the account-level series.")
+    day = models.DateField()
+    currency = models.CharField(max_length=3)
+    expected = models.DecimalField(**MONEY)
+    actual = models.DecimalField(**MONEY)
+    impact = models.DecimalField(**MONEY)
+    impact_percent = models.DecimalField(max_digits=12, decimal_places=2, null=True)
+    score = models.FloatField()
+    root_causes = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=16, choices=AnomalyStatus.choices, default=AnomalyStatus.OPEN)
+    detected_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "service_name", "day"], name="anomaly_series_day_uniq")
+        ]
+        ordering = ["-day"]
+
+
+class RecommendationStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    DISMISSED = "dismissed", "Dismissed"
+    DONE = "done", "Done"
+    CLOSED = "closed", "Closed (no longer applies)"
+
+
+class Recommendation(models.Model):
+    account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="recommendations")
+    rule = models.CharField(max_length=100)
+    # The provider's resource id (natural key); `resource` links the inventory row when there is one.
+    provider_resource_id = models.TextField()
+    resource = models.ForeignKey(Resource, null=True, blank=True, on_delete=models.SET_NULL)
+    title = models.CharField(max_length=300)
+    details = models.JSONField(default=dict, blank=True)
+    estimated_monthly_saving = models.DecimalField(**MONEY)
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=RecommendationStatus.choices, default=RecommendationStatus.OPEN)
+    status_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "account", "provider_resource_id"], name="recommendation_rule_resource_uniq")
+        ]
+        ordering = ["-estimated_monthly_saving"]

@@ -1,0 +1,205 @@
+"""Django settings: every knob is read from the environment (django-environ), with dev defaults."""
+
+from pathlib import Path
+
+import environ
+from kombu import Queue
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+# The dev default is only usable with DEBUG on; production must set SECRET_KEY.
+SECRET_KEY = env("SECRET_KEY", default="dev-insecure-secret-key-change-me" if DEBUG else environ.Env.NOTSET)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_celery_beat",
+    "django_celery_results",
+    "providers_app",
+    "costs_app",
+    "tasks_app",
+]
+
+MIDDLEWARE = [
+    "finops.correlation.CorrelationIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "finops.urls"
+WSGI_APPLICATION = "finops.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: PostgreSQL only (COPY, ON CONFLICT, advisory semantics are relied upon) ---
+DATABASES = {"default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/finops")}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"].setdefault("TEST", {})
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Security: credentials encryption and API tokens ---
+# Comma-separated; the first key encrypts, all keys decrypt (rotate with `manage.py rotate_credentials`).
+ENCRYPTION_KEY = env("ENCRYPTION_KEY", default="dev-only-encryption-key-32-chars" if DEBUG else environ.Env.NOTSET)
+JWT_SECRET_KEY = env("JWT_SECRET_KEY", default=SECRET_KEY)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": None,
+}
+SIMPLE_JWT = {
+    "SIGNING_KEY": JWT_SECRET_KEY,
+    "ALGORITHM": "HS256",
+    "AUTH_HEADER_TYPES": ("Bearer",),
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "FinOps task system API",
+    "DESCRIPTION": "Trigger, watch and cancel the FinOps background tasks.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Celery (settings namespace CELERY_) ---
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default="redis://127.0.0.1:6379/1")
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_COMPRESSION = "gzip"
+CELERY_RESULT_COMPRESSION = "gzip"
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=1)
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("TASK_SOFT_TIME_LIMIT", default=25 * 60)
+CELERY_TASK_TIME_LIMIT = env.int("TASK_TIME_LIMIT", default=30 * 60)
+CELERY_TASK_TRACK_STARTED = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # our JSON logging applies to workers too
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
+CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=7 * 24 * 3600)
+CELERY_RESULT_EXTENDED = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_POOL_LIMIT = env.int("CELERY_BROKER_POOL_LIMIT", default=10)
+# Longer than the hard time limit, or Redis would redeliver a task that is still running.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=CELERY_TASK_TIME_LIMIT + 30 * 60),
+}
+CELERY_BEAT_SCHEDULER = "tasks_app.beat:FinOpsScheduler"
+CELERY_TASK_DEFAULT_QUEUE = "default"
+TASK_QUEUES = ("default", "cost_sync", "resource_discovery", "monitoring", "analysis", "maintenance")
+CELERY_TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in TASK_QUEUES)
+CELERY_TASK_ROUTES = {
+    "sync_provider_cost_data": {"queue": "cost_sync"},
+    "discover_provider_resources": {"queue": "resource_discovery"},
+    "monitor_budget": {"queue": "monitoring"},
+    "analyze_optimization_opportunities": {"queue": "analysis"},
+    "detect_cost_anomalies": {"queue": "analysis"},
+    "cleanup_old_data": {"queue": "maintenance"},
+}
+
+# --- Task platform behaviour ---
+# Retries: TASK_MAX_RETRIES attempts after the first, countdown = base * 2**n (60, 120, 240 s).
+TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=3)
+TASK_RETRY_BACKOFF_BASE = env.float("TASK_RETRY_BACKOFF_BASE", default=60.0)
+# A run still QUEUED this long after enqueue, or STARTED longer than the hard limit plus this grace,
+# is considered lost by the reconciler and enqueued again.
+TASK_QUEUED_LEASE = env.int("TASK_QUEUED_LEASE", default=2 * 3600)
+TASK_LEASE_GRACE = env.int("TASK_LEASE_GRACE", default=60)
+TASK_RECONCILE_INTERVAL = env.int("TASK_RECONCILE_INTERVAL", default=60)
+BEAT_HEARTBEAT_MAX_AGE = env.int("BEAT_HEARTBEAT_MAX_AGE", default=120)
+
+# --- Retention (days) for cleanup_old_data ---
+RETENTION_DAYS = {
+    "cost_lines": env.int("RETENTION_COST_LINES_DAYS", default=3 * 365),
+    "task_runs": env.int("RETENTION_TASK_RUNS_DAYS", default=90),
+    "task_results": env.int("RETENTION_TASK_RESULTS_DAYS", default=30),
+    "resolved_alerts": env.int("RETENTION_RESOLVED_ALERTS_DAYS", default=365),
+}
+RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=5000)
+
+# --- Alerting ---
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="finops@localhost")
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+NOTIFICATION_TIMEOUT = env.float("NOTIFICATION_TIMEOUT", default=10.0)
+
+# --- Analysis ---
+ANOMALY_BASELINE_DAYS = env.int("ANOMALY_BASELINE_DAYS", default=28)
+ANOMALY_MIN_IMPACT = env.float("ANOMALY_MIN_IMPACT", default=10.0)
+ANOMALY_MIN_IMPACT_PERCENT = env.float("ANOMALY_MIN_IMPACT_PERCENT", default=20.0)
+OPTIMIZATION_STALE_RESOURCE_DAYS = env.int("OPTIMIZATION_STALE_RESOURCE_DAYS", default=7)
+
+# --- Logging: JSON lines on stdout, each carrying the correlation id ---
+LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "finops.logging.ContextFilter"}},
+    "formatters": {
+        "json": {
+            "()": "finops.logging.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "celery": {"level": LOG_LEVEL},
+    },
+}

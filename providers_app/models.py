@@ -1,0 +1,86 @@
+"""The clouds: accounts, their encrypted credentials, and the resource inventory."""
+
+import json
+
+from django.db import models
+from django.utils import timezone
+
+from finops import crypto
+
+
+class Provider(models.TextChoices):
+    AWS = "aws", "AWS"
+    AZURE = "azure", "Azure"
+    GCP = "gcp", "GCP"
+    FOCUS = "focus", "FOCUS files"
+
+
+class CloudAccount(models.Model):
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    name = models.CharField(max_length=200, unique=True)
+    external_id = models.CharField(
+        max_length=200, blank=True, help_text="The provider's id: AWS account, Azure subscription, GCP billing account."
+    )
+    is_active = models.BooleanField(default=True)
+    # Connector settings, e.g. {"path": "/data/exports"} for focus, {"bucket": ..., "prefix": ...} for AWS.
+    settings = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.provider})"
+
+
+class Credential(models.Model):
+    """A secret (JSON document) for one account, Fernet-encrypted; only a masked hint is ever shown."""
+
+    account = models.OneToOneField(CloudAccount, on_delete=models.CASCADE, related_name="credential")
+    kind = models.CharField(max_length=50, blank=True, help_text="e.g. access_key, assume_role, service_principal")
+    ciphertext = models.TextField(editable=False)
+    hint = models.CharField(max_length=32, blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"credential for {self.account.name} {self.hint}"
+
+    def __repr__(self) -> str:  # never leak the ciphertext in tracebacks either
+        return f"<Credential account={self.account_id} hint={self.hint!r}>"
+
+    def set_secret(self, secret: dict | str) -> None:
+        text = secret if isinstance(secret, str) else json.dumps(secret, sort_keys=True)
+        self.ciphertext = crypto.encrypt(text)
+        self.hint = crypto.mask(text.strip().rstrip("}").rstrip('"'))
+
+    def get_secret(self) -> dict | str:
+        text = crypto.decrypt(self.ciphertext)
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+
+class Resource(models.Model):
+    account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="resources")
+    resource_id = models.CharField(max_length=1024)
+    resource_type = models.CharField(max_length=200, blank=True)
+    service_name = models.CharField(max_length=200, blank=True)
+    region = models.CharField(max_length=100, blank=True)
+    name = models.CharField(max_length=500, blank=True)
+    state = models.CharField(max_length=50, blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now)
+    is_terminated = models.BooleanField(default=False)
+    terminated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "resource_id"], name="resource_account_rid_uniq")]
+        indexes = [models.Index(fields=["account", "is_terminated"]), models.Index(fields=["last_seen"])]
+
+    def __str__(self) -> str:
+        return self.name or self.resource_id

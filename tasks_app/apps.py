@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class TasksAppConfig(AppConfig):
+    name = "tasks_app"
+    verbose_name = "Tasks"
+
+    def ready(self) -> None:
+        from . import platform, tasks  # noqa: F401  (registers the tasks, connects the publish signal)

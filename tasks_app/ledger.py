@@ -1,0 +1,188 @@
+"""The TaskRun ledger's hot path: one statement to record an enqueue, a claim, a finish.
+
+These run for every task execution, so they are single SQL statements (no ORM round trips),
+and the claim is the guard that makes delivery at-least-once but execution once: a message
+whose run is already finished, cancelled or held by a live worker is dropped.
+"""
+
+import json
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from .models import RunState, TaskRun, TriggerKind
+
+HOSTNAME = socket.gethostname()
+
+_CLAIM_SQL = """
+INSERT INTO tasks_app_taskrun AS r (
+    id, task_name, celery_task_id, queue, args, kwargs, triggered_by, trigger_detail, correlation_id,
+    state, enqueued_at, started_at, worker, retries, redeliveries, lease_expires_at, error, error_type
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'STARTED', %s, %s, %s, %s, 0, %s, '', '')
+ON CONFLICT (celery_task_id) DO UPDATE SET
+    state = 'STARTED', started_at = EXCLUDED.started_at, worker = EXCLUDED.worker,
+    retries = GREATEST(r.retries, EXCLUDED.retries), lease_expires_at = EXCLUDED.lease_expires_at,
+    finished_at = NULL
+WHERE r.state IN ('QUEUED', 'RETRY') OR (r.state = 'STARTED' AND r.lease_expires_at < EXCLUDED.started_at)
+RETURNING r.id
+"""
+
+
+def worker_name(hostname: str | None = None) -> str:
+    return f"{hostname or HOSTNAME}/{os.getpid()}"
+
+
+def lease_end(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + settings.TASK_LEASE_GRACE)
+
+
+def claim(
+    *,
+    celery_task_id: str,
+    task_name: str,
+    queue: str,
+    args: list,
+    kwargs: dict,
+    correlation_id: str,
+    retries: int,
+    hostname: str | None,
+    now: datetime,
+) -> uuid.UUID | None:
+    """Mark the run STARTED if it may start; None means: do not execute this delivery."""
+    params = [
+        uuid.uuid4(),
+        task_name,
+        celery_task_id,
+        queue,
+        json.dumps(args),
+        json.dumps(kwargs),
+        TriggerKind.OTHER,
+        "",
+        correlation_id or "",
+        now,
+        now,
+        worker_name(hostname),
+        retries,
+        lease_end(now),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, params)
+        row = cursor.fetchone()
+    if row:
+        return row[0]
+    return _reclaim_from_dead_local_process(celery_task_id=celery_task_id, hostname=hostname, now=now)
+
+
+def _reclaim_from_dead_local_process(*, celery_task_id: str, hostname: str | None, now: datetime) -> uuid.UUID | None:
+    """A run held by a process of this host that no longer exists (killed child) may be taken over now."""
+    holder = TaskRun.objects.filter(celery_task_id=celery_task_id, state=RunState.STARTED).values_list(
+        "worker", flat=True
+    )
+    holder = next(iter(holder), None)
+    if not holder or "/" not in holder:
+        return None
+    host, _, pid = holder.rpartition("/")
+    if host != (hostname or HOSTNAME) or not pid.isdigit() or _pid_alive(int(pid)):
+        return None
+    updated = TaskRun.objects.filter(celery_task_id=celery_task_id, state=RunState.STARTED, worker=holder).update(
+        started_at=now, worker=worker_name(hostname), lease_expires_at=lease_end(now), redeliveries=_plus_one()
+    )
+    if not updated:
+        return None
+    return TaskRun.objects.only("id").get(celery_task_id=celery_task_id).id
+
+
+def _plus_one():
+    from django.db.models import F
+
+    return F("redeliveries") + 1
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def finish(*, run_id: uuid.UUID, state: str, now: datetime, result=None, error: str = "", error_type: str = "") -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE tasks_app_taskrun SET state = %s, finished_at = %s, result = %s, error = %s, error_type = %s,"
+            " lease_expires_at = NULL,"
+            " duration_ms = (EXTRACT(EPOCH FROM (%s - started_at)) * 1000)::integer"
+            " WHERE id = %s AND state = 'STARTED'",
+            [state, now, json.dumps(result) if result is not None else None, error, error_type, now, run_id],
+        )
+
+
+def mark_retry(*, run_id: uuid.UUID, retries: int, error: str, error_type: str) -> None:
+    TaskRun.objects.filter(id=run_id, state=RunState.STARTED).update(
+        state=RunState.RETRY, retries=retries, error=error, error_type=error_type, lease_expires_at=None
+    )
+
+
+def record_enqueue(
+    *,
+    task_name: str,
+    celery_task_id: str,
+    queue: str,
+    args: list,
+    kwargs: dict,
+    triggered_by: str,
+    trigger_detail: str = "",
+    user_id: int | None = None,
+    parent_id: uuid.UUID | None = None,
+    correlation_id: str = "",
+) -> TaskRun:
+    return TaskRun.objects.create(
+        task_name=task_name,
+        celery_task_id=celery_task_id,
+        queue=queue,
+        args=list(args or []),
+        kwargs=dict(kwargs or {}),
+        triggered_by=triggered_by,
+        trigger_detail=trigger_detail[:255],
+        user_id=user_id,
+        parent_id=parent_id,
+        correlation_id=correlation_id or "",
+        state=RunState.QUEUED,
+        enqueued_at=timezone.now(),
+    )
+
+
+def record_enqueue_if_absent(
+    *,
+    task_name: str,
+    celery_task_id: str,
+    queue: str,
+    args: list,
+    kwargs: dict,
+    triggered_by: str,
+    trigger_detail: str = "",
+    parent_id: uuid.UUID | None = None,
+    correlation_id: str = "",
+) -> None:
+    """For publishes that did not go through task_enqueue (beat, a child's .delay()): one INSERT, no clash."""
+    run = TaskRun(
+        task_name=task_name,
+        celery_task_id=celery_task_id,
+        queue=queue,
+        args=list(args or []),
+        kwargs=dict(kwargs or {}),
+        triggered_by=triggered_by,
+        trigger_detail=trigger_detail[:255],
+        parent_id=parent_id,
+        correlation_id=correlation_id or "",
+        state=RunState.QUEUED,
+        enqueued_at=timezone.now(),
+    )
+    TaskRun.objects.bulk_create([run], ignore_conflicts=True)

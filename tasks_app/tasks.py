@@ -1,0 +1,101 @@
+"""The seed's six tasks and the platform's own. Thin: ids in, one service call, counts out."""
+
+from celery import shared_task
+from django.utils import timezone
+
+from costs_app.services import anomalies, budgets, ingest, inventory, optimization
+from providers_app.models import CloudAccount
+
+from finops import correlation
+
+from .models import TriggerKind
+from .platform import FinOpsTask
+from .services import retention, runs
+
+
+def _fan_out(task: FinOpsTask, **kwargs) -> dict:
+    """No account given: one child run per active account, each with its own lock, retries and ledger row."""
+    parent_run = getattr(task.request, "run_id", None)
+    children = [
+        runs.task_enqueue(
+            task_name=task.name,
+            kwargs={**kwargs, "account_id": account_id},
+            triggered_by=TriggerKind.PARENT,
+            trigger_detail=task.request.id or "",
+            parent_id=parent_run,
+        ).celery_task_id
+        for account_id in CloudAccount.objects.filter(is_active=True).values_list("id", flat=True)
+    ]
+    return {"accounts": len(children), "children": children}
+
+
+@shared_task(name="sync_provider_cost_data", base=FinOpsTask, bind=True, lock_on="account_id")
+def sync_provider_cost_data(self, account_id: int | None = None, billing_period: str | None = None) -> dict:
+    if account_id is None:
+        return _fan_out(self, billing_period=billing_period)
+    return ingest.account_cost_sync(account_id=account_id, billing_period=billing_period).as_dict()
+
+
+@shared_task(name="discover_provider_resources", base=FinOpsTask, bind=True, lock_on="account_id")
+def discover_provider_resources(self, account_id: int | None = None) -> dict:
+    if account_id is None:
+        return _fan_out(self)
+    return inventory.account_resources_discover(account_id=account_id, now=timezone.now()).as_dict()
+
+
+@shared_task(name="monitor_budget", base=FinOpsTask, bind=True, lock_on="account_id")
+def monitor_budget(self, account_id: int | None = None, budget_id: int | None = None) -> dict:
+    return budgets.budgets_check(account_id=account_id, budget_id=budget_id, now=timezone.now()).as_dict()
+
+
+@shared_task(name="analyze_optimization_opportunities", base=FinOpsTask, bind=True, lock_on="account_id")
+def analyze_optimization_opportunities(self, account_id: int | None = None) -> dict:
+    return optimization.recommendations_refresh(account_id=account_id, now=timezone.now()).as_dict()
+
+
+@shared_task(name="detect_cost_anomalies", base=FinOpsTask, bind=True, lock_on="account_id")
+def detect_cost_anomalies(self, account_id: int | None = None) -> dict:
+    return anomalies.anomalies_detect(account_id=account_id, now=timezone.now()).as_dict()
+
+
+@shared_task(name="cleanup_old_data", base=FinOpsTask, bind=True)
+def cleanup_old_data(self, dry_run: bool = False) -> dict:
+    return retention.old_data_cleanup(now=timezone.now(), dry_run=dry_run).as_dict()
+
+
+@shared_task(name="platform_noop", base=FinOpsTask, bind=True)
+def platform_noop(self, value: int = 0) -> int:
+    """Does nothing but pass through the full platform path: for benchmarks and smoke checks."""
+    return value
+
+
+@shared_task(name="platform_probe", base=FinOpsTask, bind=True)
+def platform_probe(self, fail_transient: int = 0, fail_permanent: bool = False, sleep: float = 0.0) -> dict:
+    """A task whose failure and duration are controlled by its arguments, for drills and integration tests.
+
+    fail_transient=N fails transiently on the first N attempts; sleep holds the worker that long.
+    """
+    import time
+
+    from finops.errors import PermanentError, TransientError
+
+    if sleep:
+        time.sleep(sleep)
+    if fail_permanent:
+        raise PermanentError("probe asked to fail permanently")
+    if self.request.retries < fail_transient:
+        raise TransientError(f"probe transient failure on attempt {self.request.retries + 1}")
+    return {"attempts": self.request.retries + 1, "correlation_id": correlation.get()}
+
+
+# Not FinOps tasks: frequent housekeeping that would only flood the audit trail.
+@shared_task(name="reconcile_task_runs", ignore_result=True)
+def reconcile_task_runs() -> dict:
+    return runs.runs_reconcile(now=timezone.now(), workers=runs.live_workers()).as_dict()
+
+
+@shared_task(name="bare_noop")
+def bare_noop(value: int = 0) -> int:
+    """A plain Celery task, the benchmark's baseline."""
+    return value
+
