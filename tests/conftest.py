@@ -36,3 +36,23 @@ def operator_client(trigger_user):
     client = APIClient()
     client.force_authenticate(trigger_user)
     return client
+
+
+@pytest.fixture
+def celery_worker_proc(transactional_db, tmp_path):
+    """A real worker on every queue, using the test database and the test Redis databases."""
+    from tests.celery_procs import flush_broker, start_worker
+
+    flush_broker()
+    worker = start_worker(tmp_path)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def celery_beat_proc(transactional_db, tmp_path):
+    from tests.celery_procs import start_beat
+
+    beat = start_beat(tmp_path)
+    yield beat
+    beat.stop()
