@@ -124,9 +124,11 @@ def finish(*, run_id: uuid.UUID, state: str, now: datetime, result=None, error: 
         )
 
 
-def mark_retry(*, run_id: uuid.UUID, retries: int, error: str, error_type: str) -> None:
+def mark_retry(*, run_id: uuid.UUID, retries: int, error: str, error_type: str, countdown: float) -> None:
+    """The lease covers the countdown plus the queued lease: past it, the reconciler treats the retry as lost."""
+    lease = timezone.now() + timedelta(seconds=countdown + settings.TASK_QUEUED_LEASE)
     TaskRun.objects.filter(id=run_id, state=RunState.STARTED).update(
-        state=RunState.RETRY, retries=retries, error=error, error_type=error_type, lease_expires_at=None
+        state=RunState.RETRY, retries=retries, error=error, error_type=error_type, lease_expires_at=lease
     )
 
 

@@ -111,7 +111,9 @@ class FinOpsTask(Task):
                 now=now,
             )
             if run_id is None:
-                logger.info("dropping delivery of %s %s: run already finished, cancelled or held", self.name, request.id)
+                logger.info(
+                    "dropping delivery of %s %s: run already finished, cancelled or held", self.name, request.id
+                )
                 return {"skipped": "duplicate delivery"}
             request.run_id = str(run_id)
             return self._execute(run_id, args, kwargs)
@@ -127,9 +129,15 @@ class FinOpsTask(Task):
             if request.retries < settings.TASK_MAX_RETRIES:
                 countdown = settings.TASK_RETRY_BACKOFF_BASE * (2**request.retries)
                 ledger.mark_retry(
-                    run_id=run_id, retries=request.retries + 1, error=str(exc), error_type=type(exc).__name__
+                    run_id=run_id,
+                    retries=request.retries + 1,
+                    error=str(exc),
+                    error_type=type(exc).__name__,
+                    countdown=countdown,
                 )
-                logger.warning("%s: transient error, retry %d in %ss: %s", self.name, request.retries + 1, countdown, exc)
+                logger.warning(
+                    "%s: transient error, retry %d in %ss: %s", self.name, request.retries + 1, countdown, exc
+                )
                 raise self.retry(
                     exc=exc,
                     countdown=countdown,

@@ -4,9 +4,8 @@ from celery import shared_task
 from django.utils import timezone
 
 from costs_app.services import anomalies, budgets, ingest, inventory, optimization
-from providers_app.models import CloudAccount
-
 from finops import correlation
+from providers_app.models import CloudAccount
 
 from .models import TriggerKind
 from .platform import FinOpsTask
@@ -98,4 +97,3 @@ def reconcile_task_runs() -> dict:
 def bare_noop(value: int = 0) -> int:
     """A plain Celery task, the benchmark's baseline."""
     return value
-

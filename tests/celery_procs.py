@@ -112,14 +112,32 @@ class CeleryProcess:
         self._log.close()
 
 
-def start_worker(log_dir: Path, *, hostname: str | None = None, queues: str = ALL_QUEUES, concurrency: int = 2,
-                 env: dict | None = None, extra: list[str] | None = None) -> CeleryProcess:
+def start_worker(
+    log_dir: Path,
+    *,
+    hostname: str | None = None,
+    queues: str = ALL_QUEUES,
+    concurrency: int = 2,
+    env: dict | None = None,
+    extra: list[str] | None = None,
+) -> CeleryProcess:
     hostname = hostname or f"test-{uuid.uuid4().hex[:6]}@%h"
     worker = CeleryProcess(
         "worker",
         log_dir,
-        ["-Q", queues, "-c", str(concurrency), "--hostname", hostname, "-l", "INFO", "--without-mingle",
-         "--without-gossip", *(extra or [])],
+        [
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency),
+            "--hostname",
+            hostname,
+            "-l",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+            *(extra or []),
+        ],
         env or child_env(),
     )
     worker.wait_ready("ready.")
@@ -127,7 +145,11 @@ def start_worker(log_dir: Path, *, hostname: str | None = None, queues: str = AL
 
 
 def start_beat(log_dir: Path, *, env: dict | None = None) -> CeleryProcess:
-    beat = CeleryProcess("beat", log_dir, ["-l", "INFO", "--pidfile", str(log_dir / f"beat-{uuid.uuid4().hex[:6]}.pid")],
-                         env or child_env())
+    beat = CeleryProcess(
+        "beat",
+        log_dir,
+        ["-l", "INFO", "--pidfile", str(log_dir / f"beat-{uuid.uuid4().hex[:6]}.pid")],
+        env or child_env(),
+    )
     beat.wait_ready("beat: Starting")
     return beat

@@ -177,7 +177,8 @@ def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> Reconci
     """Re-enqueue runs that were accepted but will never finish: the ledger, not the broker, is the truth.
 
     Lost: STARTED past its lease (hard limit + grace) or on a worker that no longer answers;
-    QUEUED for longer than TASK_QUEUED_LEASE (message lost before a worker got it).
+    QUEUED for longer than TASK_QUEUED_LEASE (message lost before a worker got it), or waiting
+    to retry well past its countdown.
     A run that hit the hard time limit, or was lost too often, fails for good instead.
     """
     result = ReconcileResult()
@@ -194,6 +195,7 @@ def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> Reconci
             state=RunState.QUEUED, enqueued_at__lt=now - timedelta(seconds=settings.TASK_QUEUED_LEASE)
         )
     )
+    lost += list(TaskRun.objects.filter(state=RunState.RETRY, lease_expires_at__lt=now))
     for run in lost:
         outcome = _requeue_or_fail(run, now=now)
         if outcome:
@@ -202,7 +204,7 @@ def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> Reconci
 
 
 def _requeue_or_fail(run: TaskRun, *, now: datetime) -> str | None:
-    """"requeued" or "failed"; None when another reconciler or a worker changed the run first."""
+    """ "requeued" or "failed"; None when another reconciler or a worker changed the run first."""
     timed_out = current_app.AsyncResult(run.celery_task_id).state == "FAILURE"
     if timed_out or run.redeliveries >= settings.TASK_MAX_RETRIES:
         why = "exceeded the hard time limit" if timed_out else f"lost {run.redeliveries + 1} times"
