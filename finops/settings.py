@@ -63,8 +63,17 @@ TEMPLATES = [
 
 # --- Database: PostgreSQL only (COPY, ON CONFLICT, advisory semantics are relied upon) ---
 DATABASES = {"default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/finops")}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=600)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# psycopg 3's connection pool (per process) by default; DB_POOL=false falls back to persistent connections.
+if env.bool("DB_POOL", default=True):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django requires 0 with a pool: connections go back to it
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
+        "timeout": env.int("DB_POOL_TIMEOUT", default=10),
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=600)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("TEST", {})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -80,6 +89,16 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Cache (Redis): short-lived answers such as worker statistics, so API polling does not hammer the broker ---
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env("CACHE_URL", default="redis://127.0.0.1:6379/2"),
+        "KEY_PREFIX": "finops",
+        "TIMEOUT": 300,
+    }
+}
 
 # --- Security: credentials encryption and API tokens ---
 # Comma-separated; the first key encrypts, all keys decrypt (rotate with `manage.py rotate_credentials`).
