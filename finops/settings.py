@@ -199,7 +199,16 @@ NOTIFICATION_TIMEOUT = env.float("NOTIFICATION_TIMEOUT", default=10.0)
 ANOMALY_BASELINE_DAYS = env.int("ANOMALY_BASELINE_DAYS", default=28)
 ANOMALY_MIN_IMPACT = env.float("ANOMALY_MIN_IMPACT", default=10.0)
 ANOMALY_MIN_IMPACT_PERCENT = env.float("ANOMALY_MIN_IMPACT_PERCENT", default=20.0)
+# Robust z-score (median/MAD) a day must pass to be an anomaly; days re-evaluated before the latest data day.
+ANOMALY_SCORE_THRESHOLD = env.float("ANOMALY_SCORE_THRESHOLD", default=3.5)
+ANOMALY_LOOKBACK_DAYS = env.int("ANOMALY_LOOKBACK_DAYS", default=3)
+# A series needs this many days of history before its first evaluated day, or it is not judged yet.
+ANOMALY_MIN_HISTORY_DAYS = env.int("ANOMALY_MIN_HISTORY_DAYS", default=7)
 OPTIMIZATION_STALE_RESOURCE_DAYS = env.int("OPTIMIZATION_STALE_RESOURCE_DAYS", default=7)
+OPTIMIZATION_LOOKBACK_DAYS = env.int("OPTIMIZATION_LOOKBACK_DAYS", default=30)
+OPTIMIZATION_MIN_MONTHLY_SAVING = env.float("OPTIMIZATION_MIN_MONTHLY_SAVING", default=1.0)
+# Typical 1-year no-upfront savings-plan discount on compute, used to estimate commitment savings.
+OPTIMIZATION_COMMITMENT_DISCOUNT_RATE = env.float("OPTIMIZATION_COMMITMENT_DISCOUNT_RATE", default=0.25)
 
 # --- Logging: JSON lines on stdout, each carrying the correlation id ---
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
