@@ -90,10 +90,19 @@ class NotificationChannel(models.Model):
     notify_task_failures = models.BooleanField(
         default=False, help_text="Also send alerts when a task fails after its last retry."
     )
+    # Generic webhooks: the HMAC key the receiver verifies X-FinOps-Signature with (encrypted).
+    # Empty means a key derived from SECRET_KEY and the channel name (see notifications.webhook_signing_key).
+    signing_secret_ciphertext = models.TextField(blank=True, default="", editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.kind})"
+
+    def set_signing_secret(self, secret: str) -> None:
+        self.signing_secret_ciphertext = crypto.encrypt(secret) if secret else ""
+
+    def get_signing_secret(self) -> str:
+        return crypto.decrypt(self.signing_secret_ciphertext) if self.signing_secret_ciphertext else ""
 
     def set_target(self, target: str) -> None:
         self.target_ciphertext = crypto.encrypt(target)

@@ -1,1 +1,123 @@
-"""(being written)"""
+"""Delivery of alerts to notification channels (email, Slack incoming webhook, signed generic webhook)."""
+
+import hashlib
+import hmac
+import http.client
+import json
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.core.serializers.json import DjangoJSONEncoder
+
+from costs_app.models import ChannelKind, NotificationChannel
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-FinOps-Signature"
+USER_AGENT = "finops-notifier/1.0"
+
+
+class NotificationError(Exception):
+    """A channel could not be reached or refused the message. The message never contains the target."""
+
+
+def webhook_signing_key(channel: NotificationChannel) -> bytes:
+    """The channel's own secret, or one derived from SECRET_KEY so every webhook is signed by default.
+
+    The derived key is stable per channel name; an operator can read it with this function
+    (e.g. in a shell) to configure the receiver, or set an explicit secret on the channel.
+    """
+    secret = channel.get_signing_secret()
+    if secret:
+        return secret.encode()
+    return hmac.new(settings.SECRET_KEY.encode(), f"finops-webhook:{channel.name}".encode(), hashlib.sha256).digest()
+
+
+def sign(body: bytes, key: bytes) -> str:
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def _post_json(*, channel: NotificationChannel, url: str, body: bytes, headers: dict[str, str]) -> None:
+    # Only http(s): urllib would happily open file:// or ftp:// URLs typed into the admin.
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise NotificationError(f"channel {channel.name!r}: the target is not an http(s) URL")
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
+    )
+    # Errors are re-raised without the URL (a webhook URL is a secret) and without chaining,
+    # so the original exception's text cannot leak it into logs either.
+    try:
+        with urllib.request.urlopen(request, timeout=settings.NOTIFICATION_TIMEOUT) as response:
+            response.read(1024)
+    except urllib.error.HTTPError as exc:
+        raise NotificationError(f"channel {channel.name!r}: HTTP {exc.code} from the receiver") from None
+    except urllib.error.URLError as exc:
+        raise NotificationError(f"channel {channel.name!r}: cannot reach the receiver ({exc.reason})") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise NotificationError(f"channel {channel.name!r}: {type(exc).__name__} talking to the receiver") from None
+    except ValueError:
+        raise NotificationError(f"channel {channel.name!r}: the target URL is malformed") from None
+
+
+def channel_send(*, channel: NotificationChannel, subject: str, text: str, payload: dict) -> None:
+    """Send one message to one channel; raises NotificationError (or the mail backend's error) on failure."""
+    target = channel.get_target()
+    if channel.kind == ChannelKind.EMAIL:
+        recipients = [address.strip() for address in target.split(",") if address.strip()]
+        if not recipients:
+            raise NotificationError(f"channel {channel.name!r}: no email address configured")
+        send_mail(subject, text, settings.DEFAULT_FROM_EMAIL, recipients, fail_silently=False)
+    elif channel.kind == ChannelKind.SLACK:
+        body = json.dumps({"text": f"*{subject}*\n{text}"}).encode()
+        _post_json(channel=channel, url=target, body=body, headers={})
+    elif channel.kind == ChannelKind.WEBHOOK:
+        body = json.dumps({"subject": subject, "text": text, **payload}, cls=DjangoJSONEncoder).encode()
+        _post_json(
+            channel=channel, url=target, body=body, headers={SIGNATURE_HEADER: sign(body, webhook_signing_key(channel))}
+        )
+    else:
+        raise NotificationError(f"channel {channel.name!r}: unknown kind {channel.kind!r}")
+
+
+def channels_notify(*, channels: Iterable[NotificationChannel], subject: str, text: str, payload: dict) -> list[str]:
+    """Send to every channel; a failing channel is reported and does not stop the others. Returns the errors."""
+    errors = []
+    for channel in channels:
+        try:
+            channel_send(channel=channel, subject=subject, text=text, payload=payload)
+        except Exception as exc:
+            # str(exc) of our own errors never holds the target; other errors (SMTP) name the server at most.
+            message = str(exc) if isinstance(exc, NotificationError) else f"channel {channel.name!r}: {exc}"
+            logger.warning("notification failed: %s", message)
+            errors.append(message)
+    return errors
+
+
+def task_failure_notify(*, task_name: str, celery_task_id: str, error: str, correlation_id: str) -> int:
+    """Alert every active channel that asked for task failures; returns how many channels got the message."""
+    channels = list(NotificationChannel.objects.filter(is_active=True, notify_task_failures=True))
+    if not channels:
+        return 0
+    first_line = (error or "unknown error").strip().splitlines()[0][:500]
+    subject = f"[FinOps] task {task_name} failed"
+    text = (
+        f"The task {task_name} failed after its last retry and is in the dead letters.\n"
+        f"Error: {first_line}\nCelery task id: {celery_task_id}\nCorrelation id: {correlation_id}"
+    )
+    payload = {
+        "event": "task_failed",
+        "task_name": task_name,
+        "celery_task_id": celery_task_id,
+        "correlation_id": correlation_id,
+        "error": first_line,
+    }
+    errors = channels_notify(channels=channels, subject=subject, text=text, payload=payload)
+    return len(channels) - len(errors)
