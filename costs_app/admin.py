@@ -1,0 +1,395 @@
+"""Admin for the money: budgets and their alerts, channels (write-only targets), anomalies, recommendations, costs."""
+
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+
+from django import forms
+from django.contrib import admin
+from django.core.validators import URLValidator, validate_email
+from django.db import transaction
+from django.utils import timezone
+
+from providers_app import focus_schema as focus
+from providers_app.admin import TRIGGER_PERMISSION, WriteOnlyField
+
+from .models import (
+    Anomaly,
+    AnomalyStatus,
+    Budget,
+    BudgetAlert,
+    ChannelKind,
+    CostDailyRollup,
+    CostLineItem,
+    NotificationChannel,
+    Recommendation,
+    RecommendationStatus,
+)
+
+
+class ReadOnlyAdminMixin:
+    """Rows written by imports and tasks: visible, never edited by hand."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+def fixed_values_filter(title: str, field: str, values) -> type[admin.SimpleListFilter]:
+    """A filter over a column's FOCUS allowed values, so the page never runs SELECT DISTINCT over cost lines."""
+
+    class FixedValuesFilter(admin.SimpleListFilter):
+        parameter_name = field
+
+        def lookups(self, request, model_admin):
+            return [(v, v) for v in sorted(values)]
+
+        def queryset(self, request, queryset):
+            return queryset.filter(**{field: self.value()}) if self.value() else queryset
+
+    FixedValuesFilter.title = title
+    return FixedValuesFilter
+
+
+# --- Notification channels ---
+
+
+class NotificationChannelForm(forms.ModelForm):
+    target = WriteOnlyField(
+        label="Target",
+        help_text="Email addresses (comma-separated) or the webhook URL. Stored encrypted, never shown again; "
+        "leave empty to keep the current target.",
+    )
+
+    class Meta:
+        model = NotificationChannel
+        fields = ("name", "kind", "target", "is_active", "notify_task_failures")
+
+    def clean(self):
+        cleaned = super().clean()
+        target = cleaned.get("target") or ""
+        kind = cleaned.get("kind")
+        if not target:
+            if not self.instance.target_ciphertext:
+                self.add_error("target", "a new channel needs a target")
+            elif kind and kind != self.instance.kind and self.instance.pk:
+                self.add_error("target", "changing the kind needs a new target")
+            return cleaned
+        try:
+            if kind == ChannelKind.EMAIL:
+                for address in (a.strip() for a in target.split(",")):
+                    validate_email(address)
+            elif kind in (ChannelKind.SLACK, ChannelKind.WEBHOOK):
+                URLValidator(schemes=["https", "http"])(target)
+        except forms.ValidationError:
+            # The message must not echo the secret back into the page.
+            self.add_error("target", "not a valid email list" if kind == ChannelKind.EMAIL else "not a valid URL")
+        return cleaned
+
+    def save(self, commit=True):
+        channel = super().save(commit=False)
+        target = self.cleaned_data.get("target")
+        if target:
+            channel.set_target(target)
+        if commit:
+            channel.save()
+            self.save_m2m()
+        return channel
+
+
+@admin.register(NotificationChannel)
+class NotificationChannelAdmin(admin.ModelAdmin):
+    form = NotificationChannelForm
+    list_display = ("name", "kind", "target_hint", "is_active", "notify_task_failures", "created_at")
+    list_filter = ("kind", "is_active", "notify_task_failures")
+    search_fields = ("name",)
+    fields = ("name", "kind", "target", "target_hint", "is_active", "notify_task_failures", "created_at")
+    readonly_fields = ("target_hint", "created_at")
+
+
+# --- Budgets and alerts ---
+
+
+class BudgetForm(forms.ModelForm):
+    class Meta:
+        model = Budget
+        fields = (
+            "name",
+            "account",
+            "service_name",
+            "amount",
+            "currency",
+            "period",
+            "thresholds",
+            "channels",
+            "is_active",
+        )
+
+    def clean_thresholds(self):
+        thresholds = self.cleaned_data["thresholds"]
+        if not isinstance(thresholds, list) or not thresholds:
+            raise forms.ValidationError("a list of percentages, e.g. [50, 80, 100]")
+        try:
+            values = [Decimal(str(t)) for t in thresholds]
+        except (InvalidOperation, TypeError, ValueError):
+            raise forms.ValidationError("every threshold must be a number") from None
+        if any(v <= 0 for v in values):
+            raise forms.ValidationError("thresholds are positive percentages")
+        return sorted(set(thresholds), key=Decimal)
+
+
+class BudgetAlertInline(admin.TabularInline):
+    model = BudgetAlert
+    fields = ("period_start", "threshold", "spend", "percentage", "created_at", "notified_at", "resolved_at")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-period_start", "-threshold")
+    show_change_link = True
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    form = BudgetForm
+    list_display = ("name", "account", "service_name", "amount", "currency", "period", "thresholds", "is_active")
+    list_filter = ("period", "is_active", "currency", "account")
+    search_fields = ("name", "service_name")
+    list_select_related = ("account",)
+    filter_horizontal = ("channels",)
+    readonly_fields = ("created_at",)
+    inlines = (BudgetAlertInline,)
+    actions = ("check_now",)
+
+    def has_trigger_permission(self, request) -> bool:
+        return request.user.has_perm(TRIGGER_PERMISSION)
+
+    @admin.action(description="Check selected budgets now", permissions=["trigger"])
+    def check_now(self, request, queryset):
+        from tasks_app.models import TriggerKind
+        from tasks_app.services.runs import task_enqueue
+
+        with transaction.atomic():
+            ids = [
+                task_enqueue(
+                    task_name="monitor_budget",
+                    kwargs={"budget_id": budget_id},
+                    triggered_by=TriggerKind.ADMIN,
+                    user=request.user,
+                ).celery_task_id
+                for budget_id in queryset.values_list("id", flat=True)
+            ]
+        self.message_user(request, f"Enqueued monitor_budget for {len(ids)} budget(s)")
+
+
+class NotifiedFilter(admin.SimpleListFilter):
+    title = "notified"
+    parameter_name = "notified"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Yes"), ("no", "No"))
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(notified_at__isnull=self.value() == "no")
+        return queryset
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("budget", "period_start", "threshold", "spend", "percentage", "created_at", "notified_at")
+    list_filter = (NotifiedFilter, "period_start", "budget")
+    list_select_related = ("budget",)
+    date_hierarchy = "period_start"
+
+
+# --- Anomalies and recommendations ---
+
+
+def _set_status(modeladmin, request, queryset, status: str, label: str) -> None:
+    # update() skips auto_now, so updated_at is set here.
+    count = queryset.update(status=status, updated_at=timezone.now())
+    modeladmin.message_user(request, f"{count} marked {label}")
+
+
+@admin.register(Anomaly)
+class AnomalyAdmin(admin.ModelAdmin):
+    list_display = (
+        "day",
+        "account",
+        "series",
+        "expected",
+        "actual",
+        "impact",
+        "impact_percent",
+        "score",
+        "status",
+        "detected_at",
+    )
+    list_filter = ("status", "day", "account", "currency")
+    search_fields = ("service_name",)
+    list_select_related = ("account",)
+    date_hierarchy = "day"
+    fields = (
+        "account",
+        "service_name",
+        "day",
+        "currency",
+        "expected",
+        "actual",
+        "impact",
+        "impact_percent",
+        "score",
+        "root_causes",
+        "status",
+        "detected_at",
+        "updated_at",
+    )
+    readonly_fields = tuple(f for f in fields if f != "status")
+    actions = ("acknowledge", "resolve", "false_positive")
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="series", ordering="service_name")
+    def series(self, obj):
+        return obj.service_name or "(whole account)"
+
+    @admin.action(description="Acknowledge", permissions=["change"])
+    def acknowledge(self, request, queryset):
+        _set_status(self, request, queryset, AnomalyStatus.ACKNOWLEDGED, "acknowledged")
+
+    @admin.action(description="Resolve", permissions=["change"])
+    def resolve(self, request, queryset):
+        _set_status(self, request, queryset, AnomalyStatus.RESOLVED, "resolved")
+
+    @admin.action(description="Mark as false positive", permissions=["change"])
+    def false_positive(self, request, queryset):
+        _set_status(self, request, queryset, AnomalyStatus.FALSE_POSITIVE, "false positive")
+
+
+@admin.register(Recommendation)
+class RecommendationAdmin(admin.ModelAdmin):
+    list_display = (
+        "title",
+        "account",
+        "rule",
+        "provider_resource_id",
+        "estimated_monthly_saving",
+        "currency",
+        "status",
+        "updated_at",
+    )
+    list_filter = ("status", "rule", "account", "currency")
+    search_fields = ("title", "provider_resource_id")
+    list_select_related = ("account",)
+    fields = (
+        "title",
+        "account",
+        "rule",
+        "provider_resource_id",
+        "resource",
+        "details",
+        "estimated_monthly_saving",
+        "currency",
+        "status",
+        "status_reason",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = tuple(f for f in fields if f not in ("status", "status_reason"))
+    actions = ("dismiss", "mark_done")
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Dismiss", permissions=["change"])
+    def dismiss(self, request, queryset):
+        _set_status(self, request, queryset, RecommendationStatus.DISMISSED, "dismissed")
+
+    @admin.action(description="Mark done", permissions=["change"])
+    def mark_done(self, request, queryset):
+        _set_status(self, request, queryset, RecommendationStatus.DONE, "done")
+
+
+# --- Cost data (read-only) ---
+
+
+class BillingPeriodFilter(admin.SimpleListFilter):
+    """Periods listed from the small rollup table, never from a DISTINCT over the cost lines."""
+
+    title = "billing period"
+    parameter_name = "period"
+
+    def lookups(self, request, model_admin):
+        starts = CostDailyRollup.objects.values_list("billing_period_start", flat=True).distinct()
+        return [(s.strftime("%Y-%m"), s.strftime("%Y-%m")) for s in sorted(starts, reverse=True)[:36]]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            start = datetime.strptime(self.value(), "%Y-%m").replace(tzinfo=UTC)
+        except ValueError:
+            return queryset.none()
+        return queryset.filter(billing_period_start=start)
+
+
+@admin.register(CostLineItem)
+class CostLineItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "charge_period_start",
+        "account",
+        "service_name",
+        "resource_id",
+        "charge_category",
+        "billed_cost",
+        "effective_cost",
+        "billing_currency",
+        "region_id",
+    )
+    list_filter = (
+        "account",
+        fixed_values_filter("charge category", "charge_category", focus.CHARGE_CATEGORIES),
+        fixed_values_filter("service category", "service_category", focus.SERVICE_CATEGORIES),
+        fixed_values_filter("charge frequency", "charge_frequency", focus.CHARGE_FREQUENCIES),
+        BillingPeriodFilter,
+    )
+    search_fields = ("resource_id", "sku_id", "invoice_id")
+    search_help_text = "Exact resource id, SKU id or invoice id"
+    date_hierarchy = "charge_period_start"
+    list_select_related = ("account",)
+    show_full_result_count = False
+    list_per_page = 100
+
+    def get_search_results(self, request, queryset, search_term):
+        # Exact, case-sensitive matches: the (account, resource_id) index serves them on millions of rows.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        matches = queryset.filter(resource_id=term) | queryset.filter(sku_id=term) | queryset.filter(invoice_id=term)
+        return matches, False
+
+
+@admin.register(CostDailyRollup)
+class CostDailyRollupAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "day",
+        "account",
+        "service_name",
+        "sub_account_id",
+        "region_id",
+        "billing_currency",
+        "billed_cost",
+        "effective_cost",
+        "line_count",
+    )
+    list_filter = ("account", "billing_currency", "service_category", BillingPeriodFilter)
+    search_fields = ("service_name",)
+    date_hierarchy = "day"
+    list_select_related = ("account",)
+    show_full_result_count = False

@@ -1,0 +1,162 @@
+"""Admin for the clouds: accounts with their write-only credential, and the read-mostly resource inventory."""
+
+import json
+
+from django import forms
+from django.contrib import admin
+from django.db import transaction
+
+from .models import CloudAccount, Credential, Resource
+
+TRIGGER_PERMISSION = "tasks_app.trigger_tasks"
+
+
+class WriteOnlyTextarea(forms.Textarea):
+    """Never renders a value: not the stored secret, and not the one just typed when the form is redisplayed."""
+
+    def format_value(self, value):
+        return None
+
+
+class WriteOnlyField(forms.CharField):
+    """A secret input: empty means "keep what is stored"."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("strip", True)
+        kwargs.setdefault("widget", WriteOnlyTextarea(attrs={"rows": 3, "cols": 60, "autocomplete": "off"}))
+        super().__init__(**kwargs)
+
+    def has_changed(self, initial, data):
+        return bool(data and data.strip())
+
+
+class CredentialForm(forms.ModelForm):
+    secret = WriteOnlyField(
+        help_text="JSON document or plain string. Never shown again once saved; leave empty to keep the current one.",
+    )
+
+    class Meta:
+        model = Credential
+        fields = ("kind", "secret")
+
+    def clean_secret(self):
+        secret = self.cleaned_data.get("secret") or ""
+        if secret.startswith(("{", "[")):
+            try:
+                json.loads(secret)
+            except ValueError as exc:
+                raise forms.ValidationError(f"looks like JSON but does not parse: {exc}") from None
+        if not secret and not self.instance.ciphertext:
+            raise forms.ValidationError("a new credential needs a secret")
+        return secret
+
+    def save(self, commit=True):
+        credential = super().save(commit=False)
+        secret = self.cleaned_data.get("secret")
+        if secret:
+            credential.set_secret(secret)
+        if commit:
+            credential.save()
+        return credential
+
+
+class CredentialInline(admin.StackedInline):
+    model = Credential
+    form = CredentialForm
+    fields = ("kind", "secret", "hint", "updated_at")
+    readonly_fields = ("hint", "updated_at")
+    extra = 0
+    max_num = 1
+    verbose_name = "credential"
+    verbose_name_plural = "credential (write-only: stored encrypted, only the hint is shown)"
+
+    def get_extra(self, request, obj=None, **kwargs):
+        # An empty credential form on a new account; an existing credential shows its own form.
+        return 1 if obj is None or not hasattr(obj, "credential") else 0
+
+
+@admin.register(CloudAccount)
+class CloudAccountAdmin(admin.ModelAdmin):
+    list_display = ("name", "provider", "external_id", "is_active", "credential_hint", "last_synced_at", "updated_at")
+    list_filter = ("provider", "is_active")
+    search_fields = ("name", "external_id")
+    readonly_fields = ("created_at", "updated_at", "last_synced_at")
+    fields = ("name", "provider", "external_id", "is_active", "settings", *readonly_fields)
+    inlines = (CredentialInline,)
+    actions = ("sync_cost_data_now", "discover_resources_now")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("credential")
+
+    @admin.display(description="credential")
+    def credential_hint(self, obj):
+        credential = getattr(obj, "credential", None)
+        return (credential.hint or "set") if credential else "—"
+
+    def has_trigger_permission(self, request) -> bool:
+        return request.user.has_perm(TRIGGER_PERMISSION)
+
+    def _enqueue_per_account(self, request, queryset, task_name: str) -> None:
+        from tasks_app.models import TriggerKind
+        from tasks_app.services.runs import task_enqueue
+
+        with transaction.atomic():
+            ids = [
+                task_enqueue(
+                    task_name=task_name,
+                    kwargs={"account_id": account.id},
+                    triggered_by=TriggerKind.ADMIN,
+                    user=request.user,
+                    trigger_detail=f"{task_name} for {account.name}",
+                ).celery_task_id
+                for account in queryset
+            ]
+        self.message_user(request, f"Enqueued {task_name} for {len(ids)} account(s): {', '.join(ids)}")
+
+    @admin.action(description="Sync cost data now", permissions=["trigger"])
+    def sync_cost_data_now(self, request, queryset):
+        self._enqueue_per_account(request, queryset, "sync_provider_cost_data")
+
+    @admin.action(description="Discover resources now", permissions=["trigger"])
+    def discover_resources_now(self, request, queryset):
+        self._enqueue_per_account(request, queryset, "discover_provider_resources")
+
+
+@admin.register(Resource)
+class ResourceAdmin(admin.ModelAdmin):
+    """The inventory is written by discovery; people look, filter and (rarely) delete."""
+
+    list_display = (
+        "resource_id",
+        "name",
+        "account",
+        "resource_type",
+        "service_name",
+        "region",
+        "state",
+        "is_terminated",
+        "last_seen",
+    )
+    list_filter = ("account__provider", "resource_type", "region", "is_terminated", "account")
+    search_fields = ("resource_id", "name")
+    list_select_related = ("account",)
+    show_full_result_count = False
+    readonly_fields = (
+        "account",
+        "resource_id",
+        "resource_type",
+        "service_name",
+        "region",
+        "name",
+        "state",
+        "tags",
+        "attributes",
+        "first_seen",
+        "last_seen",
+        "is_terminated",
+        "terminated_at",
+    )
+
+    def has_add_permission(self, request):
+        return False

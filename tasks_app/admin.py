@@ -1,0 +1,348 @@
+"""Task management in the admin: schedules (run now), the TaskRun trail (cancel, run again), dead letters (replay)."""
+
+import json
+
+from celery import current_app
+from django.contrib import admin, messages
+from django.db import transaction
+from django.urls import reverse
+from django.utils.html import format_html
+from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
+
+from .models import DeadLetter, RunState, TaskRun, TriggerKind
+from .services.runs import UnknownTask, dead_letter_replay, run_cancel, task_enqueue
+
+TRIGGER_PERMISSION = "tasks_app.trigger_tasks"
+
+STATE_COLOURS = {
+    RunState.QUEUED: "#6c757d",
+    RunState.STARTED: "#0d6efd",
+    RunState.RETRY: "#fd7e14",
+    RunState.SUCCESS: "#198754",
+    RunState.FAILURE: "#dc3545",
+    RunState.CANCELLED: "#495057",
+}
+
+
+class TriggerPermissionMixin:
+    """`@admin.action(permissions=["trigger"])`: only holders of tasks_app.trigger_tasks (and superusers)."""
+
+    def has_trigger_permission(self, request) -> bool:
+        return request.user.has_perm(TRIGGER_PERMISSION)
+
+
+class ReadOnlyAdminMixin:
+    """The ledger is an audit trail: nobody adds, edits or deletes rows by hand."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+def format_duration(ms: int | None) -> str:
+    if ms is None:
+        return "—"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def pretty_json(value) -> str:
+    if value in (None, "", [], {}):
+        return "—"
+    return format_html('<pre style="margin:0;white-space:pre-wrap">{}</pre>', json.dumps(value, indent=2, default=str))
+
+
+def run_link(run: TaskRun | None) -> str:
+    if run is None:
+        return "—"
+    url = reverse("admin:tasks_app_taskrun_change", args=[run.pk])
+    return format_html('<a href="{}">{}</a>', url, run.celery_task_id)
+
+
+def state_badge(state: str) -> str:
+    return format_html(
+        '<span style="color:#fff;background:{};padding:1px 6px;border-radius:3px;font-weight:bold">{}</span>',
+        STATE_COLOURS.get(state, "#6c757d"),
+        state,
+    )
+
+
+def _report(modeladmin, request, done: list[str], failed: list[str], verb: str) -> None:
+    if done:
+        modeladmin.message_user(request, f"{verb} {len(done)}: {', '.join(done)}", messages.SUCCESS)
+    if failed:
+        modeladmin.message_user(request, f"Not {verb.lower()} {len(failed)}: {'; '.join(failed)}", messages.WARNING)
+
+
+# --- Schedules: django-celery-beat's admin, with "run now" going through the ledger ---
+
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(TriggerPermissionMixin, BeatPeriodicTaskAdmin):
+    # Beat's own "run_tasks" publishes behind the ledger's back (no user, no trigger kind); ours replaces it.
+    actions = ("run_now", "enable_tasks", "disable_tasks", "toggle_tasks")
+    list_display = ("name", "task", "enabled", "scheduler", "last_run_at", "total_run_count", "one_off")
+
+    @admin.action(description="Run selected schedules now", permissions=["trigger"])
+    def run_now(self, request, queryset):
+        done, failed = [], []
+        with transaction.atomic():  # publish only once every run is recorded
+            for pt in queryset:
+                try:
+                    run = task_enqueue(
+                        task_name=pt.task,
+                        kwargs=json.loads(pt.kwargs or "{}"),
+                        triggered_by=TriggerKind.ADMIN,
+                        user=request.user,
+                        trigger_detail=pt.name,
+                    )
+                except UnknownTask:
+                    # Housekeeping tasks (the reconciler) are plain Celery tasks: send them, untracked.
+                    if pt.task not in current_app.tasks:
+                        failed.append(f"{pt.name}: task {pt.task!r} is not registered")
+                        continue
+                    kwargs = json.loads(pt.kwargs or "{}")
+                    transaction.on_commit(lambda t=pt.task, k=kwargs: current_app.send_task(t, kwargs=k))
+                    done.append(f"{pt.name} (not tracked in the ledger)")
+                except ValueError as exc:  # malformed kwargs JSON
+                    failed.append(f"{pt.name}: {exc}")
+                else:
+                    done.append(f"{pt.name} → {run.celery_task_id}")
+        _report(self, request, done, failed, "Enqueued")
+
+
+# --- The TaskRun audit trail ---
+
+
+class RunChildInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = TaskRun
+    fk_name = "parent"
+    fields = ("child", "state_badge", "kwargs", "enqueued_at", "finished_at")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    verbose_name = "child run"
+    verbose_name_plural = "child runs (fan-out)"
+
+    @admin.display(description="run")
+    def child(self, obj):
+        return run_link(obj)
+
+    @admin.display(description="state")
+    def state_badge(self, obj):
+        return state_badge(obj.state)
+
+
+@admin.register(TaskRun)
+class TaskRunAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "task_name",
+        "state_badge",
+        "triggered_by",
+        "trigger_who",
+        "queue",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "retries",
+        "correlation_id",
+    )
+    list_display_links = ("task_name",)
+    list_filter = (
+        "state",
+        ("task_name", admin.AllValuesFieldListFilter),
+        "triggered_by",
+        ("queue", admin.AllValuesFieldListFilter),
+        "enqueued_at",
+    )
+    search_fields = ("celery_task_id", "correlation_id")
+    search_help_text = "Exact Celery task id or correlation id"
+    list_select_related = ("user",)
+    list_per_page = 50
+    # COUNT(*) over a large ledger on every page view is not worth it.
+    show_full_result_count = False
+    actions = ("cancel_runs", "run_again")
+    inlines = (RunChildInline,)
+    fieldsets = (
+        (None, {"fields": ("task_name", "celery_task_id", "state_badge", "queue", "worker", "correlation_id")}),
+        ("Trigger", {"fields": ("triggered_by", "trigger_detail", "user", "parent_link", "dead_letter_link")}),
+        ("Timing", {"fields": ("enqueued_at", "started_at", "finished_at", "duration", "retries", "redeliveries")}),
+        ("Input", {"fields": ("args_pretty", "kwargs_pretty")}),
+        ("Outcome", {"fields": ("result_pretty", "error_type", "error")}),
+    )
+    readonly_fields = (
+        "task_name",
+        "celery_task_id",
+        "state_badge",
+        "queue",
+        "worker",
+        "correlation_id",
+        "triggered_by",
+        "trigger_detail",
+        "user",
+        "parent_link",
+        "dead_letter_link",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "retries",
+        "redeliveries",
+        "args_pretty",
+        "kwargs_pretty",
+        "result_pretty",
+        "error_type",
+        "error",
+    )
+
+    def get_search_results(self, request, queryset, search_term):
+        # Ids are matched exactly so the unique / btree indexes serve the lookup on a large ledger.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(celery_task_id=term) | queryset.filter(correlation_id=term), False
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj):
+        return state_badge(obj.state)
+
+    @admin.display(description="by")
+    def trigger_who(self, obj):
+        return obj.user.get_username() if obj.user_id else obj.trigger_detail
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, obj):
+        return format_duration(obj.duration_ms)
+
+    @admin.display(description="parent run")
+    def parent_link(self, obj):
+        return run_link(obj.parent)
+
+    @admin.display(description="dead letter")
+    def dead_letter_link(self, obj):
+        letter = DeadLetter.objects.filter(run=obj).only("id").first()
+        if letter is None:
+            return "—"
+        url = reverse("admin:tasks_app_deadletter_change", args=[letter.pk])
+        return format_html('<a href="{}">dead letter #{}</a>', url, letter.pk)
+
+    @admin.display(description="args")
+    def args_pretty(self, obj):
+        return pretty_json(obj.args)
+
+    @admin.display(description="kwargs")
+    def kwargs_pretty(self, obj):
+        return pretty_json(obj.kwargs)
+
+    @admin.display(description="result")
+    def result_pretty(self, obj):
+        return pretty_json(obj.result)
+
+    @admin.action(description="Cancel selected runs", permissions=["trigger"])
+    def cancel_runs(self, request, queryset):
+        done, failed = [], []
+        for celery_task_id in queryset.values_list("celery_task_id", flat=True):
+            outcome = run_cancel(celery_task_id=celery_task_id)
+            (done if outcome.cancelled else failed).append(
+                celery_task_id if outcome.cancelled else f"{celery_task_id} {outcome.message}"
+            )
+        _report(self, request, done, failed, "Cancelled")
+
+    @admin.action(description="Run again", permissions=["trigger"])
+    def run_again(self, request, queryset):
+        done, failed = [], []
+        with transaction.atomic():
+            for run in queryset.select_related(None).only("task_name", "kwargs", "celery_task_id"):
+                try:
+                    new = task_enqueue(
+                        task_name=run.task_name,
+                        kwargs=run.kwargs,
+                        triggered_by=TriggerKind.ADMIN,
+                        user=request.user,
+                        trigger_detail=f"run again of {run.celery_task_id}",
+                    )
+                except UnknownTask as exc:
+                    failed.append(str(exc))
+                else:
+                    done.append(f"{run.task_name} → {new.celery_task_id}")
+        _report(self, request, done, failed, "Enqueued")
+
+
+class ReplayedFilter(admin.SimpleListFilter):
+    title = "replayed"
+    parameter_name = "replayed"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Yes"), ("no", "No"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(replayed_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(replayed_at__isnull=True)
+        return queryset
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("task_name", "error_type", "short_error", "retries", "created_at", "replayed_at", "original_run")
+    list_filter = (("task_name", admin.AllValuesFieldListFilter), "error_type", ReplayedFilter, "created_at")
+    search_fields = ("run__celery_task_id", "task_name")
+    list_select_related = ("run",)
+    actions = ("replay",)
+    fields = (
+        "task_name",
+        "queue",
+        "original_run",
+        "kwargs_pretty",
+        "error_type",
+        "error",
+        "retries",
+        "created_at",
+        "replayed_at",
+        "replay_link",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="error")
+    def short_error(self, obj):
+        return obj.error if len(obj.error) <= 100 else obj.error[:100] + "…"
+
+    @admin.display(description="run")
+    def original_run(self, obj):
+        return run_link(obj.run)
+
+    @admin.display(description="replay run")
+    def replay_link(self, obj):
+        return run_link(obj.replay_run)
+
+    @admin.display(description="kwargs")
+    def kwargs_pretty(self, obj):
+        return pretty_json(obj.kwargs)
+
+    @admin.action(description="Replay", permissions=["trigger"])
+    def replay(self, request, queryset):
+        done, failed = [], []
+        for letter_id in queryset.values_list("id", flat=True):
+            try:
+                run = dead_letter_replay(dead_letter_id=letter_id, user=request.user, triggered_by=TriggerKind.ADMIN)
+            except UnknownTask as exc:
+                failed.append(f"#{letter_id}: {exc}")
+            else:
+                done.append(f"#{letter_id} → {run.celery_task_id}")
+        _report(self, request, done, failed, "Replayed")
