@@ -33,7 +33,8 @@ def spend(account, day: date, amount: str, *, service: str = "Amazon EC2", curre
 
 
 def alerts_of(budget) -> list[tuple[Decimal, date]]:
-    return list(BudgetAlert.objects.filter(budget=budget).order_by("threshold").values_list("threshold", "period_start"))
+    alerts = BudgetAlert.objects.filter(budget=budget).order_by("threshold")
+    return list(alerts.values_list("threshold", "period_start"))
 
 
 @pytest.mark.parametrize(
