@@ -1,0 +1,106 @@
+"""Cloud accounts over the REST API: list, read, create, update; credentials go in, never come out."""
+
+import json
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, viewsets
+from rest_framework.permissions import DjangoModelPermissions, IsAuthenticated
+
+from .models import CloudAccount, Credential
+from .services.accounts import account_create, account_update
+
+
+class CloudAccountSerializer(serializers.ModelSerializer):
+    credentials = serializers.JSONField(
+        write_only=True,
+        required=False,
+        help_text="The secret, a JSON object or a string. Stored encrypted; never returned (see credential_hint).",
+    )
+    credential_kind = serializers.CharField(
+        write_only=True, required=False, max_length=50, help_text="e.g. access_key, assume_role, service_principal"
+    )
+    has_credentials = serializers.SerializerMethodField()
+    credential_hint = serializers.SerializerMethodField()
+
+    class Meta:
+        model = CloudAccount
+        fields = [
+            "id",
+            "provider",
+            "name",
+            "external_id",
+            "is_active",
+            "settings",
+            "credentials",
+            "credential_kind",
+            "has_credentials",
+            "credential_hint",
+            "created_at",
+            "updated_at",
+            "last_synced_at",
+        ]
+        read_only_fields = ["id", "created_at", "updated_at", "last_synced_at"]
+
+    def _credential(self, account: CloudAccount) -> Credential | None:
+        return getattr(account, "credential", None) if account.pk else None
+
+    def get_has_credentials(self, account: CloudAccount) -> bool:
+        return self._credential(account) is not None
+
+    def get_credential_hint(self, account: CloudAccount) -> str:
+        credential = self._credential(account)
+        return credential.hint if credential is not None else ""
+
+    def validate_credentials(self, value):
+        if isinstance(value, str):
+            if not value.strip():
+                raise serializers.ValidationError("An empty secret is not a credential.")
+            return value
+        if isinstance(value, dict) and value:
+            json.dumps(value)  # already JSON by construction; kept to fail loudly on odd types
+            return value
+        raise serializers.ValidationError("Give a non-empty JSON object or string.")
+
+    def validate_settings(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Connector settings are a JSON object.")
+        return value
+
+    def validate_provider(self, value):
+        if self.instance is not None and value != self.instance.provider:
+            raise serializers.ValidationError("The provider of an existing account cannot change.")
+        return value
+
+    def create(self, validated_data):
+        return account_create(**validated_data)
+
+    def update(self, instance, validated_data):
+        return account_update(account=instance, **validated_data)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List cloud accounts"),
+    retrieve=extend_schema(summary="One cloud account"),
+    create=extend_schema(
+        summary="Add a cloud account",
+        responses={201: CloudAccountSerializer, 400: OpenApiResponse(description="Invalid input.")},
+    ),
+    partial_update=extend_schema(
+        summary="Change a cloud account (and/or replace its credential)",
+        responses={200: CloudAccountSerializer, 400: OpenApiResponse(description="Invalid input.")},
+    ),
+)
+@extend_schema(tags=["accounts"])
+class CloudAccountViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Any signed-in user reads; adding or changing needs providers_app.add/change_cloudaccount."""
+
+    serializer_class = CloudAccountSerializer
+    queryset = CloudAccount.objects.select_related("credential").order_by("name")
+    permission_classes = [IsAuthenticated, DjangoModelPermissions]
+    http_method_names = ["get", "post", "patch", "head", "options"]

@@ -1,0 +1,59 @@
+"""Writes on cloud accounts and their encrypted credential, for the API (and any other interface)."""
+
+from django.db import transaction
+
+from ..models import CloudAccount, Credential
+
+
+def _credential_store(*, account: CloudAccount, secret: dict | str, kind: str | None) -> Credential:
+    credential = Credential.objects.filter(account=account).first() or Credential(account=account)
+    credential.set_secret(secret)
+    if kind is not None:
+        credential.kind = kind
+    credential.save()
+    account.credential = credential  # the caller's (possibly prefetched) account sees the new hint
+    return credential
+
+
+@transaction.atomic
+def account_create(
+    *,
+    provider: str,
+    name: str,
+    external_id: str = "",
+    is_active: bool = True,
+    settings: dict | None = None,
+    credentials: dict | str | None = None,
+    credential_kind: str | None = None,
+) -> CloudAccount:
+    account = CloudAccount.objects.create(
+        provider=provider, name=name, external_id=external_id, is_active=is_active, settings=settings or {}
+    )
+    if credentials is not None:
+        _credential_store(account=account, secret=credentials, kind=credential_kind)
+    return account
+
+
+# Fields an update may change; the provider is fixed once data has been loaded under it.
+UPDATABLE = ("name", "external_id", "is_active", "settings")
+
+
+@transaction.atomic
+def account_update(
+    *,
+    account: CloudAccount,
+    credentials: dict | str | None = None,
+    credential_kind: str | None = None,
+    **changes,
+) -> CloudAccount:
+    fields = [name for name in UPDATABLE if name in changes]
+    for name in fields:
+        setattr(account, name, changes[name])
+    if fields:
+        account.save(update_fields=[*fields, "updated_at"])
+    if credentials is not None:
+        _credential_store(account=account, secret=credentials, kind=credential_kind)
+    elif credential_kind is not None and hasattr(account, "credential"):
+        account.credential.kind = credential_kind
+        account.credential.save(update_fields=["kind", "updated_at"])
+    return account

@@ -1,0 +1,352 @@
+"""Task API views: each validates its input, calls one service or selector, and shapes the answer."""
+
+import os
+import tempfile
+
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import selectors
+from ..models import TaskRun, TriggerKind
+from ..services import health
+from ..services.runs import dead_letter_replay, run_cancel, task_enqueue
+from . import serializers as s
+from .permissions import CanTriggerTasks
+
+UNAUTHENTICATED = OpenApiResponse(s.ErrorSerializer, description="No or invalid credentials (JWT or session).")
+FORBIDDEN = OpenApiResponse(s.ErrorSerializer, description="Lacks the tasks_app.trigger_tasks permission.")
+TASK_ID = OpenApiParameter("task_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="The Celery task id.")
+
+
+def _accepted(request, run: TaskRun) -> Response:
+    payload = {
+        "task_id": run.celery_task_id,
+        "run_id": run.id,
+        "task_name": run.task_name,
+        "queue": run.queue,
+        "state": run.state,
+        "status_url": s.status_url(request, run.celery_task_id),
+        "correlation_id": run.correlation_id,
+    }
+    return Response(s.TaskAcceptedSerializer(payload).data, status=status.HTTP_202_ACCEPTED)
+
+
+# --- triggers -----------------------------------------------------------------------------------
+
+
+class TaskTriggerViewSet(viewsets.GenericViewSet):
+    """Base of the trigger endpoints: enqueue one task through the ledger and answer 202."""
+
+    permission_classes = [IsAuthenticated, CanTriggerTasks]
+    task_name = ""
+    serializer_class = s.AccountTaskRequest
+
+    @extend_schema(
+        tags=["triggers"],
+        responses={
+            202: s.TaskAcceptedSerializer,
+            400: OpenApiResponse(description="Invalid input, e.g. unknown or inactive account, bad period."),
+            401: UNAUTHENTICATED,
+            403: FORBIDDEN,
+        },
+    )
+    def create(self, request):
+        params = self.get_serializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        run = task_enqueue(
+            task_name=self.task_name,
+            kwargs=dict(params.validated_data),
+            triggered_by=TriggerKind.API,
+            user=request.user,
+            correlation_id=request.correlation_id,
+        )
+        return _accepted(request, run)
+
+
+class CostDataSyncViewSet(TaskTriggerViewSet):
+    """Enqueue `sync_provider_cost_data` (queue cost_sync): one account, or every active account."""
+
+    task_name = "sync_provider_cost_data"
+    serializer_class = s.CostSyncRequest
+
+
+class ResourceDiscoveryViewSet(TaskTriggerViewSet):
+    """Enqueue `discover_provider_resources` (queue resource_discovery)."""
+
+    task_name = "discover_provider_resources"
+
+
+class BudgetMonitorViewSet(TaskTriggerViewSet):
+    """Enqueue `monitor_budget` (queue monitoring): every active budget, one account's, or one budget."""
+
+    task_name = "monitor_budget"
+    serializer_class = s.BudgetMonitorRequest
+
+
+class OptimizationViewSet(TaskTriggerViewSet):
+    """Enqueue `analyze_optimization_opportunities` (queue analysis)."""
+
+    task_name = "analyze_optimization_opportunities"
+
+
+class AnomalyViewSet(TaskTriggerViewSet):
+    """Enqueue `detect_cost_anomalies` (queue analysis)."""
+
+    task_name = "detect_cost_anomalies"
+
+
+class CleanupViewSet(TaskTriggerViewSet):
+    """Enqueue `cleanup_old_data` (queue maintenance); `dry_run` only counts what would go."""
+
+    task_name = "cleanup_old_data"
+    serializer_class = s.CleanupRequest
+
+
+# --- monitoring ---------------------------------------------------------------------------------
+
+
+class TaskMonitorViewSet(viewsets.ViewSet):
+    """Status, active tasks, workers and cancel: the ledger merged with what Celery reports."""
+
+    @extend_schema(
+        tags=["monitor"],
+        summary="Status of one task",
+        description="The TaskRun (state, timings, retries, result, error, trigger, correlation id) merged with "
+        "the Celery result backend's state. 404 when neither the ledger nor the backend knows the id.",
+        parameters=[TASK_ID],
+        responses={200: s.TaskStatusSerializer, 401: UNAUTHENTICATED, 404: s.ErrorSerializer},
+    )
+    def status(self, request, task_id: str):
+        found = selectors.task_status(task_id=task_id)
+        if found is None:
+            raise NotFound(f"No task {task_id} in the ledger or the result backend.")
+        return Response(s.TaskStatusSerializer(found, context={"request": request}).data)
+
+    @extend_schema(
+        tags=["monitor"],
+        summary="Active tasks",
+        description="Runs the ledger holds as QUEUED, STARTED or RETRY, plus the tasks live workers report as "
+        "active, reserved or scheduled (workers are asked with a ~1 s timeout).",
+        responses={200: s.ActiveTasksSerializer, 401: UNAUTHENTICATED},
+    )
+    def active(self, request):
+        return Response(s.ActiveTasksSerializer(selectors.active_tasks(), context={"request": request}).data)
+
+    @extend_schema(
+        tags=["monitor"],
+        summary="Worker statistics",
+        description="One entry per worker answering a ping: pool, concurrency, tasks processed, queues consumed. "
+        "An empty list when no worker answers; 503 only when the broker itself cannot be reached.",
+        responses={200: s.WorkersStatsResponseSerializer, 401: UNAUTHENTICATED, 503: s.ErrorSerializer},
+    )
+    def workers(self, request):
+        try:
+            workers = selectors.workers_stats()
+        except selectors.BrokerUnavailable as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response(s.WorkersStatsResponseSerializer({"count": len(workers), "workers": workers}).data)
+
+    @extend_schema(
+        tags=["monitor"],
+        summary="Cancel a task",
+        description="A queued task never starts (its run is marked CANCELLED and the worker's claim refuses it); "
+        "a running one is terminated (SIGTERM) and its run says CANCELLED. 200 when cancelled; 409 when the run "
+        "already finished (nothing changed); 404 when neither the ledger nor the result backend knows the id.",
+        parameters=[TASK_ID],
+        responses={
+            200: s.CancelResponseSerializer,
+            401: UNAUTHENTICATED,
+            403: FORBIDDEN,
+            404: s.ErrorSerializer,
+            409: s.CancelResponseSerializer,
+        },
+    )
+    def cancel(self, request, task_id: str):
+        found = selectors.task_status(task_id=task_id)
+        if found is None:
+            raise NotFound(f"No task {task_id} in the ledger or the result backend.")
+        if found.run is None and found.finished:
+            # Not a ledger task and Celery already has its outcome: nothing left to revoke.
+            outcome = {"cancelled": False, "message": f"already {found.state.lower()}", "run": found.run}
+        else:
+            result = run_cancel(celery_task_id=task_id)
+            outcome = {"cancelled": result.cancelled, "message": result.message, "run": result.run}
+        run = outcome["run"]
+        payload = {
+            "task_id": task_id,
+            "cancelled": outcome["cancelled"],
+            "message": outcome["message"],
+            "state": run.state if run is not None else ("REVOKED" if outcome["cancelled"] else found.state),
+            "run_id": run.id if run is not None else None,
+        }
+        code = status.HTTP_200_OK if outcome["cancelled"] else status.HTTP_409_CONFLICT
+        return Response(s.CancelResponseSerializer(payload).data, status=code)
+
+    def get_permissions(self):
+        if self.action == "cancel":
+            return [IsAuthenticated(), CanTriggerTasks()]
+        return [IsAuthenticated()]
+
+
+class HealthView(APIView):
+    @extend_schema(
+        tags=["monitor"],
+        summary="Task system health",
+        description="Checks the database (SELECT 1), the broker (Redis PING), the result backend, the workers "
+        "(at least one answers a control ping) and beat (its heartbeat is younger than BEAT_HEARTBEAT_MAX_AGE). "
+        "503 names the failing checks in `failing`.",
+        responses={200: s.HealthSerializer, 401: UNAUTHENTICATED, 503: s.HealthSerializer},
+    )
+    def get(self, request):
+        report = health.system_health()
+        code = status.HTTP_200_OK if report["status"] == "ok" else status.HTTP_503_SERVICE_UNAVAILABLE
+        return Response(s.HealthSerializer(report).data, status=code)
+
+
+class LivenessView(APIView):
+    """Unauthenticated probe for load balancers: the web process's database and broker, no details."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=["monitor"],
+        summary="Liveness (no authentication)",
+        responses={200: s.LivenessSerializer, 503: s.LivenessSerializer},
+    )
+    def get(self, request):
+        alive = health.liveness()
+        return Response(
+            {"status": "ok" if alive else "fail"},
+            status=status.HTTP_200_OK if alive else status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+
+# --- the ledger and dead letters ----------------------------------------------------------------
+
+
+@extend_schema(tags=["runs"])
+class TaskRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """The audit trail: one TaskRun per task execution."""
+
+    serializer_class = s.TaskRunSerializer
+    queryset = TaskRun.objects.none()  # for the schema; get_queryset() is the real one
+
+    def get_queryset(self):
+        if self.action == "list":
+            params = s.RunFilterSerializer(data=self.request.query_params)
+            params.is_valid(raise_exception=True)
+            filters = {k: v for k, v in params.validated_data.items() if k not in ("limit", "offset")}
+            return selectors.task_runs_list(**filters)
+        return selectors.task_runs_list()
+
+    @extend_schema(parameters=[s.RunFilterSerializer], responses={200: s.TaskRunSerializer(many=True), 400: None})
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+
+@extend_schema(tags=["runs"])
+class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Tasks that failed for good (permanent error or retries exhausted), replayable."""
+
+    serializer_class = s.DeadLetterSerializer
+    queryset = selectors.dead_letters_list()
+
+    def get_queryset(self):
+        if self.action == "list":
+            params = s.DeadLetterFilterSerializer(data=self.request.query_params)
+            params.is_valid(raise_exception=True)
+            return selectors.dead_letters_list(
+                task_name=params.validated_data.get("task_name"), replayed=params.validated_data.get("replayed")
+            )
+        return selectors.dead_letters_list()
+
+    def get_permissions(self):
+        if self.action == "replay":
+            return [IsAuthenticated(), CanTriggerTasks()]
+        return [IsAuthenticated()]
+
+    @extend_schema(parameters=[s.DeadLetterFilterSerializer], responses={200: s.DeadLetterSerializer(many=True)})
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        summary="Replay a dead letter",
+        description="Enqueues the task again with the same arguments and correlation id (trigger: replay). "
+        "409 while an earlier replay of this letter is still queued or running.",
+        request=None,
+        responses={
+            202: s.TaskAcceptedSerializer,
+            401: UNAUTHENTICATED,
+            403: FORBIDDEN,
+            404: s.ErrorSerializer,
+            409: s.ErrorSerializer,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def replay(self, request, pk=None):
+        letter = self.get_object()
+        if letter.replay_run is not None and letter.replay_run.is_active:
+            return Response(
+                {"detail": f"replay {letter.replay_run.celery_task_id} is still {letter.replay_run.state.lower()}"},
+                status=status.HTTP_409_CONFLICT,
+            )
+        return _accepted(request, dead_letter_replay(dead_letter_id=letter.id, user=request.user))
+
+
+# --- FOCUS export -------------------------------------------------------------------------------
+
+
+class _IgnoreFormatParameter(DefaultContentNegotiation):
+    """`?format=csv|parquet` names the export's file format here, not DRF's renderer override."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        renderer = renderers[0]
+        return renderer, renderer.media_type
+
+
+EXPORT_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+
+
+class FocusExportView(APIView):
+    content_negotiation_class = _IgnoreFormatParameter
+
+    @extend_schema(
+        tags=["costs"],
+        summary="Export cost lines as FOCUS 1.2",
+        description="Streams the account's stored cost lines for the period range as a FOCUS 1.2 CSV or Parquet "
+        "file (the same writer as `manage.py export_focus`).",
+        parameters=[s.FocusExportQuerySerializer],
+        responses={
+            (200, "text/csv"): OpenApiTypes.BINARY,
+            (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY,
+            400: OpenApiResponse(description="Unknown account, bad period or format."),
+            401: UNAUTHENTICATED,
+        },
+    )
+    def get(self, request):
+        from costs_app.services.export import focus_export
+
+        params = s.FocusExportQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        query = params.validated_data
+        fmt = query["format"]
+        # A named temporary file, unlinked once open: the writer gets a real path, the response streams
+        # the open file, and nothing is left on disk whatever happens to the request.
+        handle, path = tempfile.mkstemp(prefix="focus-export-", suffix=f".{fmt}")
+        os.close(handle)
+        try:
+            focus_export(account=query["account"], start=query.get("start"), end=query.get("end"), out=path, fmt=fmt)
+            stream = open(path, "rb")  # noqa: SIM115  (FileResponse closes it)
+        finally:
+            os.unlink(path)
+        name = f"focus-{query['account'].name}-{query.get('start') or 'all'}-{query.get('end') or 'all'}.{fmt}"
+        return FileResponse(stream, as_attachment=True, filename=name, content_type=EXPORT_TYPES[fmt])

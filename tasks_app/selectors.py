@@ -1,0 +1,293 @@
+"""Reads for the task API and commands: ledger queries, and what the result backend and workers report."""
+
+import logging
+from dataclasses import dataclass, field
+
+from celery import current_app
+from django.db.models import QuerySet
+
+from .models import ACTIVE_STATES, DeadLetter, TaskRun
+
+logger = logging.getLogger(__name__)
+
+# How long a broadcast waits for workers that may not exist; every worker-facing read pays it once.
+INSPECT_TIMEOUT = 1.0
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be asked (down or unreachable); the message says why."""
+
+
+# --- the ledger ---------------------------------------------------------------------------------
+
+
+def task_runs_list(
+    *,
+    task_name: str | None = None,
+    state: str | None = None,
+    triggered_by: str | None = None,
+    correlation_id: str | None = None,
+    account_id: int | None = None,
+) -> QuerySet[TaskRun]:
+    runs = TaskRun.objects.select_related("user")
+    if task_name:
+        runs = runs.filter(task_name=task_name)
+    if state:
+        runs = runs.filter(state=state)
+    if triggered_by:
+        runs = runs.filter(triggered_by=triggered_by)
+    if correlation_id:
+        runs = runs.filter(correlation_id=correlation_id)
+    if account_id is not None:
+        runs = runs.filter(kwargs__account_id=account_id)
+    return runs.order_by("-enqueued_at")
+
+
+def task_run_get(*, run_id) -> TaskRun | None:
+    return TaskRun.objects.select_related("user").filter(id=run_id).first()
+
+
+def task_run_by_celery_id(*, celery_task_id: str) -> TaskRun | None:
+    return TaskRun.objects.select_related("user").filter(celery_task_id=celery_task_id).first()
+
+
+def active_runs_list() -> QuerySet[TaskRun]:
+    return TaskRun.objects.select_related("user").filter(state__in=ACTIVE_STATES).order_by("enqueued_at")
+
+
+def dead_letters_list(*, task_name: str | None = None, replayed: bool | None = None) -> QuerySet[DeadLetter]:
+    letters = DeadLetter.objects.select_related("run", "replay_run")
+    if task_name:
+        letters = letters.filter(task_name=task_name)
+    if replayed is not None:
+        letters = letters.filter(replayed_at__isnull=not replayed)
+    return letters.order_by("-created_at")
+
+
+def dead_letter_get(*, dead_letter_id: int) -> DeadLetter | None:
+    return DeadLetter.objects.select_related("run", "replay_run").filter(id=dead_letter_id).first()
+
+
+# --- the result backend -------------------------------------------------------------------------
+
+
+@dataclass
+class CeleryState:
+    state: str | None
+    result: object = None
+    date_done: object = None
+    error: str = ""
+
+    @property
+    def known(self) -> bool:
+        # Celery reports PENDING for any id it has never heard of, so PENDING alone proves nothing.
+        return self.state not in (None, "PENDING")
+
+
+def celery_state(*, task_id: str) -> CeleryState:
+    """What the result backend knows of a task id; state None when the backend cannot be read."""
+    try:
+        async_result = current_app.AsyncResult(task_id)
+        state = async_result.state
+        result = async_result.result
+        date_done = async_result.date_done
+    except Exception as exc:
+        logger.warning("result backend unreadable for %s: %s", task_id, exc)
+        return CeleryState(state=None, error=f"result backend unreadable: {exc}")
+    if isinstance(result, BaseException):
+        result = f"{type(result).__name__}: {result}"
+    return CeleryState(state=state, result=result, date_done=date_done)
+
+
+# --- the workers --------------------------------------------------------------------------------
+
+
+def workers_ping(*, timeout: float = INSPECT_TIMEOUT) -> list[str]:
+    """Names of the workers that answer a ping within the timeout (empty when none is running)."""
+    try:
+        replies = current_app.control.ping(timeout=timeout) or []
+    except Exception as exc:
+        raise BrokerUnavailable(f"cannot reach the broker: {exc}") from exc
+    return sorted(name for reply in replies for name in reply)
+
+
+def _inspect(names: list[str], timeout: float):
+    # Addressed to the workers that answered the ping, with a reply limit, each call returns as soon
+    # as they have all replied instead of waiting out the timeout for workers that might exist.
+    return current_app.control.inspect(destination=names, limit=len(names), timeout=timeout)
+
+
+@dataclass
+class WorkerTask:
+    worker: str
+    kind: str  # active | reserved | scheduled
+    task_id: str
+    name: str
+    args: object = None
+    kwargs: object = None
+    time_start: float | None = None
+    eta: str | None = None
+    run_id: str | None = None
+
+
+# A backlog can hold thousands of queued runs; the API shows the oldest ones and the total.
+ACTIVE_RUNS_LIMIT = 500
+
+
+@dataclass
+class ActiveTasks:
+    runs: list[TaskRun]
+    runs_total: int
+    worker_tasks: list[WorkerTask] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)
+    inspect_error: str = ""
+
+
+def active_tasks(*, timeout: float = INSPECT_TIMEOUT) -> ActiveTasks:
+    """The ledger's active runs, plus what each live worker is executing, holding or has scheduled."""
+    runs = active_runs_list()
+    outcome = ActiveTasks(runs=list(runs[:ACTIVE_RUNS_LIMIT]), runs_total=runs.count())
+    try:
+        outcome.workers = workers_ping(timeout=timeout)
+        if outcome.workers:
+            inspect = _inspect(outcome.workers, timeout)
+            for kind, replies in (
+                ("active", inspect.active()),
+                ("reserved", inspect.reserved()),
+                ("scheduled", inspect.scheduled()),
+            ):
+                outcome.worker_tasks += _worker_tasks(kind, replies or {})
+    except BrokerUnavailable as exc:
+        outcome.inspect_error = str(exc)
+    except Exception as exc:  # a worker replying garbage must not break the ledger view
+        logger.warning("inspecting workers failed: %s", exc)
+        outcome.inspect_error = f"inspecting workers failed: {exc}"
+    _link_runs(outcome.worker_tasks)
+    return outcome
+
+
+def _worker_tasks(kind: str, replies: dict) -> list[WorkerTask]:
+    tasks = []
+    for worker, entries in replies.items():
+        for entry in entries or []:
+            # scheduled() wraps the request: {"eta": ..., "priority": ..., "request": {...}}
+            request = entry.get("request", entry) if kind == "scheduled" else entry
+            tasks.append(
+                WorkerTask(
+                    worker=worker,
+                    kind=kind,
+                    task_id=request.get("id", ""),
+                    name=request.get("name") or request.get("type") or "",
+                    args=request.get("args"),
+                    kwargs=request.get("kwargs"),
+                    time_start=request.get("time_start"),
+                    eta=entry.get("eta") if kind == "scheduled" else None,
+                )
+            )
+    return tasks
+
+
+def _link_runs(tasks: list[WorkerTask]) -> None:
+    ids = {task.task_id for task in tasks if task.task_id}
+    if not ids:
+        return
+    run_ids = dict(TaskRun.objects.filter(celery_task_id__in=ids).values_list("celery_task_id", "id"))
+    for task in tasks:
+        run_id = run_ids.get(task.task_id)
+        task.run_id = str(run_id) if run_id else None
+
+
+@dataclass
+class WorkerStats:
+    name: str
+    status: str
+    pid: int | None = None
+    uptime: int | None = None
+    pool: str = ""
+    concurrency: int | None = None
+    processes: list[int] = field(default_factory=list)
+    prefetch_count: int | None = None
+    processed: int = 0
+    processed_by_task: dict = field(default_factory=dict)
+    queues: list[str] = field(default_factory=list)
+
+
+def workers_stats(*, timeout: float = INSPECT_TIMEOUT) -> list[WorkerStats]:
+    """One entry per worker that answers a ping; an empty list when none does. Raises BrokerUnavailable."""
+    names = workers_ping(timeout=timeout)
+    if not names:
+        return []
+    inspect = _inspect(names, timeout)
+    try:
+        stats = inspect.stats() or {}
+        queues = inspect.active_queues() or {}
+    except Exception as exc:
+        raise BrokerUnavailable(f"inspecting workers failed: {exc}") from exc
+    result = []
+    for name in names:
+        info = stats.get(name) or {}
+        pool = info.get("pool") or {}
+        totals = info.get("total") or {}
+        result.append(
+            WorkerStats(
+                name=name,
+                status="online",
+                pid=info.get("pid"),
+                uptime=info.get("uptime"),
+                pool=pool.get("implementation", ""),
+                concurrency=pool.get("max-concurrency"),
+                processes=list(pool.get("processes") or []),
+                prefetch_count=info.get("prefetch_count"),
+                processed=sum(totals.values()),
+                processed_by_task=dict(totals),
+                queues=sorted(q["name"] for q in queues.get(name) or [] if q.get("name")),
+            )
+        )
+    return result
+
+
+@dataclass
+class TaskStatus:
+    """A task id as the ledger and the result backend see it; the ledger wins where both speak."""
+
+    task_id: str
+    run: TaskRun | None
+    celery: CeleryState
+
+    @property
+    def known_to(self) -> list[str]:
+        return [name for name, known in (("ledger", self.run is not None), ("celery", self.celery.known)) if known]
+
+    @property
+    def state(self) -> str:
+        return self.run.state if self.run is not None else (self.celery.state or "UNKNOWN")
+
+    @property
+    def celery_state(self) -> str | None:
+        return self.celery.state
+
+    @property
+    def result(self):
+        return self.run.result if self.run is not None and self.run.result is not None else self.celery.result
+
+    @property
+    def error(self) -> str:
+        return (self.run.error if self.run is not None else "") or self.celery.error
+
+    @property
+    def date_done(self):
+        return self.run.finished_at if self.run is not None and self.run.finished_at else self.celery.date_done
+
+    @property
+    def finished(self) -> bool:
+        if self.run is not None:
+            return not self.run.is_active
+        return self.celery.state in ("SUCCESS", "FAILURE", "REVOKED")
+
+
+def task_status(*, task_id: str) -> TaskStatus | None:
+    """None when neither the ledger nor the result backend has heard of the id."""
+    status = TaskStatus(
+        task_id=task_id, run=task_run_by_celery_id(celery_task_id=task_id), celery=celery_state(task_id=task_id)
+    )
+    return status if status.known_to else None
