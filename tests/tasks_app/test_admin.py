@@ -1,4 +1,4 @@
-"""The admin as an operator uses it: every page loads, secrets never show, task actions work and are permission-gated."""
+"""The admin as an operator uses it: pages load, secrets never show, task actions work and are permission-gated."""
 
 import json
 from datetime import UTC, date, datetime
@@ -309,7 +309,9 @@ def test_channel_with_bad_target_is_refused_without_echo(admin_client):
     assert not NotificationChannel.objects.filter(name="bad").exists()
 
 
-def test_run_schedule_now_records_an_admin_run_and_publishes_it(admin_client, admin_user, django_capture_on_commit_callbacks):
+def test_run_schedule_now_records_an_admin_run_and_publishes_it(
+    admin_client, admin_user, django_capture_on_commit_callbacks
+):
     # given
     flush_broker()
     schedule = PeriodicTask.objects.get(task="monitor_budget")
@@ -469,8 +471,16 @@ def test_budget_thresholds_are_validated(admin_client):
     )
     ok = admin_client.post(
         reverse("admin:costs_app_budget_add"),
-        {"name": "good", "amount": "100", "currency": "USD", "period": "monthly", "thresholds": "[100, 50, 80]",
-         "is_active": "on", "alerts-TOTAL_FORMS": "0", "alerts-INITIAL_FORMS": "0"},
+        {
+            "name": "good",
+            "amount": "100",
+            "currency": "USD",
+            "period": "monthly",
+            "thresholds": "[100, 50, 80]",
+            "is_active": "on",
+            "alerts-TOTAL_FORMS": "0",
+            "alerts-INITIAL_FORMS": "0",
+        },
     )
     # then
     assert "thresholds are positive percentages" in response.content.decode()

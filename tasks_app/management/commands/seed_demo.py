@@ -1,0 +1,122 @@
+"""`manage.py seed_demo`: the quickstart's demo — a FOCUS account with data, budgets, a channel and an admin user."""
+
+import json
+import secrets
+from decimal import Decimal
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from costs_app.models import Budget, BudgetPeriod, ChannelKind, NotificationChannel
+from finops.errors import PermanentError
+from providers_app.models import CloudAccount, Provider
+
+DEMO_ACCOUNT = "demo-focus"
+DEMO_FILE = Path(settings.BASE_DIR) / "demo" / "focus_demo.csv.gz"
+DEMO_CHANNEL = ("demo-email", "finops-demo@example.com")
+# (name, scoped to the demo account?, service, amount)
+DEMO_BUDGETS = (
+    ("Demo account — monthly", True, "", Decimal("1000.00")),
+    ("Demo compute — monthly", True, "Amazon Elastic Compute Cloud", Decimal("100.00")),
+)
+DEMO_THRESHOLDS = [50, 80, 100]
+
+
+class Command(BaseCommand):
+    help = "Create (or refresh) the demo account, its FOCUS cost data, budgets, an email channel and an admin user."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--data", type=Path, default=DEMO_FILE, help=f"FOCUS file to load (default {DEMO_FILE})")
+        parser.add_argument("--username", default="admin", help="demo superuser (default admin)")
+        parser.add_argument(
+            "--password",
+            help="set this password (default: a random one for a new user; an existing user's is kept)",
+        )
+        parser.add_argument("--email", default="admin@example.com")
+
+    def handle(self, *args, data: Path, username: str, password: str | None, email: str, **options):
+        path = data.expanduser().resolve()
+        if not path.exists():
+            raise CommandError(f"demo data not found: {path}")
+        with transaction.atomic():
+            account = self._account(path)
+            channel = self._channel()
+            budgets = self._budgets(account, channel)
+        self.stdout.write(f"account   {account.name} (provider {account.provider}, data {path})")
+        self.stdout.write(f"channel   {channel.name} ({channel.kind} → {channel.target_hint})")
+        for budget in budgets:
+            self.stdout.write(f"budget    {budget}, thresholds {budget.thresholds}%")
+        self._import(account, path)
+        self._admin_user(username, password, email)
+
+    def _account(self, path: Path) -> CloudAccount:
+        account, created = CloudAccount.objects.get_or_create(
+            name=DEMO_ACCOUNT,
+            defaults={"provider": Provider.FOCUS, "external_id": "demo", "settings": {"path": str(path)}},
+        )
+        if not created and account.settings.get("path") != str(path):
+            account.settings = {**account.settings, "path": str(path)}
+            account.save(update_fields=["settings", "updated_at"])
+        return account
+
+    def _channel(self) -> NotificationChannel:
+        name, target = DEMO_CHANNEL
+        channel = NotificationChannel.objects.filter(name=name).first()
+        if channel is None:
+            channel = NotificationChannel(name=name, kind=ChannelKind.EMAIL)
+            channel.set_target(target)
+            channel.save()
+        return channel
+
+    def _budgets(self, account: CloudAccount, channel: NotificationChannel) -> list[Budget]:
+        budgets = []
+        for name, scoped, service, amount in DEMO_BUDGETS:
+            budget, _ = Budget.objects.get_or_create(
+                name=name,
+                defaults={
+                    "account": account if scoped else None,
+                    "service_name": service,
+                    "amount": amount,
+                    "currency": "USD",
+                    "period": BudgetPeriod.MONTHLY,
+                    "thresholds": DEMO_THRESHOLDS,
+                },
+            )
+            budget.channels.add(channel)
+            budgets.append(budget)
+        return budgets
+
+    def _import(self, account: CloudAccount, path: Path) -> None:
+        from costs_app.services.ingest import focus_file_import
+
+        try:
+            # Replaces the account's rows per billing period, so running seed_demo again never duplicates.
+            result = focus_file_import(account=account, path=path)
+        except PermanentError as exc:
+            raise CommandError(f"the demo data was refused: {exc}") from exc
+        summary = result.as_dict() if hasattr(result, "as_dict") else result
+        self.stdout.write(f"imported  {json.dumps(summary, default=str)}")
+
+    def _admin_user(self, username: str, password: str | None, email: str) -> None:
+        User = get_user_model()
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            password = password or secrets.token_urlsafe(12)
+            User.objects.create_superuser(username=username, email=email, password=password)
+            self.stdout.write(self.style.SUCCESS(f"admin     created {username!r} with password {password!r}"))
+            return
+        changed = []
+        if not (user.is_staff and user.is_superuser and user.is_active):
+            user.is_staff = user.is_superuser = user.is_active = True
+            changed.append("made an active superuser")
+        if password:
+            user.set_password(password)
+            changed.append(f"password set to {password!r}")
+        if changed:
+            user.save()
+            self.stdout.write(self.style.SUCCESS(f"admin     {username!r}: {', '.join(changed)}"))
+        else:
+            self.stdout.write(f"admin     {username!r} exists; password unchanged (pass --password to set it)")
