@@ -333,10 +333,10 @@ class FocusExportView(APIView):
         },
     )
     def get(self, request):
-        from costs_app.services.export import focus_export
-
         params = s.FocusExportQuerySerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
+        from costs_app.services.export import focus_export
+
         query = params.validated_data
         fmt = query["format"]
         # A named temporary file, unlinked once open: the writer gets a real path, the response streams
