@@ -163,7 +163,8 @@ class Command(BaseCommand):
             fields = [
                 ("pid", info.get("pid", "?")),
                 ("uptime", f"{info.get('uptime', 0)}s"),
-                ("pool", pool.get("implementation", "?").rsplit(":", 1)[-1]),
+                # "celery.concurrency.prefork:TaskPool" → "prefork"
+                ("pool", pool.get("implementation", "?").split(":")[0].rsplit(".", 1)[-1]),
                 ("concurrency", pool.get("max-concurrency", "?")),
                 ("child processes", ", ".join(str(p) for p in pool.get("processes") or []) or "-"),
                 ("prefetch", info.get("prefetch_count", "?")),
