@@ -488,3 +488,30 @@ def test_budget_thresholds_are_validated(admin_client):
     from costs_app.models import Budget
 
     assert Budget.objects.get(name="good").thresholds == [50, 80, 100]
+
+
+def test_admin_index_shows_the_task_system_box(admin_client):
+    # given two queued runs, one running, one dead letter (its run failed just now)
+    queued_run()
+    queued_run("detect_cost_anomalies")
+    started = queued_run("cleanup_old_data")
+    TaskRun.objects.filter(id=started.id).update(state=RunState.STARTED)
+    dead_letter()
+    # when
+    html = admin_client.get(reverse("admin:index")).content.decode()
+    # then
+    assert "Task system" in html
+    assert '<td id="task-system-queued">2</td>' in html
+    assert '<td id="task-system-started">1</td>' in html
+    assert 'id="task-system-failed" style="color:#dc3545;font-weight:bold">1</td>' in html
+    assert 'id="task-system-dead-letters" style="color:#dc3545;font-weight:bold">1</td>' in html
+    assert "Recent actions" in html
+
+
+def test_admin_index_hides_the_box_from_staff_who_cannot_see_runs(client):
+    # given
+    client.force_login(UserFactory(username="plain-staff", is_staff=True))
+    # when
+    html = client.get(reverse("admin:index")).content.decode()
+    # then
+    assert "Task system" not in html

@@ -1,0 +1,28 @@
+"""Template tags for the admin index: the "Task system" box (active runs, recent failures, dead letters)."""
+
+from datetime import timedelta
+
+from django import template
+from django.db.models import Count
+from django.utils import timezone
+
+from tasks_app.models import ACTIVE_STATES, DeadLetter, RunState, TaskRun
+
+register = template.Library()
+
+
+@register.simple_tag
+def task_system_summary() -> dict:
+    """Three small indexed queries; the admin index must stay fast however large the ledger grows."""
+    by_state = dict(
+        TaskRun.objects.filter(state__in=ACTIVE_STATES).values_list("state").annotate(n=Count("id")).order_by()
+    )
+    since = timezone.now() - timedelta(hours=24)
+    return {
+        "queued": by_state.get(RunState.QUEUED, 0),
+        "started": by_state.get(RunState.STARTED, 0),
+        "retrying": by_state.get(RunState.RETRY, 0),
+        "failed_24h": TaskRun.objects.filter(state=RunState.FAILURE, enqueued_at__gte=since).count(),
+        "dead_letters": DeadLetter.objects.filter(replayed_at__isnull=True).count(),
+        "since": since,
+    }

@@ -1,0 +1,84 @@
+"""`seed_demo`: the quickstart's demo data, idempotent, with an admin whose password is only reset on request."""
+
+import gzip
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+
+from costs_app.models import Budget, CostLineItem, NotificationChannel
+from providers_app.models import CloudAccount
+from tasks_app.management.commands.seed_demo import DEMO_FILE
+
+pytestmark = pytest.mark.django_db
+
+DEMO_ROWS = 1000  # data rows of demo/focus_demo.csv.gz (the FinOps Foundation's FOCUS 1.0 sample)
+
+
+def seed(*args) -> str:
+    out = io.StringIO()
+    call_command("seed_demo", *args, stdout=out)
+    return out.getvalue()
+
+
+def counts() -> dict:
+    return {
+        "accounts": CloudAccount.objects.count(),
+        "lines": CostLineItem.objects.count(),
+        "budgets": Budget.objects.count(),
+        "channels": NotificationChannel.objects.count(),
+        "users": get_user_model().objects.count(),
+    }
+
+
+def test_demo_file_ships_with_the_repo():
+    with gzip.open(DEMO_FILE, "rt") as handle:
+        assert sum(1 for _ in handle) == DEMO_ROWS + 1
+
+
+def test_seed_demo_creates_account_data_budgets_channel_and_admin():
+    # when
+    out = seed()
+    # then
+    account = CloudAccount.objects.get(name="demo-focus")
+    assert account.provider == "focus"
+    assert account.settings["path"] == str(DEMO_FILE)
+    assert CostLineItem.objects.filter(account=account).count() == DEMO_ROWS
+    budgets = Budget.objects.all()
+    assert len(budgets) == 2
+    assert all(b.thresholds == [50, 80, 100] and b.channels.filter(kind="email").exists() for b in budgets)
+    admin = get_user_model().objects.get(username="admin")
+    assert admin.is_superuser and admin.is_staff
+    password = out.split("with password ")[1].split("'")[1]
+    assert admin.check_password(password)
+
+
+def test_seed_demo_twice_duplicates_nothing_and_keeps_the_password():
+    # given
+    first_out = seed()
+    first = counts()
+    password = first_out.split("with password ")[1].split("'")[1]
+    # when
+    second_out = seed()
+    # then
+    assert counts() == first
+    assert "password unchanged" in second_out
+    assert get_user_model().objects.get(username="admin").check_password(password)
+
+
+def test_seed_demo_sets_the_password_when_asked():
+    # given
+    seed("--username", "demo", "--password", "first-pass-123")
+    # when
+    out = seed("--username", "demo", "--password", "second-pass-456")
+    # then
+    user = get_user_model().objects.get(username="demo")
+    assert user.check_password("second-pass-456")
+    assert "password set" in out
+
+
+def test_seed_demo_with_a_missing_file_fails(tmp_path):
+    with pytest.raises(CommandError, match="demo data not found"):
+        seed("--data", str(tmp_path / "missing.csv"))
+    assert not CloudAccount.objects.exists()
