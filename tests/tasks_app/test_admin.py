@@ -515,3 +515,16 @@ def test_admin_index_hides_the_box_from_staff_who_cannot_see_runs(client):
     html = client.get(reverse("admin:index")).content.decode()
     # then
     assert "Task system" not in html
+
+
+def test_run_now_of_a_housekeeping_schedule_publishes_it_untracked(admin_client, django_capture_on_commit_callbacks):
+    # given the reconciler's schedule: a plain Celery task, deliberately outside the ledger
+    flush_broker()
+    schedule = PeriodicTask.objects.get(task="reconcile_task_runs")
+    # when
+    with django_capture_on_commit_callbacks(execute=True):
+        response = action(admin_client, "django_celery_beat.periodictask", "run_now", [schedule.pk])
+    # then
+    assert not TaskRun.objects.exists()
+    assert [m["headers"]["task"] for m in broker_messages("default")] == ["reconcile_task_runs"]
+    assert "not tracked in the ledger" in response.content.decode()

@@ -17,10 +17,11 @@ from providers_app.models import CloudAccount, Provider
 DEMO_ACCOUNT = "demo-focus"
 DEMO_FILE = Path(settings.BASE_DIR) / "demo" / "focus_demo.csv.gz"
 DEMO_CHANNEL = ("demo-email", "finops-demo@example.com")
-# (name, scoped to the demo account?, service, amount)
+# (name, scoped to the demo account?, service, amount). Sized to the demo data's month (about 20.52 USD in
+# total, 16.04 of it EC2), so in that billing period one budget passes 80 % and the other 100 %.
 DEMO_BUDGETS = (
-    ("Demo account — monthly", True, "", Decimal("1000.00")),
-    ("Demo compute — monthly", True, "Amazon Elastic Compute Cloud", Decimal("100.00")),
+    ("Demo account — monthly", True, "", Decimal("25.00")),
+    ("Demo compute — monthly", True, "Amazon Elastic Compute Cloud", Decimal("15.00")),
 )
 DEMO_THRESHOLDS = [50, 80, 100]
 
