@@ -48,7 +48,7 @@ def test_health_names_beat_once_it_has_been_stopped_too_long(
 
 def test_workers_stats_lists_the_worker(viewer_client, celery_worker_proc):
     # given: one task processed, so the totals are not trivially empty
-    run = task_enqueue(task_name="platform_noop", triggered_by=TriggerKind.COMMAND)
+    run = task_enqueue(task_name="platform_noop", triggered_by=TriggerKind.COMMAND, correlation_id="live-stats")
     wait_for(lambda: TaskRun.objects.filter(id=run.id, state=RunState.SUCCESS).exists(), what="noop to finish")
     # when
     response = viewer_client.get("/api/v1/tasks/workers/stats")

@@ -42,6 +42,8 @@ def queued_messages(broker, queue: str) -> list[dict]:
 
 def queued_run(**kwargs) -> TaskRun:
     # Without django_capture_on_commit_callbacks the publish never happens: a ledger row only.
+    # An explicit correlation id: task_enqueue() would otherwise set one in this thread's context for good.
+    kwargs.setdefault("correlation_id", f"corr-{uuid.uuid4().hex[:8]}")
     return task_enqueue(task_name=kwargs.pop("task_name", "platform_noop"), triggered_by=TriggerKind.COMMAND, **kwargs)
 
 
