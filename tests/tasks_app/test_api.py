@@ -580,3 +580,34 @@ def test_openapi_schema_generates_without_warnings(tmp_path):
 
 def test_trigger_permission_exists():
     assert Permission.objects.filter(codename="trigger_tasks", content_type__app_label="tasks_app").exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/tasks/runs", "/api/v1/tasks/active", "/api/v1/tasks/dead-letters", "/api/v1/accounts/"],
+)
+def test_browsable_api_renders_for_a_session_user(trigger_user, path):
+    # given
+    client = APIClient()
+    client.login(username="operator", password="pass-word-123")
+    # when
+    response = client.get(path, HTTP_ACCEPT="text/html")
+    # then
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+
+
+def test_browsable_trigger_form_renders(trigger_user):
+    # given
+    client = APIClient()
+    client.login(username="operator", password="pass-word-123")
+    # when: a GET on a POST-only endpoint still renders the page with its form
+    response = client.get("/api/v1/tasks/sync/cost-data", HTTP_ACCEPT="text/html")
+    # then
+    assert response.status_code == 405
+    assert b"billing_period" in response.content
+
+
+def test_schema_and_docs_are_served(viewer_client):
+    assert viewer_client.get("/api/schema/").status_code == 200
+    assert viewer_client.get("/api/docs/").status_code == 200
