@@ -4,7 +4,7 @@ import io
 import time
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from tasks_app.models import RunState, TaskRun, TriggerKind
 from tasks_app.services.runs import task_enqueue
@@ -90,3 +90,13 @@ def test_cancelled_queued_run_never_runs(tmp_path):
     assert run.started_at is None
     assert f"Task monitor_budget[{queued.celery_task_id}] succeeded" not in log
     flush_broker()
+
+
+def test_monitor_health_sees_the_worker(celery_worker_proc):
+    # given a worker but no beat
+    out = io.StringIO()
+    # when
+    with pytest.raises(CommandError, match="unhealthy: beat"):
+        call_command("monitor_tasks", "health", stdout=out)
+    # then
+    assert any(line.split()[:2] == ["ok", "workers"] for line in out.getvalue().splitlines())

@@ -247,3 +247,17 @@ def test_run_task_wait_times_out_without_a_worker(django_capture_on_commit_callb
         run_command("run_task", "monitor_budget", "--wait", "--timeout", "0.3")
     # then
     assert excinfo.value.returncode == 2
+
+
+def test_health_names_what_is_down():
+    # given no worker and no beat running on the test broker
+    flush_broker()
+    out = io.StringIO()
+    # when
+    with pytest.raises(CommandError, match="unhealthy: workers, beat"):
+        call_command("monitor_tasks", "health", stdout=out)
+    # then
+    lines = out.getvalue().splitlines()
+    assert any(line.split()[:2] == ["ok", "database"] for line in lines)
+    assert any(line.split()[:2] == ["ok", "broker"] for line in lines)
+    assert any(line.split()[:2] == ["FAIL", "workers"] and "no worker answered" in line for line in lines)

@@ -1,4 +1,4 @@
-"""`manage.py monitor_tasks`: the seed's task monitor (active, workers, status, watch, cancel), queues and failed."""
+"""`manage.py monitor_tasks`: the seed's monitor (active, workers, status, watch, cancel), queues, failed, health."""
 
 import json
 import time
@@ -105,6 +105,7 @@ class Command(BaseCommand):
         sub.add_parser("queues", help="messages waiting in each queue on the broker")
         failed = sub.add_parser("failed", help="recent failed runs and dead letters")
         failed.add_argument("--limit", type=int, default=20, help="how many of each (default 20)")
+        sub.add_parser("health", help="database, broker, result backend, workers, beat: each checked for real")
 
     def handle(self, *args, subcommand: str, **options):
         handler = getattr(self, f"do_{subcommand}")
@@ -280,6 +281,20 @@ class Command(BaseCommand):
         self.stdout.write(
             _table(rows, ["ID", "TASK ID", "TASK", "DEAD SINCE", "REPLAYED AS", "ERROR"]) if rows else "  none"
         )
+
+    def do_health(self, **options):
+        from tasks_app.services.health import system_health
+
+        health = system_health(worker_timeout=INSPECT_TIMEOUT)
+        self.stdout.write(self.style.MIGRATE_HEADING(f"Task system health: {health['status']}"))
+        for name, check in health["checks"].items():
+            mark = self.style.SUCCESS("ok  ") if check["ok"] else self.style.ERROR("FAIL")
+            detail = check.get("error") or ", ".join(
+                f"{k}={v}" for k, v in check.items() if k not in ("ok", "latency_ms", "error")
+            )
+            self.stdout.write(f"  {mark} {name:<15} {check.get('latency_ms', 0):>7.1f} ms  {detail}")
+        if health["failing"]:
+            raise CommandError(f"unhealthy: {', '.join(health['failing'])}")
 
     # --- pieces ---
 
