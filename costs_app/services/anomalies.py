@@ -106,7 +106,7 @@ def _windows(*, account_id: int | None, today: date) -> list[_Window]:
 
 def _load(windows: list[_Window], start: date, end: date) -> dict[str, np.ndarray]:
     sql = """
-        SELECT account_id, billing_currency, service_name, region_id, day - %s::date, SUM(effective_cost)
+        SELECT account_id, billing_currency, service_name, region_id, day - %s::date, SUM(effective_cost)::float8
         FROM costs_app_costdailyrollup
         WHERE account_id = ANY(%s) AND day BETWEEN %s AND %s
         GROUP BY account_id, billing_currency, service_name, region_id, day
@@ -123,7 +123,7 @@ def _load(windows: list[_Window], start: date, end: date) -> dict[str, np.ndarra
         "service": np.array(service, dtype=object),
         "region": np.array(region, dtype=object),
         "day": np.array(day, dtype=np.int64),
-        "cost": np.array([float(c) for c in cost], dtype=np.float64),
+        "cost": np.array(cost, dtype=np.float64),
     }
 
 

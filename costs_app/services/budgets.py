@@ -73,15 +73,27 @@ class _BudgetSpend:
         return (self.spend * total / elapsed).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
+# Rollups are first summed per account × service × currency × month over the span all budgets need
+# (every budget period is month-aligned), so the budget join works on that small set, not on days.
 _SPEND_SQL = """
-SELECT b.budget_id, COALESCE(SUM(r.billed_cost), 0), MAX(r.day)
-FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::date[], %s::date[])
-     AS b(budget_id, account_id, service_name, currency, period_start, period_end)
-LEFT JOIN costs_app_costdailyrollup r
-       ON r.day >= b.period_start AND r.day < b.period_end
-      AND r.billing_currency = b.currency
-      AND (b.account_id IS NULL OR r.account_id = b.account_id)
-      AND (b.service_name = '' OR r.service_name = b.service_name)
+WITH b AS (
+    SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::date[], %s::date[])
+        AS b(budget_id, account_id, service_name, currency, period_start, period_end)
+), monthly AS (
+    SELECT r.account_id, r.service_name, r.billing_currency, date_trunc('month', r.day)::date AS month,
+           SUM(r.billed_cost) AS cost, MAX(r.day) AS last_day
+    FROM costs_app_costdailyrollup r
+    WHERE r.day >= (SELECT MIN(period_start) FROM b) AND r.day < (SELECT MAX(period_end) FROM b)
+      AND r.billing_currency IN (SELECT currency FROM b)
+    GROUP BY 1, 2, 3, 4
+)
+SELECT b.budget_id, COALESCE(SUM(m.cost), 0), MAX(m.last_day)
+FROM b
+LEFT JOIN monthly m
+       ON m.month >= b.period_start AND m.month < b.period_end
+      AND m.billing_currency = b.currency
+      AND (b.account_id IS NULL OR m.account_id = b.account_id)
+      AND (b.service_name = '' OR m.service_name = b.service_name)
 GROUP BY b.budget_id
 """
 
