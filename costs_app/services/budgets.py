@@ -223,9 +223,14 @@ def budgets_check(*, account_id: int | None = None, budget_id: int | None = None
             result.alerts_created = len(cursor.fetchall())
         cursor.execute(_RESOLVE_SQL, [now, *current])
         result.alerts_resolved = cursor.rowcount
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, [now, *current])
-        claimed = [row[0] for row in cursor.fetchall()]
+    # Only budgets with somewhere to send: an alert of a budget without channels stays "never notified",
+    # and is sent by the first run after a channel is added in the same period.
+    reachable = [s for s in states if s.budget.active_channels]
+    claimed = []
+    if reachable:
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_SQL, [now, [s.budget.id for s in reachable], [s.period_start for s in reachable]])
+            claimed = [row[0] for row in cursor.fetchall()]
     if claimed:
         _notify(claimed, {s.budget.id: s for s in states}, result)
     return result
@@ -240,8 +245,6 @@ def _notify(alert_ids: list[int], states: dict[int, _BudgetSpend], result: Budge
     for budget_id, alerts in by_budget.items():
         state = states[budget_id]
         channels = state.budget.active_channels
-        if not channels:
-            continue
         subject, text, payload = _message(state, alerts)
         errors = channels_notify(channels=channels, subject=subject, text=text, payload=payload)
         result.notifications_sent += len(channels) - len(errors)

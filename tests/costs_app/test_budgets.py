@@ -248,3 +248,22 @@ def test_two_concurrent_runs_create_exactly_one_alert_per_threshold():
     assert sum(r.alerts_created for r in results) == 15
     assert sum(r.notifications_sent for r in results) == 5
     assert len(mail.outbox) == 5
+
+
+@pytest.mark.django_db
+def test_alert_of_a_budget_without_channels_is_sent_once_a_channel_is_added():
+    # given
+    account = CloudAccountFactory()
+    budget = BudgetFactory(account=account, amount=Decimal("100"), thresholds=[50])
+    spend(account, date(2024, 9, 1), "60")
+    first = budgets_check(now=NOW)
+    assert BudgetAlert.objects.get(budget=budget).notified_at is None
+    budget.channels.add(NotificationChannelFactory(target="late@example.com"))
+    # when
+    second = budgets_check(now=NOW)
+    third = budgets_check(now=NOW)
+    # then
+    assert (first.alerts_created, first.notifications_sent) == (1, 0)
+    assert (second.alerts_created, second.notifications_sent) == (0, 1)
+    assert third.notifications_sent == 0
+    assert [m.to for m in mail.outbox] == [["late@example.com"]]
