@@ -99,7 +99,20 @@ class Command(BaseCommand):
         except PermanentError as exc:
             raise CommandError(f"the demo data was refused: {exc}") from exc
         summary = result.as_dict() if hasattr(result, "as_dict") else result
-        self.stdout.write(f"imported  {json.dumps(summary, default=str)}")
+        if not isinstance(summary, dict) or "rows_loaded" not in summary:
+            self.stdout.write(f"imported  {json.dumps(summary, default=str)}")
+            return
+        periods = ", ".join(f"{period}: {rows}" for period, rows in (summary.get("periods") or {}).items())
+        cost = ", ".join(f"{amount} {currency}" for currency, amount in (summary.get("billed_cost") or {}).items())
+        self.stdout.write(
+            f"imported  {summary['rows_loaded']} of {summary.get('rows_read', '?')} rows "
+            f"(per billing period {periods or '-'}; billed {cost or '-'})"
+        )
+        for violation in (summary.get("report") or {}).get("violations") or []:
+            self.stdout.write(
+                f"check     {violation.get('severity', '')} {violation.get('column', '')} {violation.get('rule', '')}:"
+                f" {violation.get('count', '?')} row(s) {violation.get('problem', '')}"
+            )
 
     def _admin_user(self, username: str, password: str | None, email: str) -> None:
         User = get_user_model()
