@@ -1,0 +1,178 @@
+"""The connector interface: cost sources yield FOCUS 1.2 batches, resource sources yield inventory rows.
+
+Every connector (focus files now; AWS, Azure, GCP later) speaks these types, so ingestion, inventory
+and the tasks never know which cloud they talk to. Cloud SDKs are imported only under
+providers_app/connectors/, and their exceptions are translated into TransientError / PermanentError.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from finops.errors import PermanentError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from providers_app.models import CloudAccount
+
+# How many example rows a rule keeps; the count is always complete.
+MAX_EXAMPLES = 5
+ERROR, WARNING = "error", "warning"
+
+
+@dataclass
+class RuleViolation:
+    rule: str
+    column: str
+    severity: str
+    problem: str  # e.g. "is not a decimal"; the message puts the value in front of it
+    count: int = 0
+    examples: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "rule": self.rule,
+            "column": self.column,
+            "severity": self.severity,
+            "problem": self.problem,
+            "count": self.count,
+            "examples": self.examples,
+        }
+
+    def message(self) -> str:
+        first = self.examples[0] if self.examples else {}
+        where = str(first.get("file", "?"))
+        if first.get("row") is not None:
+            where += f" row {first['row']}"
+        if self.column:
+            where += f" column {self.column}"
+        value = first.get("value")
+        text = f"{where}: {value!r} {self.problem}" if value is not None else f"{where}: {self.problem}"
+        if self.count > 1:
+            text += f" ({self.count - 1} more row{'s' if self.count > 2 else ''} with this problem)"
+        return text
+
+
+@dataclass
+class RuleReport:
+    """FOCUS rule checks of one import: per rule and column, the count and the first example rows."""
+
+    violations: dict[tuple[str, str], RuleViolation] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    unknown_columns: dict[str, list[str]] = field(default_factory=dict)  # file -> ignored column names
+    missing_columns: dict[str, list[str]] = field(default_factory=dict)  # file -> FOCUS 1.2 columns set to NULL
+    versions: dict[str, str] = field(default_factory=dict)  # file -> detected FOCUS version
+
+    def add(
+        self,
+        *,
+        rule: str,
+        column: str,
+        severity: str,
+        problem: str,
+        count: int,
+        examples: list[dict],
+    ) -> None:
+        if count <= 0:
+            return
+        key = (rule, column)
+        violation = self.violations.get(key)
+        if violation is None:
+            violation = self.violations[key] = RuleViolation(rule, column, severity, problem)
+        violation.count += count
+        room = MAX_EXAMPLES - len(violation.examples)
+        if room > 0:
+            violation.examples.extend(examples[:room])
+
+    @property
+    def errors(self) -> list[RuleViolation]:
+        return [v for v in self.violations.values() if v.severity == ERROR]
+
+    @property
+    def has_errors(self) -> bool:
+        return any(v.severity == ERROR for v in self.violations.values())
+
+    def error_message(self) -> str:
+        lines = [v.message() for v in self.errors]
+        head = lines[0]
+        if len(lines) > 1:
+            head += f"; and {len(lines) - 1} more problem{'s' if len(lines) > 2 else ''}: " + "; ".join(lines[1:])
+        return head + ". Nothing was imported."
+
+    def as_dict(self) -> dict:
+        return {
+            "ok": not self.has_errors,
+            "violations": [v.as_dict() for v in self.violations.values()],
+            "warnings": list(self.warnings),
+            "unknown_columns": self.unknown_columns,
+            "missing_columns": self.missing_columns,
+            "versions": self.versions,
+        }
+
+
+@dataclass
+class CostBatch:
+    """A slice of one source file, already normalised to the 57 FOCUS 1.2 columns in spec order.
+
+    Money and quantities are validated decimal *strings* (never float: PostgreSQL parses them exactly),
+    date-times are timestamp[us, UTC], JSON columns are validated JSON text.
+    """
+
+    file: str
+    first_row: int  # 1-based data row (the header is not a row) of table's first row within its file
+    table: pa.Table
+    periods: dict[str, int]  # billing period "YYYY-MM" -> rows of this batch in it
+    # 1-based source row of each table row when rows were filtered out; None means first_row, first_row+1, ...
+    row_numbers: pa.Array | None = None
+
+
+class CostSource(ABC):
+    """Yields a whole cost export for one account as FOCUS 1.2 batches; checks the FOCUS rules as it goes.
+
+    Consumers iterate `batches()` to the end, then look at `report`: when it has errors, the data must
+    not be kept (batches stop being yielded at the first error, but checking continues so the counts
+    are complete).
+    """
+
+    def __init__(self, account: CloudAccount):
+        self.account = account
+        self.report = RuleReport()
+        self.files: list[str] = []
+        self.rows_read = 0
+        self.rows_skipped = 0  # outside the requested billing period; counted, never silently lost
+
+    @abstractmethod
+    def batches(self, *, billing_period: str | None = None) -> Iterator[CostBatch]: ...
+
+
+class ResourceSource(ABC):
+    """Yields the account's resources as dicts with Resource field names (resource_id, resource_type, ...)."""
+
+    def __init__(self, account: CloudAccount):
+        self.account = account
+
+    @abstractmethod
+    def resources(self) -> Iterator[dict]: ...
+
+
+def _not_available(account: CloudAccount) -> PermanentError:
+    return PermanentError(f"{account.provider} connector not available yet (account {account.name!r})")
+
+
+def get_cost_source(account: CloudAccount) -> CostSource:
+    if account.provider == "focus":
+        from .focus import FocusFileSource
+
+        return FocusFileSource(account)
+    raise _not_available(account)
+
+
+def get_resource_source(account: CloudAccount) -> ResourceSource | None:
+    """None for focus accounts: their inventory is derived from the cost lines (costs_app.services.inventory)."""
+    if account.provider == "focus":
+        return None
+    raise _not_available(account)
