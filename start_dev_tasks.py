@@ -50,7 +50,8 @@ def stack_env(services, port: int) -> dict:
     env = dict(os.environ)
     env.setdefault("DEBUG", "1")
     env.setdefault("DJANGO_SETTINGS_MODULE", "finops.settings")
-    env["DATABASE_URL"] = services.database_url(os.environ.get("FINOPS_DATABASE_NAME", "finops"))
+    name = os.environ.get("FINOPS_DATABASE_NAME") or devstack.read_env_file().get("FINOPS_DATABASE_NAME") or "finops"
+    env["DATABASE_URL"] = services.database_url(name)
     env.update(services.redis_env(os.environ, broker_db=0, result_db=1, cache_db=2))
     env["PYTHONUNBUFFERED"] = "1"
     env["FINOPS_WEB_PORT"] = str(port)

@@ -530,17 +530,19 @@ class Services:
     def discover(cls, environ: Mapping[str, str] = os.environ, data_dir: Path = DATA) -> Services:
         """Choose both services and start the embedded ones needed. Raises DevStackError with what went wrong."""
         file_values = read_env_file()
+        # The FINOPS_* knobs of these scripts may live in .env too; the real environment wins.
+        environ = {**{k: v for k, v in file_values.items() if k.startswith("FINOPS_")}, **environ}
         services = cls(choose_postgres(environ, file_values), choose_redis(environ, file_values))
         try:
-            services.postgres_url = services.postgres.url or services._start_postgres(data_dir)
-            services.redis_url = services.redis.url or services._start_redis(data_dir)
+            services.postgres_url = services.postgres.url or services._start_postgres(data_dir, environ)
+            services.redis_url = services.redis.url or services._start_redis(data_dir, environ)
         except BaseException:
             services.stop()
             raise
         return services
 
-    def _start_postgres(self, data_dir: Path) -> str:
-        server = EmbeddedPostgres(data_dir / "postgres", port=_int_or_none(os.environ.get("FINOPS_EMBEDDED_PG_PORT")))
+    def _start_postgres(self, data_dir: Path, environ: Mapping[str, str]) -> str:
+        server = EmbeddedPostgres(data_dir / "postgres", port=_int_or_none(environ.get("FINOPS_EMBEDDED_PG_PORT")))
         try:
             url = server.start()
         except Exception as exc:
@@ -551,8 +553,8 @@ class Services:
         self.embedded.append(server)
         return url
 
-    def _start_redis(self, data_dir: Path) -> str:
-        server = EmbeddedRedis(data_dir / "redis", port=_int_or_none(os.environ.get("FINOPS_EMBEDDED_REDIS_PORT")))
+    def _start_redis(self, data_dir: Path, environ: Mapping[str, str]) -> str:
+        server = EmbeddedRedis(data_dir / "redis", port=_int_or_none(environ.get("FINOPS_EMBEDDED_REDIS_PORT")))
         try:
             url = server.start()
         except Exception as exc:

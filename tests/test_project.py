@@ -2,6 +2,7 @@
 in production without their secrets."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -120,3 +121,13 @@ def test_debug_defaults_to_off(tmp_path):
     proc = import_settings(isolated_project(tmp_path), env)
     assert proc.returncode != 0
     assert "SECRET_KEY" in proc.stderr
+
+
+def test_env_example_documents_every_setting_read_from_the_environment():
+    # given
+    read = set(re.findall(r'env(?:\.\w+)?\(\s*"([A-Z][A-Z0-9_]*)"', (ROOT / "finops" / "settings.py").read_text()))
+    example = (ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE))
+    # then
+    assert read, "no env(...) calls found in settings.py"
+    assert read - documented == set(), "add these to .env.example with a comment"
