@@ -1,1 +1,132 @@
-"""(being written)"""
+"""Resource inventory of an account: for focus accounts, derived from its cost lines in one set-based upsert.
+
+A resource is what the cost data names by ResourceId. Its attributes (type, region, name, service, tags)
+come from its latest cost line; last_seen is its latest ChargePeriodEnd. "Recent" is measured against
+the account's data horizon (its latest ChargePeriodEnd, capped at now), not the wall clock: cost exports
+lag by days, and an account whose export stopped must not see every resource declared terminated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from costs_app.models import CostLineItem
+from finops.errors import PermanentError
+from providers_app.connectors import get_resource_source
+from providers_app.models import CloudAccount, Resource
+
+LINES = CostLineItem._meta.db_table
+RESOURCES = Resource._meta.db_table
+
+
+@dataclass
+class DiscoveryResult:
+    account_id: int
+    horizon: datetime | None = None
+    resources_seen: int = 0
+    created: int = 0
+    updated: int = 0
+    terminated: int = 0  # newly marked terminated by this run
+    reactivated: int = 0  # marked terminated before, billed again now
+
+    def as_dict(self) -> dict:
+        return {
+            "account_id": self.account_id,
+            "horizon": self.horizon.isoformat() if self.horizon else None,
+            "resources_seen": self.resources_seen,
+            "created": self.created,
+            "updated": self.updated,
+            "terminated": self.terminated,
+            "reactivated": self.reactivated,
+        }
+
+
+def stale_after() -> timedelta:
+    return timedelta(days=settings.OPTIMIZATION_STALE_RESOURCE_DAYS)
+
+
+@transaction.atomic
+def account_resources_discover(*, account_id: int, now: datetime) -> DiscoveryResult:
+    account = CloudAccount.objects.select_for_update().filter(id=account_id).first()
+    if account is None:
+        raise PermanentError(f"cloud account {account_id} does not exist")
+    if get_resource_source(account) is not None:  # cloud connectors: listed from their APIs (a later issue)
+        raise PermanentError(f"{account.provider} connector not available yet")
+    return _resources_from_cost_lines(account, now)
+
+
+def _resources_from_cost_lines(account: CloudAccount, now: datetime) -> DiscoveryResult:
+    result = DiscoveryResult(account_id=account.pk)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT max(charge_period_end) FROM {LINES} WHERE account_id = %s", [account.pk])  # noqa: S608
+        latest = cursor.fetchone()[0]
+        result.horizon = min(latest, now) if latest else now
+        cutoff = result.horizon - stale_after()
+        cursor.execute(f"SELECT id FROM {RESOURCES} WHERE account_id = %s AND is_terminated", [account.pk])  # noqa: S608
+        was_terminated = {row[0] for row in cursor.fetchall()}
+        cursor.execute(
+            f"""
+            WITH seen AS (
+                SELECT resource_id,
+                       min(charge_period_start) AS first_seen,
+                       max(charge_period_end) AS last_seen,
+                       sum(billed_cost) FILTER (WHERE charge_period_start >= %(month_ago)s) AS billed_30d
+                FROM {LINES}
+                WHERE account_id = %(account)s AND resource_id IS NOT NULL
+                GROUP BY resource_id
+            ),
+            latest AS (
+                SELECT DISTINCT ON (resource_id) *
+                FROM {LINES}
+                WHERE account_id = %(account)s AND resource_id IS NOT NULL
+                ORDER BY resource_id, charge_period_end DESC, id DESC
+            )
+            INSERT INTO {RESOURCES} AS r (account_id, resource_id, resource_type, service_name, region, name, state,
+                                          tags, attributes, first_seen, last_seen, is_terminated, terminated_at)
+            SELECT %(account)s, l.resource_id, left(coalesce(l.resource_type, ''), 200),
+                   left(coalesce(l.service_name, ''), 200), left(coalesce(l.region_id, l.region_name, ''), 100),
+                   left(coalesce(l.resource_name, ''), 500),
+                   CASE WHEN s.last_seen < %(cutoff)s THEN 'terminated' ELSE 'active' END,
+                   CASE WHEN jsonb_typeof(l.tags) = 'object' THEN l.tags ELSE '{{}}'::jsonb END,
+                   jsonb_strip_nulls(jsonb_build_object(
+                       'service_category', l.service_category, 'sub_account_id', l.sub_account_id,
+                       'sub_account_name', l.sub_account_name, 'availability_zone', l.availability_zone,
+                       'region_name', l.region_name, 'sku_id', l.sku_id, 'provider_name', l.provider_name,
+                       'billing_currency', l.billing_currency, 'billed_cost_30d', trim_scale(s.billed_30d)::text)),
+                   s.first_seen, s.last_seen, s.last_seen < %(cutoff)s,
+                   CASE WHEN s.last_seen < %(cutoff)s THEN s.last_seen END
+            FROM latest l JOIN seen s USING (resource_id)
+            ON CONFLICT (account_id, resource_id) DO UPDATE SET
+                resource_type = EXCLUDED.resource_type, service_name = EXCLUDED.service_name,
+                region = EXCLUDED.region, name = EXCLUDED.name, state = EXCLUDED.state, tags = EXCLUDED.tags,
+                attributes = r.attributes || EXCLUDED.attributes,
+                first_seen = LEAST(r.first_seen, EXCLUDED.first_seen), last_seen = EXCLUDED.last_seen,
+                is_terminated = EXCLUDED.is_terminated,
+                terminated_at = CASE WHEN EXCLUDED.is_terminated THEN coalesce(r.terminated_at, EXCLUDED.terminated_at)
+                                END
+            RETURNING id, (xmax = 0) AS inserted, is_terminated
+            """,  # noqa: S608
+            {"account": account.pk, "cutoff": cutoff, "month_ago": result.horizon - timedelta(days=30)},
+        )
+        rows = cursor.fetchall()
+        seen_ids = [row[0] for row in rows]
+        result.resources_seen = len(rows)
+        result.created = sum(1 for _, inserted, _ in rows if inserted)
+        result.updated = result.resources_seen - result.created
+        result.terminated = sum(1 for rid, _, terminated in rows if terminated and rid not in was_terminated)
+        result.reactivated = sum(1 for rid, _, terminated in rows if not terminated and rid in was_terminated)
+        # In the inventory but in no cost line any more (its period was replaced without it): gone.
+        cursor.execute(
+            f"""
+            UPDATE {RESOURCES}
+            SET is_terminated = true, state = 'terminated', terminated_at = coalesce(last_seen, %s)
+            WHERE account_id = %s AND NOT is_terminated AND NOT (id = ANY(%s))
+            """,  # noqa: S608
+            [result.horizon, account.pk, seen_ids],
+        )
+        result.terminated += cursor.rowcount
+    return result
