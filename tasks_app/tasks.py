@@ -68,22 +68,48 @@ def platform_noop(self, value: int = 0) -> int:
     return value
 
 
-@shared_task(name="platform_probe", base=FinOpsTask, bind=True)
-def platform_probe(self, fail_transient: int = 0, fail_permanent: bool = False, sleep: float = 0.0) -> dict:
+@shared_task(name="platform_probe", base=FinOpsTask, bind=True, lock_on="account_id")
+def platform_probe(
+    self,
+    fail_transient: int = 0,
+    fail_permanent: bool = False,
+    sleep: float = 0.0,
+    account_id: int | None = None,
+    fail_while_flag: str | None = None,
+    mark: str | None = None,
+) -> dict:
     """A task whose failure and duration are controlled by its arguments, for drills and integration tests.
 
-    fail_transient=N fails transiently on the first N attempts; sleep holds the worker that long.
+    fail_transient=N fails transiently on the first N attempts; sleep holds the worker that long;
+    account_id takes the per-account lock like the real tasks; fail_while_flag=F fails permanently
+    while the Redis key finops:probe:flag:F exists (a fault an operator fixes, then replays);
+    mark=M leaves countable side effects: each attempt's start time in finops:probe:M:attempts and,
+    only once the work is complete, one INCR of finops:probe:M:done and the [start, end] span.
     """
+    import json
     import time
 
     from finops.errors import PermanentError, TransientError
 
+    from .platform import redis_client
+
+    started = time.time()
+    if mark:
+        redis_client().rpush(f"finops:probe:{mark}:attempts", repr(started))
     if sleep:
         time.sleep(sleep)
     if fail_permanent:
         raise PermanentError("probe asked to fail permanently")
+    if fail_while_flag and redis_client().exists(f"finops:probe:flag:{fail_while_flag}"):
+        raise PermanentError(f"probe blocked while flag {fail_while_flag} is set")
     if self.request.retries < fail_transient:
         raise TransientError(f"probe transient failure on attempt {self.request.retries + 1}")
+    if mark:
+        # Last, so a run killed or cancelled mid-work leaves no "done" behind.
+        pipe = redis_client().pipeline()
+        pipe.incr(f"finops:probe:{mark}:done")
+        pipe.rpush(f"finops:probe:{mark}:spans", json.dumps([started, time.time()]))
+        pipe.execute()
     return {"attempts": self.request.retries + 1, "correlation_id": correlation.get()}
 
 
