@@ -1,6 +1,5 @@
 """Task API views: each validates its input, calls one service or selector, and shapes the answer."""
 
-import os
 import tempfile
 
 from django.http import FileResponse
@@ -13,6 +12,8 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from costs_app.services.export import focus_export
 
 from .. import selectors
 from ..models import TaskRun, TriggerKind
@@ -335,18 +336,16 @@ class FocusExportView(APIView):
     def get(self, request):
         params = s.FocusExportQuerySerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        from costs_app.services.export import focus_export
-
         query = params.validated_data
         fmt = query["format"]
-        # A named temporary file, unlinked once open: the writer gets a real path, the response streams
-        # the open file, and nothing is left on disk whatever happens to the request.
-        handle, path = tempfile.mkstemp(prefix="focus-export-", suffix=f".{fmt}")
-        os.close(handle)
+        # An anonymous temporary file: the writer streams into it (COPY or Parquet batches), the response
+        # streams it out, and the disk space is freed when FileResponse closes it, whatever happens.
+        stream = tempfile.TemporaryFile(prefix="focus-export-")  # noqa: SIM115  (FileResponse closes it)
         try:
-            focus_export(account=query["account"], start=query.get("start"), end=query.get("end"), out=path, fmt=fmt)
-            stream = open(path, "rb")  # noqa: SIM115  (FileResponse closes it)
-        finally:
-            os.unlink(path)
+            focus_export(account=query["account"], start=query.get("start"), end=query.get("end"), out=stream, fmt=fmt)
+        except BaseException:
+            stream.close()
+            raise
+        stream.seek(0)
         name = f"focus-{query['account'].name}-{query.get('start') or 'all'}-{query.get('end') or 'all'}.{fmt}"
         return FileResponse(stream, as_attachment=True, filename=name, content_type=EXPORT_TYPES[fmt])
