@@ -50,8 +50,9 @@ def main(argv: list[str]) -> int:
     devstack.bootstrap(Path(__file__), argv, [devstack.REQUIREMENTS / "dev.txt"])
     services = devstack.Services.discover(os.environ)
     try:
-        for line in services.describe("test_finops"):
+        for line in services.describe("finops"):
             devstack.say(line)
+        devstack.say("pytest-django creates and drops the database test_<name> on that server")
         code = run_pytest(argv, test_env(services))
     finally:
         services.stop()

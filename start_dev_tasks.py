@@ -107,6 +107,7 @@ def print_banner(port: int, with_beat: bool) -> None:
         f"  admin        {base}/admin/",
         f"  API health   {base}/api/v1/tasks/health",
         f"  API docs     {base}/api/docs/",
+        "  login        the admin user seed_demo printed above (an existing user keeps its password)",
         f"  worker       queues {', '.join(devstack.TASK_QUEUES)}",
         f"  beat         {'schedules from the database (edit them in the admin)' if with_beat else 'not started'}",
         f"  logs         {LOG_DIR.relative_to(ROOT)}/",

@@ -573,7 +573,8 @@ class Services:
         out = {}
         for name, db in wanted.items():
             given = environ.get(name) or (file_values.get(name) if self.redis.kind == "env" else None)
-            out[name] = given if given and not forced_embedded(environ) else url_with_path(self.redis_url, str(db))
+            keep = given and self.redis.kind != "embedded"  # an embedded Redis serves all three
+            out[name] = given if keep else url_with_path(self.redis_url, str(db))
         return out
 
     def describe(self, database: str) -> list[str]:

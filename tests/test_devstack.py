@@ -155,6 +155,20 @@ def test_redis_urls_keep_what_is_given_and_fill_the_rest_on_the_chosen_server():
     assert services.database_url("finops") == "postgres://postgres@127.0.0.1:5432/finops"
 
 
+def test_an_embedded_redis_serves_broker_results_and_cache():
+    # given
+    services = devstack.Services(
+        devstack.Choice("embedded", None, ""),
+        devstack.Choice("embedded", None, ""),
+        postgres_url="postgres://postgres@127.0.0.1:40001/postgres",
+        redis_url="redis://127.0.0.1:40002/0",
+    )
+    # when
+    urls = services.redis_env({"CELERY_RESULT_BACKEND": "redis://elsewhere/1"}, broker_db=14, result_db=15, cache_db=15)
+    # then
+    assert set(urls.values()) == {"redis://127.0.0.1:40002/14", "redis://127.0.0.1:40002/15"}
+
+
 def test_passwords_are_masked_in_printed_urls():
     assert devstack.masked("postgres://finops:s3cret@db:5432/finops") == "postgres://finops:***@db:5432/finops"
     assert devstack.masked("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
