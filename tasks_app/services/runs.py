@@ -68,7 +68,7 @@ def task_enqueue(
         trigger_detail=trigger_detail or (user.get_username() if user is not None else ""),
         user_id=user.pk if user is not None else None,
         parent_id=parent_id,
-        correlation_id=correlation_id or correlation.get_or_new(),
+        correlation_id=correlation_id or correlation.get() or correlation.new_id(),
     )
     transaction.on_commit(lambda: _publish(run))
     return run
