@@ -20,14 +20,6 @@ def get() -> str | None:
     return correlation_id.get()
 
 
-def get_or_new() -> str:
-    value = correlation_id.get()
-    if value is None:
-        value = new_id()
-        correlation_id.set(value)
-    return value
-
-
 def clean(value: str | None) -> str | None:
     """Accept a client-supplied id only if it is short and safe to log."""
     if value and _VALID.match(value):
