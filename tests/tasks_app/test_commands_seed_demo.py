@@ -2,6 +2,7 @@
 
 import gzip
 import io
+from datetime import UTC, datetime
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -9,7 +10,7 @@ from django.core.management import CommandError, call_command
 
 from costs_app.models import Budget, CostLineItem, NotificationChannel
 from providers_app.models import CloudAccount
-from tasks_app.management.commands.seed_demo import DEMO_FILE
+from tasks_app.management.commands.seed_demo import DEMO_FILE, REBASED_DIR
 
 pytestmark = pytest.mark.django_db
 
@@ -43,7 +44,7 @@ def test_seed_demo_creates_account_data_budgets_channel_and_admin():
     # then
     account = CloudAccount.objects.get(name="demo-focus")
     assert account.provider == "focus"
-    assert account.settings["path"] == str(DEMO_FILE)
+    assert account.settings["path"] == str(REBASED_DIR / DEMO_FILE.name)
     assert CostLineItem.objects.filter(account=account).count() == DEMO_ROWS
     budgets = Budget.objects.all()
     assert len(budgets) == 2
@@ -82,3 +83,34 @@ def test_seed_demo_with_a_missing_file_fails(tmp_path):
     with pytest.raises(CommandError, match="demo data not found"):
         seed("--data", str(tmp_path / "missing.csv"))
     assert not CloudAccount.objects.exists()
+
+
+def test_demo_data_is_moved_to_the_current_month_so_budgets_alert_in_the_quickstart():
+    # given the demo's data is from September 2024 and today is later
+    from django.utils import timezone
+
+    from costs_app.models import BudgetAlert
+    from costs_app.services.budgets import budgets_check
+
+    now = timezone.now()
+    # when
+    seed()
+    # then every row moved by the same whole number of months, starting this month
+    account = CloudAccount.objects.get(name="demo-focus")
+    periods = set(CostLineItem.objects.filter(account=account).values_list("billing_period_start", flat=True))
+    this_month = datetime(now.year, now.month, 1, tzinfo=UTC)
+    assert min(periods) == this_month
+    assert CostLineItem.objects.filter(account=account, billing_period_start=this_month).count() == DEMO_ROWS - 1
+    # and the demo budgets (sized to that month's spend) cross their thresholds now
+    budgets_check(now=now)
+    crossed = {(a.budget.name, int(a.threshold)) for a in BudgetAlert.objects.select_related("budget")}
+    assert ("Demo compute — monthly", 100) in crossed
+    assert ("Demo account — monthly", 80) in crossed
+
+
+def test_original_dates_keeps_september_2024():
+    seed("--original-dates")
+    account = CloudAccount.objects.get(name="demo-focus")
+    assert account.settings["path"] == str(DEMO_FILE)
+    first = CostLineItem.objects.filter(account=account).order_by("billing_period_start").first()
+    assert first.billing_period_start == datetime(2024, 9, 1, tzinfo=UTC)

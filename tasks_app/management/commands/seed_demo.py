@@ -1,14 +1,18 @@
 """`manage.py seed_demo`: the quickstart's demo — a FOCUS account with data, budgets, a channel and an admin user."""
 
-import json
+import csv
+import gzip
 import secrets
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from dateutil.relativedelta import relativedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils import timezone
 
 from costs_app.models import Budget, BudgetPeriod, ChannelKind, NotificationChannel
 from finops.errors import PermanentError
@@ -16,6 +20,9 @@ from providers_app.models import CloudAccount, Provider
 
 DEMO_ACCOUNT = "demo-focus"
 DEMO_FILE = Path(settings.BASE_DIR) / "demo" / "focus_demo.csv.gz"
+# Where the demo data, moved to the current month, is written (gitignored).
+REBASED_DIR = Path(settings.BASE_DIR) / ".data" / "demo"
+DATE_COLUMNS = ("BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd")
 DEMO_CHANNEL = ("demo-email", "finops-demo@example.com")
 # (name, scoped to the demo account?, service, amount). Sized to the demo data's month (about 20.52 USD in
 # total, 16.04 of it EC2), so in that billing period one budget passes 80 % and the other 100 %.
@@ -37,11 +44,19 @@ class Command(BaseCommand):
             help="set this password (default: a random one for a new user; an existing user's is kept)",
         )
         parser.add_argument("--email", default="admin@example.com")
+        parser.add_argument(
+            "--original-dates",
+            action="store_true",
+            help="load the data with its own dates (September 2024) instead of moving its first month to this month",
+        )
 
     def handle(self, *args, data: Path, username: str, password: str | None, email: str, **options):
         path = data.expanduser().resolve()
         if not path.exists():
             raise CommandError(f"demo data not found: {path}")
+        if not options["original_dates"]:
+            # Budgets watch the current period and discovery the recent data: a demo from 2024 would show nothing.
+            path = rebased_copy(path, REBASED_DIR / path.name, today=timezone.now().date())
         with transaction.atomic():
             account = self._account(path)
             channel = self._channel()
@@ -98,10 +113,7 @@ class Command(BaseCommand):
             result = focus_file_import(account=account, path=path)
         except PermanentError as exc:
             raise CommandError(f"the demo data was refused: {exc}") from exc
-        summary = result.as_dict() if hasattr(result, "as_dict") else result
-        if not isinstance(summary, dict) or "rows_loaded" not in summary:
-            self.stdout.write(f"imported  {json.dumps(summary, default=str)}")
-            return
+        summary = result.as_dict()
         periods = ", ".join(f"{period}: {rows}" for period, rows in (summary.get("periods") or {}).items())
         cost = ", ".join(f"{amount} {currency}" for currency, amount in (summary.get("billed_cost") or {}).items())
         self.stdout.write(
@@ -134,3 +146,27 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"admin     {username!r}: {', '.join(changed)}"))
         else:
             self.stdout.write(f"admin     {username!r} exists; password unchanged (pass --password to set it)")
+
+
+def rebased_copy(source: Path, target: Path, *, today: date) -> Path:
+    """Write `source` (a FOCUS CSV, optionally gzipped) with its dates moved by whole months so that its
+    earliest billing period is the month of `today`. Cells other than the four period columns are untouched."""
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rt", newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    columns = [header.index(name) for name in DATE_COLUMNS if name in header]
+    first = min(_parse(row[header.index("BillingPeriodStart")]) for row in body)
+    shift = relativedelta(months=(today.year - first.year) * 12 + today.month - first.month)
+    for row in body:
+        for index in columns:
+            if row[index] not in ("", "NULL"):
+                row[index] = (_parse(row[index]) + shift).strftime("%Y-%m-%d %H:%M:%S")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(target, "wt", newline="") as handle:
+        csv.writer(handle, quoting=csv.QUOTE_MINIMAL).writerows([header, *body])
+    return target
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=UTC)
