@@ -33,8 +33,8 @@ FINAL_STATES = (RunState.SUCCESS, RunState.FAILURE, RunState.CANCELLED)
 
 class TaskRun(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    task_name = models.CharField(max_length=200, db_index=True)
-    celery_task_id = models.CharField(max_length=255, unique=True)
+    task_name = models.CharField(max_length=200)
+    celery_task_id = models.CharField(max_length=255)
     queue = models.CharField(max_length=100, blank=True)
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)
@@ -43,8 +43,8 @@ class TaskRun(models.Model):
     trigger_detail = models.CharField(max_length=255, blank=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
-    correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
-    state = models.CharField(max_length=16, choices=RunState.choices, default=RunState.QUEUED, db_index=True)
+    correlation_id = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=16, choices=RunState.choices, default=RunState.QUEUED)
     enqueued_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -60,7 +60,15 @@ class TaskRun(models.Model):
 
     class Meta:
         ordering = ["-enqueued_at"]
-        indexes = [models.Index(fields=["state", "enqueued_at"], name="taskrun_state_enqueued_idx")]
+        # Every enqueue, claim and finish writes each of these (a state change is never a HOT update), so
+        # only indexes that a query uses: no per-column `_like` pattern indexes, no `state` alone.
+        indexes = [
+            models.Index(fields=["state", "enqueued_at"], name="taskrun_state_enqueued_idx"),
+            models.Index(fields=["task_name", "enqueued_at"], name="taskrun_task_enqueued_idx"),
+            models.Index(fields=["correlation_id"], name="taskrun_correlation_idx"),
+        ]
+        # The claim's ON CONFLICT target; a constraint rather than unique=True, which adds a second `_like` index.
+        constraints = [models.UniqueConstraint(fields=["celery_task_id"], name="taskrun_celery_task_id_uniq")]
         permissions = [("trigger_tasks", "Can trigger and cancel tasks")]
 
     def __str__(self) -> str:
