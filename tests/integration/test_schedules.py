@@ -1,17 +1,28 @@
 """The seed's schedules live in the database and a running beat follows edits to them without a restart."""
 
+import importlib
 import time
 
 import pytest
+from django.apps import apps
 from django.conf import settings
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from tasks_app.models import RunState, TaskRun, TriggerKind
 from tests.celery_procs import child_env, flush_broker, start_beat, start_worker, wait_for
 
-# serialized_rollback: the rows the data migration created are restored for each test, even after
-# transactional tests elsewhere have flushed the tables.
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+# Reading tests use the plain django_db marker: pytest-django runs them before any transactional test
+# has flushed the tables, so they see exactly what `migrate` left. Beat tests are transactional (the beat
+# process must see committed rows) and put the migration's schedules back with its own function.
+pytestmark = [pytest.mark.integration]
+
+default_schedules = importlib.import_module("tasks_app.migrations.0002_default_schedules")
+
+
+@pytest.fixture
+def seeded_schedules(transactional_db):
+    default_schedules.create(apps, None)
+
 
 # task -> (minute, hour, day_of_week, day_of_month, month_of_year) in UTC, and queue: the seed's, exactly.
 SEED_SCHEDULES = {
@@ -24,6 +35,7 @@ SEED_SCHEDULES = {
 }
 
 
+@pytest.mark.django_db
 def test_data_migration_created_the_seed_schedules_and_routes():
     # when
     periodic = {
@@ -51,6 +63,7 @@ def test_data_migration_created_the_seed_schedules_and_routes():
     assert reconciler.enabled and reconciler.interval.every == 60 and reconciler.interval.period == "seconds"
 
 
+@pytest.mark.django_db
 def test_crontabs_fire_at_the_seed_times():
     # given
     from datetime import UTC, datetime, timedelta
@@ -82,7 +95,7 @@ def scheduled_runs(task_name: str):
     return TaskRun.objects.filter(task_name=task_name, triggered_by=TriggerKind.SCHEDULE)
 
 
-def test_running_beat_picks_up_an_edited_schedule_without_restart(tmp_path):
+def test_running_beat_picks_up_an_edited_schedule_without_restart(seeded_schedules, tmp_path):
     # given: a worker and a beat running on the seed's schedules (monitor_budget: hourly)
     flush_broker()
     worker = start_worker(tmp_path, queues="monitoring", env=child_env(LOG_LEVEL="INFO"))
@@ -121,7 +134,7 @@ def test_running_beat_picks_up_an_edited_schedule_without_restart(tmp_path):
         worker.stop()
 
 
-def test_running_beat_picks_up_a_new_schedule(tmp_path):
+def test_running_beat_picks_up_a_new_schedule(seeded_schedules, tmp_path):
     # given
     flush_broker()
     worker = start_worker(tmp_path, queues="default")
