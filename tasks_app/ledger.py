@@ -120,7 +120,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def finish(*, run_id: uuid.UUID, state: str, now: datetime, result=None, error: str = "", error_type: str = "") -> None:
+def finish(*, run_id: uuid.UUID, state: str, now: datetime, result=None, error: str = "", error_type: str = "") -> bool:
+    """False when the run was no longer STARTED (cancelled, or taken over meanwhile): nothing was recorded."""
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE tasks_app_taskrun SET state = %s, finished_at = %s, result = %s, error = %s, error_type = %s,"
@@ -129,6 +130,7 @@ def finish(*, run_id: uuid.UUID, state: str, now: datetime, result=None, error: 
             " WHERE id = %s AND state = 'STARTED'",
             [state, now, json.dumps(result) if result is not None else None, error, error_type, now, run_id],
         )
+        return cursor.rowcount == 1
 
 
 def mark_retry(*, run_id: uuid.UUID, retries: int, error: str, error_type: str, countdown: float) -> None:

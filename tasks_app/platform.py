@@ -166,10 +166,12 @@ class FinOpsTask(Task):
 
         logger.error("%s failed: %s", self.name, message.splitlines()[0] if message else type(exc).__name__)
         try:
-            ledger.finish(
+            failed = ledger.finish(
                 run_id=run_id, state=RunState.FAILURE, now=timezone.now(), error=message, error_type=type(exc).__name__
             )
-            run_dead_letter(run_id=run_id)
+            # A run cancelled meanwhile stays cancelled: no dead letter to replay, no failure alert.
+            if failed:
+                run_dead_letter(run_id=run_id)
         except Exception:  # the ledger must not hide the task's own error
             logger.exception("could not record the failure of run %s", run_id)
 
