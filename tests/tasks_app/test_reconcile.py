@@ -1,0 +1,203 @@
+"""The reconciler: runs the ledger accepted but that will never finish are published again, or given up."""
+
+import base64
+import json
+import uuid
+import zlib
+from datetime import timedelta
+
+import pytest
+import redis
+from celery import current_app
+from django.conf import settings
+from django.utils import timezone
+
+from tasks_app import ledger
+from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
+from tasks_app.services.runs import runs_reconcile
+from tests.celery_procs import flush_broker
+
+# transaction=True: a requeue publishes on commit, and that is part of what is checked.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LIVE = "alive@host"
+GONE = "gone@host"
+
+
+@pytest.fixture
+def broker():
+    flush_broker()
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+
+
+def published(broker, queue: str = "default") -> list[dict]:
+    """The messages waiting in a queue: their headers (task id, run id, correlation id)."""
+    return [json.loads(raw)["headers"] for raw in broker.lrange(queue, 0, -1)]
+
+
+def make_run(state: str, *, worker: str = "", age: float = 0, lease_in: float | None = None, **fields) -> TaskRun:
+    now = timezone.now()
+    run = ledger.record_enqueue(
+        task_name="platform_noop",
+        celery_task_id=str(uuid.uuid4()),
+        queue="default",
+        args=[],
+        kwargs={"value": 1},
+        triggered_by=TriggerKind.COMMAND,
+        correlation_id="recon-corr",
+    )
+    TaskRun.objects.filter(id=run.id).update(
+        state=state,
+        worker=worker,
+        enqueued_at=now - timedelta(seconds=age),
+        started_at=now - timedelta(seconds=age) if state == RunState.STARTED else None,
+        lease_expires_at=now + timedelta(seconds=lease_in) if lease_in is not None else None,
+        **fields,
+    )
+    return TaskRun.objects.get(id=run.id)
+
+
+def later(seconds: float):
+    return timezone.now() + timedelta(seconds=seconds)
+
+
+def test_started_run_on_a_worker_that_no_longer_answers_is_published_again(broker):
+    # given
+    run = make_run(RunState.STARTED, worker=f"{GONE}/123", age=5, lease_in=3600)
+    # when
+    result = runs_reconcile(now=later(settings.TASK_LEASE_GRACE), workers={LIVE})
+    # then
+    assert result.as_dict() == {"requeued": 1, "failed": 0}
+    run.refresh_from_db()
+    assert run.state == RunState.QUEUED and run.redeliveries == 1 and run.lease_expires_at is None
+    headers = published(broker)
+    assert [(h["id"], h["run_id"], h["x_correlation_id"]) for h in headers] == [
+        (run.celery_task_id, str(run.id), "recon-corr")
+    ]
+
+
+def test_started_run_on_a_live_worker_is_left_alone(broker):
+    # given
+    run = make_run(RunState.STARTED, worker=f"{LIVE}/123", age=5, lease_in=3600)
+    # when
+    result = runs_reconcile(now=later(settings.TASK_LEASE_GRACE), workers={LIVE})
+    # then
+    assert result.as_dict() == {"requeued": 0, "failed": 0}
+    assert TaskRun.objects.get(id=run.id).state == RunState.STARTED
+    assert published(broker) == []
+
+
+def test_a_run_that_just_started_is_left_alone_even_if_its_worker_is_not_seen(broker):
+    # given: within the grace, e.g. a worker that has not answered the ping yet
+    run = make_run(RunState.STARTED, worker=f"{GONE}/123", age=0, lease_in=3600)
+    # when
+    runs_reconcile(now=timezone.now(), workers={LIVE})
+    # then
+    assert TaskRun.objects.get(id=run.id).state == RunState.STARTED
+
+
+def test_when_workers_cannot_be_asked_only_expired_leases_count(broker):
+    # given
+    within = make_run(RunState.STARTED, worker=f"{GONE}/1", age=600, lease_in=3600)
+    expired = make_run(RunState.STARTED, worker=f"{GONE}/2", age=600, lease_in=-1)
+    # when
+    result = runs_reconcile(now=timezone.now(), workers=None)
+    # then
+    assert result.requeued == 1
+    assert TaskRun.objects.get(id=within.id).state == RunState.STARTED
+    assert TaskRun.objects.get(id=expired.id).state == RunState.QUEUED
+
+
+def test_queued_run_whose_message_was_lost_is_published_again_after_the_queued_lease(broker):
+    # given
+    fresh = make_run(RunState.QUEUED, age=10)
+    lost = make_run(RunState.QUEUED, age=settings.TASK_QUEUED_LEASE + 10)
+    # when
+    result = runs_reconcile(now=timezone.now(), workers={LIVE})
+    # then
+    assert result.requeued == 1
+    assert [h["id"] for h in published(broker)] == [lost.celery_task_id]
+    lost.refresh_from_db()
+    assert lost.redeliveries == 1 and lost.enqueued_at > timezone.now() - timedelta(seconds=60)
+    assert TaskRun.objects.get(id=fresh.id).redeliveries == 0
+
+
+def test_retry_never_redelivered_is_published_again_after_its_lease(broker):
+    # given
+    waiting = make_run(RunState.RETRY, age=60, lease_in=30, retries=1)
+    lost = make_run(RunState.RETRY, age=60, lease_in=-1, retries=1)
+    # when
+    result = runs_reconcile(now=timezone.now(), workers={LIVE})
+    # then
+    assert result.requeued == 1
+    assert TaskRun.objects.get(id=lost.id).state == RunState.QUEUED
+    assert TaskRun.objects.get(id=waiting.id).state == RunState.RETRY
+
+
+def test_a_run_lost_too_often_fails_for_good_into_the_dead_letters(broker):
+    # given
+    run = make_run(RunState.STARTED, worker=f"{GONE}/1", age=600, lease_in=-1, redeliveries=settings.TASK_MAX_RETRIES)
+    # when
+    result = runs_reconcile(now=timezone.now(), workers={LIVE})
+    # then
+    assert result.as_dict() == {"requeued": 0, "failed": 1}
+    run.refresh_from_db()
+    assert run.state == RunState.FAILURE and run.error_type == "Lost"
+    assert run.error == f"lost {settings.TASK_MAX_RETRIES + 1} times; given up"
+    assert DeadLetter.objects.get(run=run).error == run.error
+    assert published(broker) == []
+
+
+def test_a_run_that_hit_the_hard_time_limit_is_not_run_again(broker):
+    # given: the worker recorded a failure in the result backend (time limit), the ledger still says STARTED
+    from billiard.exceptions import TimeLimitExceeded
+
+    run = make_run(RunState.STARTED, worker=f"{LIVE}/1", age=4000, lease_in=-1)
+    current_app.backend.mark_as_failure(run.celery_task_id, TimeLimitExceeded(1800))
+    # when
+    result = runs_reconcile(now=timezone.now(), workers={LIVE})
+    # then
+    assert result.failed == 1
+    run.refresh_from_db()
+    assert run.state == RunState.FAILURE and run.error.startswith("exceeded the hard time limit")
+    assert DeadLetter.objects.filter(run=run).exists()
+
+
+@pytest.mark.parametrize("state", [RunState.SUCCESS, RunState.FAILURE, RunState.CANCELLED])
+def test_finished_runs_are_never_touched(broker, state):
+    # given
+    run = make_run(state, worker=f"{GONE}/1", age=10_000, lease_in=-1)
+    # when
+    result = runs_reconcile(now=later(10_000), workers=set())
+    # then
+    assert result.as_dict() == {"requeued": 0, "failed": 0}
+    assert TaskRun.objects.get(id=run.id).state == state
+
+
+def test_two_reconcilers_requeue_a_run_once(broker):
+    # given
+    run = make_run(RunState.STARTED, worker=f"{GONE}/1", age=600, lease_in=-1)
+    stale_copy = TaskRun.objects.get(id=run.id)
+    # when: the first reconciler requeues it; a second one that read the run before acts on its stale copy
+    runs_reconcile(now=timezone.now(), workers={LIVE})
+    from tasks_app.services.runs import _requeue_or_fail
+
+    outcome = _requeue_or_fail(stale_copy, now=timezone.now())
+    # then
+    assert outcome is None
+    assert TaskRun.objects.get(id=run.id).redeliveries == 1
+    assert len(published(broker)) == 1
+
+
+def test_published_message_is_gzip_json_only(broker):
+    # given: the seed's wire format — JSON, gzip-compressed, never pickle
+    make_run(RunState.QUEUED, age=settings.TASK_QUEUED_LEASE + 10)
+    # when
+    runs_reconcile(now=timezone.now(), workers={LIVE})
+    # then
+    message = json.loads(broker.lrange("default", 0, -1)[0])
+    assert message["content-type"] == "application/json"
+    assert message["headers"]["compression"] == "application/x-gzip"
+    # kombu's "gzip" compression is zlib-framed deflate
+    body = json.loads(zlib.decompress(base64.b64decode(message["body"])))
+    assert body[1] == {"value": 1}
