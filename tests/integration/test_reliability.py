@@ -5,6 +5,7 @@ platform_probe task leaves countable side effects in Redis (`mark`): each attemp
 "done" INCR written only when its work completed — so "ran exactly once" is a number we read back.
 """
 
+import importlib
 import json
 import os
 import signal
@@ -13,14 +14,16 @@ from datetime import timedelta
 
 import pytest
 import redis
+from django.apps import apps
 from django.conf import settings
 from django.utils import timezone
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from finops.errors import TransientError
 from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
 from tasks_app.services.runs import dead_letter_replay, run_cancel, task_enqueue
 from tasks_app.tasks import reconcile_task_runs
-from tests.celery_procs import child_env, flush_broker, start_worker, wait_for
+from tests.celery_procs import child_env, flush_broker, start_beat, start_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -177,6 +180,31 @@ def test_worker_killed_mid_task_is_redelivered_by_the_reconciler_and_completes_o
     assert done(broker, "sigkill") == 1
     assert len(attempts(broker, "sigkill")) == 2  # the killed attempt and the one that completed
     assert TaskRun.objects.filter(celery_task_id=run.celery_task_id).count() == 1
+
+
+def test_worker_killed_mid_task_is_recovered_by_beats_reconciler_schedule(broker, workers, tmp_path):
+    # given: the seed's schedules, with the ledger reconciler's schedule tightened to every 2 s (an admin edit)
+    importlib.import_module("tasks_app.migrations.0002_default_schedules").create(apps, None)
+    reconciler = PeriodicTask.objects.get(task="reconcile_task_runs")
+    reconciler.interval, _ = IntervalSchedule.objects.get_or_create(every=2, period=IntervalSchedule.SECONDS)
+    reconciler.save()
+    first = workers()
+    run = enqueue_probe(sleep=4, mark="beat-recovers")
+    run_in_state(run, RunState.STARTED)
+    # when: the worker dies; a new worker and beat come up, and nobody calls the reconciler by hand
+    first.kill()
+    second = workers(env=child_env(TASK_LEASE_GRACE="1"))
+    beat = start_beat(tmp_path, env=child_env(TASK_LEASE_GRACE="1"))
+    try:
+        finished = run_in_state(run, RunState.SUCCESS, RunState.FAILURE, timeout=45)
+    finally:
+        beat.stop()
+    # then
+    assert finished.state == RunState.SUCCESS
+    assert finished.redeliveries == 1
+    assert "reconcile_task_runs" in beat.log
+    assert "re-enqueuing lost run" in second.log
+    assert done(broker, "beat-recovers") == 1
 
 
 def test_pool_child_killed_mid_task_is_requeued_by_its_worker_and_completes_once(broker, workers):
