@@ -34,6 +34,7 @@ def test_env(services) -> dict:
     env["DATABASE_URL"] = services.database_url("finops")  # pytest-django creates and drops test_finops
     env.update(services.redis_env(os.environ, broker_db=14, result_db=15, cache_db=15))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["FINOPS_TEST_RUNNER"] = "run_tests.py"  # it brought .venv up to date before pytest started
     return env
 
 
