@@ -9,6 +9,7 @@ from django.core.validators import URLValidator, validate_email
 from django.db import transaction
 from django.utils import timezone
 
+from finops.admin_mixins import ReadOnlyAdminMixin
 from providers_app import focus_schema as focus
 from providers_app.admin import TRIGGER_PERMISSION, WriteOnlyField
 
@@ -24,19 +25,6 @@ from .models import (
     Recommendation,
     RecommendationStatus,
 )
-
-
-class ReadOnlyAdminMixin:
-    """Rows written by imports and tasks: visible, never edited by hand."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 def fixed_values_filter(title: str, field: str, values) -> type[admin.SimpleListFilter]:

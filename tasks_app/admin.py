@@ -10,6 +10,8 @@ from django.utils.html import format_html
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
+from finops.admin_mixins import ReadOnlyAdminMixin
+
 from .models import DeadLetter, RunState, TaskRun, TriggerKind
 from .services.runs import UnknownTask, dead_letter_replay, run_cancel, task_enqueue
 
@@ -30,19 +32,6 @@ class TriggerPermissionMixin:
 
     def has_trigger_permission(self, request) -> bool:
         return request.user.has_perm(TRIGGER_PERMISSION)
-
-
-class ReadOnlyAdminMixin:
-    """The ledger is an audit trail: nobody adds, edits or deletes rows by hand."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 def format_duration(ms: int | None) -> str:
