@@ -13,7 +13,7 @@ from tests.factories import CloudAccountFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-SAMPLE = Path(settings.BASE_DIR).parent / "shared" / "data" / "focus" / "focus_sample_1.0.csv"
+SAMPLE = Path(settings.BASE_DIR) / "tests" / "providers_app" / "data" / "focus_sample_1.0.csv"
 
 
 def json_lines(log: str) -> list[dict]:
