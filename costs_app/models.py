@@ -7,9 +7,8 @@ from django.db import models
 from django.utils import timezone
 
 from finops import crypto
-from providers_app.models import CloudAccount, Resource
-
 from providers_app import focus_schema as focus
+from providers_app.models import CloudAccount, Resource
 
 MONEY = {"max_digits": 38, "decimal_places": 15}
 
@@ -73,6 +72,9 @@ class CostDailyRollup(models.Model):
         ]
         indexes = [models.Index(fields=["day"]), models.Index(fields=["account", "billing_period_start"])]
 
+    def __str__(self) -> str:
+        return f"{self.day} {self.service_name or '(all services)'} {self.billed_cost} {self.billing_currency}"
+
 
 class ChannelKind(models.TextChoices):
     EMAIL = "email", "Email"
@@ -130,7 +132,9 @@ class Budget(models.Model):
     amount = models.DecimalField(max_digits=20, decimal_places=2, validators=[MinValueValidator(Decimal("0.01"))])
     currency = models.CharField(max_length=3, default="USD")
     period = models.CharField(max_length=16, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTHLY)
-    thresholds = models.JSONField(default=default_thresholds, help_text="Percentages of the amount, e.g. [50, 80, 100].")
+    thresholds = models.JSONField(
+        default=default_thresholds, help_text="Percentages of the amount, e.g. [50, 80, 100]."
+    )
     channels = models.ManyToManyField(NotificationChannel, blank=True, related_name="budgets")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -155,6 +159,9 @@ class BudgetAlert(models.Model):
             models.UniqueConstraint(fields=["budget", "period_start", "threshold"], name="budget_alert_once")
         ]
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.budget.name}: {self.threshold}% of {self.period_start:%Y-%m} reached ({self.percentage}%)"
 
 
 class AnomalyStatus(models.TextChoices):
@@ -185,6 +192,9 @@ class Anomaly(models.Model):
         ]
         ordering = ["-day"]
 
+    def __str__(self) -> str:
+        return f"{self.day} {self.service_name or '(account)'}: {self.actual} vs {self.expected} {self.currency}"
+
 
 class RecommendationStatus(models.TextChoices):
     OPEN = "open", "Open"
@@ -210,6 +220,11 @@ class Recommendation(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["rule", "account", "provider_resource_id"], name="recommendation_rule_resource_uniq")
+            models.UniqueConstraint(
+                fields=["rule", "account", "provider_resource_id"], name="recommendation_rule_resource_uniq"
+            )
         ]
         ordering = ["-estimated_monthly_saving"]
+
+    def __str__(self) -> str:
+        return f"{self.rule} {self.provider_resource_id}: save {self.estimated_monthly_saving} {self.currency}/month"
