@@ -41,8 +41,7 @@ _ENQUEUE_SQL = """
 INSERT INTO tasks_app_taskrun (
     id, task_name, celery_task_id, queue, args, kwargs, triggered_by, trigger_detail, user_id, parent_id,
     correlation_id, state, enqueued_at, worker, retries, redeliveries, error, error_type
-) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'QUEUED', %s, '', 0, 0, '', '')
-"""
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'QUEUED', %s, '', 0, 0, '', '')"""
 
 
 def worker_name(hostname: str | None = None) -> str:
@@ -165,7 +164,9 @@ def record_enqueue(
     user_id: int | None = None,
     parent_id: uuid.UUID | None = None,
     correlation_id: str = "",
+    if_absent: bool = False,
 ) -> TaskRun:
+    """Write the QUEUED row; with if_absent, a row already there for this Celery id wins (ON CONFLICT DO NOTHING)."""
     run = TaskRun(
         task_name=task_name,
         celery_task_id=celery_task_id,
@@ -184,7 +185,7 @@ def record_enqueue(
     # machinery cost as much client CPU as the statement itself (bench/tasks.py).
     with connection.cursor() as cursor:
         cursor.execute(
-            _ENQUEUE_SQL,
+            _ENQUEUE_SQL + (" ON CONFLICT (celery_task_id) DO NOTHING" if if_absent else ""),
             [
                 run.id,
                 run.task_name,
@@ -205,30 +206,6 @@ def record_enqueue(
     return run
 
 
-def record_enqueue_if_absent(
-    *,
-    task_name: str,
-    celery_task_id: str,
-    queue: str,
-    args: list,
-    kwargs: dict,
-    triggered_by: str,
-    trigger_detail: str = "",
-    parent_id: uuid.UUID | None = None,
-    correlation_id: str = "",
-) -> None:
+def record_enqueue_if_absent(**fields) -> None:
     """For publishes that did not go through task_enqueue (beat, a child's .delay()): one INSERT, no clash."""
-    run = TaskRun(
-        task_name=task_name,
-        celery_task_id=celery_task_id,
-        queue=queue,
-        args=list(args or []),
-        kwargs=dict(kwargs or {}),
-        triggered_by=triggered_by,
-        trigger_detail=trigger_detail[:255],
-        parent_id=parent_id,
-        correlation_id=correlation_id or "",
-        state=RunState.QUEUED,
-        enqueued_at=timezone.now(),
-    )
-    TaskRun.objects.bulk_create([run], ignore_conflicts=True)
+    record_enqueue(**fields, if_absent=True)
