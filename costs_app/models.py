@@ -76,6 +76,61 @@ class CostDailyRollup(models.Model):
         return f"{self.day} {self.service_name or '(all services)'} {self.billed_cost} {self.billing_currency}"
 
 
+class CostAllocationTag(models.Model):
+    """A tag key whose spend is rolled up per value (AWS calls these "cost allocation tags").
+
+    Budgets scoped by tag and anomaly monitors on a tag dimension read CostTagRollup, never raw lines, and
+    only the active keys are rolled up at ingest (each key multiplies the rollup's input, so not all of
+    them). Activating a key backfills its rollups from the stored cost lines (ingest.tag_rollups_rebuild).
+    """
+
+    key = models.CharField(max_length=256, unique=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class CostTagRollup(models.Model):
+    """Cost per account × day × tag key × tag value × service × sub-account × region × currency.
+
+    tag_value is "" for the lines that do not carry the key, so the values of one key add up to the
+    account's whole spend of the day (untagged spend is the "" row).
+    """
+
+    account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="daily_tag_costs")
+    day = models.DateField()
+    tag_key = models.TextField()
+    tag_value = models.TextField(default="", blank=True)
+    service_name = models.TextField(default="", blank=True)
+    sub_account_id = models.TextField(default="", blank=True)
+    region_id = models.TextField(default="", blank=True)
+    billing_currency = models.CharField(max_length=3)
+    billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    effective_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    list_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    line_count = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "account", "day", "tag_key", "tag_value", "service_name", "sub_account_id", "region_id",
+                    "billing_currency",
+                ],
+                name="tag_rollup_dims_uniq",
+            )
+        ]  # fmt: skip
+        indexes = [models.Index(fields=["tag_key", "day"], name="tag_rollup_key_day_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.tag_key}={self.tag_value or '(untagged)'} {self.billed_cost} {self.billing_currency}"
+
+
 class ChannelKind(models.TextChoices):
     EMAIL = "email", "Email"
     SLACK = "slack", "Slack incoming webhook"

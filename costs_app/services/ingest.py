@@ -20,7 +20,7 @@ import pyarrow.csv as pcsv
 from django.db import connection, transaction
 from django.utils import timezone
 
-from costs_app.models import CostDailyRollup, CostLineItem
+from costs_app.models import CostAllocationTag, CostDailyRollup, CostLineItem, CostTagRollup
 from finops.errors import PermanentError
 from providers_app import focus_schema as focus
 from providers_app.connectors import CostBatch, CostSource, RuleReport, get_cost_source
@@ -29,6 +29,7 @@ from providers_app.models import CloudAccount
 PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 LINES = CostLineItem._meta.db_table
 ROLLUPS = CostDailyRollup._meta.db_table
+TAG_ROLLUPS = CostTagRollup._meta.db_table
 COPY_COLUMNS = ["account_id", "source_file", "source_row", *(c.field for c in focus.COLUMNS)]
 COPY_SQL = f"COPY {LINES} ({', '.join(COPY_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"  # noqa: S608
 CSV_OPTIONS = pcsv.WriteOptions(include_header=False, quoting_style="needed")
@@ -175,7 +176,63 @@ def _replace_and_roll_up(cursor, account_id: int, boundary: int) -> tuple[int, i
         """,  # noqa: S608
         [account_id, min(days), max(days), days],
     )
+    _roll_up_tags(cursor, account_id, days, active_tag_keys())
     return replaced, len(days)
+
+
+def active_tag_keys() -> list[str]:
+    return list(CostAllocationTag.objects.filter(is_active=True).values_list("key", flat=True))
+
+
+def _roll_up_tags(cursor, account_id: int, days: list | None, keys: list[str]) -> None:
+    """Rebuild the tag rollups of `keys` for the account's `days` (all its days when None)."""
+    if not keys:
+        return
+    day_filter = "" if days is None else "AND day = ANY(%(days)s)"
+    cursor.execute(
+        f"DELETE FROM {TAG_ROLLUPS} WHERE account_id = %(account)s AND tag_key = ANY(%(keys)s) {day_filter}",  # noqa: S608
+        {"account": account_id, "keys": keys, "days": days},
+    )
+    line_filter = (
+        ""
+        if days is None
+        else """AND charge_period_start >= (%(first)s::date)::timestamp AT TIME ZONE 'UTC'
+          AND charge_period_start < ((%(last)s::date) + 1)::timestamp AT TIME ZONE 'UTC'
+          AND (charge_period_start AT TIME ZONE 'UTC')::date = ANY(%(days)s)"""
+    )
+    # One pass over the lines per key set: each line counts once per key, under its value or "" (untagged).
+    cursor.execute(
+        f"""
+        INSERT INTO {TAG_ROLLUPS} (account_id, day, tag_key, tag_value, service_name, sub_account_id, region_id,
+                                   billing_currency, billed_cost, effective_cost, list_cost, line_count)
+        SELECT account_id, (charge_period_start AT TIME ZONE 'UTC')::date, k.key,
+               coalesce(tags ->> k.key, ''), coalesce(service_name, ''), coalesce(sub_account_id, ''),
+               coalesce(region_id, ''), billing_currency, sum(billed_cost), sum(effective_cost), sum(list_cost),
+               count(*)
+        FROM {LINES} CROSS JOIN unnest(%(keys)s::text[]) AS k(key)
+        WHERE account_id = %(account)s {line_filter}
+        GROUP BY account_id, 2, k.key, 4, 5, 6, 7, billing_currency
+        """,  # noqa: S608
+        {
+            "account": account_id,
+            "keys": keys,
+            "days": days,
+            "first": min(days) if days else None,
+            "last": max(days) if days else None,
+        },
+    )
+
+
+@transaction.atomic
+def tag_rollups_rebuild(*, keys: list[str], account_id: int | None = None) -> int:
+    """Backfill (or refresh) the tag rollups of `keys` from the stored lines; returns the rollup rows written."""
+    accounts = [account_id] if account_id else list(CloudAccount.objects.values_list("id", flat=True))
+    written = 0
+    with connection.cursor() as cursor:
+        for account in accounts:
+            _roll_up_tags(cursor, account, None, keys)
+            written += max(cursor.rowcount, 0)
+    return written
 
 
 def _copy_bytes(batch: CostBatch, account_id: int) -> memoryview:
