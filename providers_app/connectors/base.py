@@ -149,8 +149,47 @@ class CostSource(ABC):
     def batches(self, *, billing_period: str | None = None) -> Iterator[CostBatch]: ...
 
 
+# --- Resources: what discovery yields, and what the optimisation rules read ---
+#
+# A ResourceSource yields one dict per resource with Resource's field names:
+#   resource_id    the string the provider's cost data uses as FOCUS ResourceId, so cost lines join on it
+#                  (AWS: "i-0abc…", "vol-…", "snap-…", "eipalloc-…", ARNs for load balancers and RDS, bucket
+#                  names; Azure: the ARM id, lower-cased; GCP: the resource's self-link path
+#                  "projects/P/zones/Z/instances/NAME" and the like)
+#   resource_type  one of RESOURCE_KINDS
+#   service_name   the FOCUS ServiceName of its charges ("Amazon Elastic Compute Cloud", "Virtual Machines", …)
+#   region, name, state (the provider's state, lower-case: "running", "stopped", "available", "in-use", …)
+#   tags           {key: value}
+#   attributes     the kind's keys below; time values are ISO-8601 UTC strings, sizes in GiB, CPU in percent.
+RESOURCE_KINDS = {
+    "instance": "a virtual machine (EC2 instance, Azure VM, Compute Engine instance)",
+    "volume": "a block storage disk (EBS volume, Azure managed disk, GCP persistent disk)",
+    "snapshot": "a disk snapshot",
+    "ip_address": "a reserved public IP address (Elastic IP, Azure public IP, GCP static address)",
+    "load_balancer": "a load balancer",
+    "database": "a managed database instance (RDS)",
+    "bucket": "an object storage bucket",
+}
+RESOURCE_ATTRIBUTES = {
+    "*": ["created_at"],
+    "instance": [
+        "instance_type",  # "m5.xlarge", "Standard_D4s_v3", "n2-standard-4"
+        "stopped_at",  # when it was stopped (state "stopped"/"deallocated"/"terminated" on GCP), else absent
+        "attached_volume_ids",  # resource ids of its disks
+        "cpu_hourly",  # hourly average CPU utilisation, oldest first (up to the connector's look-back)
+        "cpu_hourly_end",  # end of the last hour in cpu_hourly
+    ],
+    "volume": ["size_gb", "volume_type", "attached_to"],  # attached_to: instance resource ids, [] when unattached
+    "snapshot": ["size_gb", "source_volume_id"],  # the volume it was taken of ("" when unknown)
+    "ip_address": ["address", "associated_with"],  # associated_with: resource id, "" when unassociated
+    "load_balancer": ["lb_type", "target_count", "request_count_daily"],  # requests per day, oldest first
+    "database": ["instance_class", "engine", "cpu_hourly", "cpu_hourly_end"],
+    "bucket": [],
+}
+
+
 class ResourceSource(ABC):
-    """Yields the account's resources as dicts with Resource field names (resource_id, resource_type, ...)."""
+    """Yields the account's resources as dicts with Resource field names (see RESOURCE_ATTRIBUTES above)."""
 
     def __init__(self, account: CloudAccount):
         self.account = account
