@@ -60,7 +60,6 @@ class CostSyncRequest(AccountTaskRequest):
     )
     force = serializers.BooleanField(
         required=False,
-        default=False,
         help_text="Reload periods whose export files have not changed since their last load.",
     )
 
