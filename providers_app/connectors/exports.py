@@ -118,7 +118,7 @@ class ExportCostSource(CostSource):
                     yield batch
         except _Refused:
             return
-        except (OSError, EOFError, pa.ArrowInvalid, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, UnicodeDecodeError, pa.ArrowInvalid, gzip.BadGzipFile) as exc:
             detail = str(exc).splitlines()[0][:300]
             self.report.add(
                 rule="file_readable",
@@ -132,21 +132,25 @@ class ExportCostSource(CostSource):
     def _read(self, file: ExportFile, local: Path, mapping: ColumnMapping | None) -> Iterator[pa.RecordBatch]:
         if file.format == "parquet":
             parquet = pq.ParquetFile(local)
-            self._check_header(file, parquet.schema_arrow.names, mapping)
-            wanted = self._wanted(parquet.schema_arrow.names, mapping)
-            yield from parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
+            names = self.column_names(parquet.schema_arrow.names)
+            self._check_header(file, names, mapping)
+            wanted = self._wanted(names, mapping)
+            in_file = dict(zip(names, parquet.schema_arrow.names, strict=True))
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[in_file[n] for n in wanted]):
+                yield batch.rename_columns(wanted)
             return
         opener = gzip.open if file.format == "csv.gz" else open
         with opener(local, "rt", encoding="utf-8-sig", newline="") as fh:
             names = next(csv.reader(fh), None)
         if not names:
             raise pa.ArrowInvalid("the file is empty (no header row)")
+        names = self.column_names(names)
         self._check_header(file, names, mapping)
         wanted = self._wanted(names, mapping)
         with opener(local, "rb") as fh:
             reader = pcsv.open_csv(
                 fh,
-                read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_SIZE),
+                read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_SIZE, column_names=names, skip_rows=1),
                 parse_options=pcsv.ParseOptions(newlines_in_values=True),
                 convert_options=pcsv.ConvertOptions(
                     # Every column as text: money stays exact, and inference cannot misread a later block.
@@ -158,6 +162,10 @@ class ExportCostSource(CostSource):
                 ),
             )
             yield from reader
+
+    def column_names(self, names: list[str]) -> list[str]:
+        """The names the mapping reads for a file's header (e.g. case-folded, aliases resolved); unique."""
+        return names
 
     def _wanted(self, names: list[str], mapping: ColumnMapping | None) -> list[str]:
         if mapping is None:

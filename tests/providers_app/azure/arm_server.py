@@ -1,0 +1,277 @@
+"""A local HTTPS stand-in for Microsoft Entra ID (token endpoint) and Azure Resource Manager, serving recorded JSON.
+
+The payloads under recorded/ are shaped exactly like the public REST API's responses (`value` + `nextLink`
+paging, ARM error bodies, AADSTS errors); the server only keeps the set of resources a test "created" and
+pages them. The real azure-identity and azure-mgmt-* clients talk to it over TLS (a self-signed CA the
+fixture generates), so authentication, paging, retries and error parsing are the SDKs' own.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import ipaddress
+import json
+import re
+import ssl
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+RECORDED = Path(__file__).parent / "recorded"
+PAGE_SIZE = 2  # small, so every listing of more than two resources follows a nextLink
+
+LISTS = {  # path (lower-case, after /subscriptions/{id}) -> the resource kind it lists
+    "/providers/microsoft.compute/virtualmachines": "vm",
+    "/providers/microsoft.compute/disks": "disk",
+    "/providers/microsoft.compute/snapshots": "snapshot",
+    "/providers/microsoft.network/publicipaddresses": "ip",
+}
+
+
+def recorded(name: str) -> dict:
+    return json.loads((RECORDED / name).read_text())
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 / localhost; returns (cert = the CA bundle, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "finops-test-azure")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "azure-test-ca.pem", folder / "azure-test-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+class FakeAzure:
+    """State: the tenant's app registrations, each subscription's resources, and faults to inject."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.apps: dict[tuple[str, str], str] = {}  # (tenant, client id) -> secret
+        self.resources: dict[str, dict[str, list[dict]]] = {}  # subscription -> kind -> ARM JSON
+        self.instance_views: dict[str, dict] = {}  # lower-case VM id -> instanceView JSON
+        self.metrics: dict[str, dict] = {}  # lower-case VM id -> metrics response JSON
+        self.denied: dict[str, str] = {}  # path fragment (lower-case) -> action named in AuthorizationFailed
+        self.faults: list[dict] = []  # {"match": fragment, "status": 503|429, "left": n}
+        self.requests: list[str] = []
+        self.base = ""
+
+    # --- what tests call ---
+
+    def register_app(self, tenant: str, client_id: str, secret: str) -> None:
+        self.apps[(tenant, client_id)] = secret
+
+    def put(self, subscription: str, kind: str, resource: dict) -> None:
+        with self.lock:
+            items = self.resources.setdefault(subscription, {}).setdefault(kind, [])
+            items[:] = [r for r in items if r["id"].lower() != resource["id"].lower()] + [resource]
+
+    def delete(self, subscription: str, kind: str, resource_id: str) -> None:
+        with self.lock:
+            items = self.resources.get(subscription, {}).get(kind, [])
+            items[:] = [r for r in items if r["id"].lower() != resource_id.lower()]
+
+    def deny(self, fragment: str, action: str) -> None:
+        self.denied[fragment.lower()] = action
+
+    def fail(self, fragment: str, status: int, times: int) -> None:
+        self.faults.append({"match": fragment.lower(), "status": status, "left": times})
+
+    def count(self, fragment: str) -> int:
+        return sum(1 for path in self.requests if fragment.lower() in path.lower())
+
+
+def _handler(state: FakeAzure):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # quiet
+            pass
+
+        def _send(self, status: int, body: dict | None, headers: dict | None = None) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-ms-request-id", str(uuid.uuid4()))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> dict:
+            length = int(self.headers.get("Content-Length") or 0)
+            return {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+
+        def do_GET(self):
+            self._route("GET")
+
+        def do_POST(self):
+            self._route("POST")
+
+        def _route(self, method: str) -> None:
+            url = urlsplit(self.path)
+            path, query = url.path, parse_qs(url.query)
+            state.requests.append(f"{method} {self.path}")
+            for fault in state.faults:
+                if fault["left"] > 0 and fault["match"] in path.lower():
+                    fault["left"] -= 1
+                    body = recorded("error_throttled.json") if fault["status"] == 429 else recorded("error_503.json")
+                    return self._send(fault["status"], body, {"Retry-After": "0"})
+            if m := re.fullmatch(r"/([^/]+)/v2\.0/\.well-known/openid-configuration", path):
+                return self._openid(m.group(1))
+            if m := re.fullmatch(r"/([^/]+)/oauth2/v2\.0/token", path):
+                return self._token(m.group(1), self._body())
+            auth = self.headers.get("Authorization", "")
+            if not auth.startswith("Bearer fake-arm-token-"):
+                return self._send(401, recorded("error_invalid_token.json"))
+            for fragment, action in state.denied.items():
+                if fragment in path.lower():
+                    body = recorded("error_authorization_failed.json")
+                    sub = path.split("/")[2] if path.startswith("/subscriptions/") else ""
+                    body["error"]["message"] = body["error"]["message"].format(
+                        action=action, scope=f"/subscriptions/{sub}"
+                    )
+                    return self._send(403, body)
+            if m := re.fullmatch(r"/subscriptions/([^/]+)(/.*)?", path):
+                return self._arm(m.group(1), (m.group(2) or "").lower(), path, query)
+            self._send(404, {"error": {"code": "NotFound", "message": f"no route {path}"}})
+
+        def _openid(self, tenant: str) -> None:
+            if not any(t == tenant for t, _ in state.apps):
+                return self._send(400, _aad_error("invalid_tenant", 90002, f"Tenant '{tenant}' not found."))
+            doc = recorded("openid_configuration.json")
+            self._send(200, json.loads(json.dumps(doc).replace("{base}", state.base).replace("{tenant}", tenant)))
+
+        def _token(self, tenant: str, form: dict) -> None:
+            client = form.get("client_id", "")
+            if (tenant, client) not in state.apps:
+                return self._send(
+                    400,
+                    _aad_error(
+                        "unauthorized_client",
+                        700016,
+                        f"Application with identifier '{client}' was not found in the directory '{tenant}'.",
+                    ),
+                )
+            if form.get("client_secret") != state.apps[(tenant, client)]:
+                return self._send(
+                    401,
+                    _aad_error(
+                        "invalid_client",
+                        7000215,
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client "
+                        f"secret value, not the client secret ID, for a secret added to app '{client}'.",
+                    ),
+                )
+            self._send(
+                200,
+                {
+                    "token_type": "Bearer",
+                    "expires_in": 3599,
+                    "ext_expires_in": 3599,
+                    "access_token": f"fake-arm-token-{uuid.uuid4().hex}",
+                },
+            )
+
+        def _arm(self, subscription: str, rest: str, path: str, query: dict) -> None:
+            if subscription not in state.resources:
+                body = recorded("error_subscription_not_found.json")
+                body["error"]["message"] = body["error"]["message"].format(subscription=subscription)
+                return self._send(404, body)
+            if rest == "":
+                return self._send(
+                    200,
+                    {
+                        "id": f"/subscriptions/{subscription}",
+                        "subscriptionId": subscription,
+                        "displayName": f"sub {subscription[:8]}",
+                        "state": "Enabled",
+                    },
+                )
+            kind = LISTS.get(rest)
+            if kind is not None:
+                with state.lock:
+                    items = copy.deepcopy(state.resources[subscription].get(kind, []))
+                if kind == "vm" and query.get("statusOnly", ["false"])[0].lower() == "true":
+                    for vm in items:
+                        vm["properties"] = {"instanceView": state.instance_views.get(vm["id"].lower(), {})}
+                start = int(query.get("$skiptoken", ["0"])[0])
+                page = {"value": items[start : start + PAGE_SIZE]}
+                if start + PAGE_SIZE < len(items):
+                    params = {k: v[0] for k, v in query.items() if k != "$skiptoken"}
+                    params["$skiptoken"] = str(start + PAGE_SIZE)
+                    page["nextLink"] = f"{state.base}{path}?{urlencode(params)}"
+                return self._send(200, page)
+            if rest.endswith("/providers/microsoft.insights/metrics"):
+                resource_id = path[: -len("/providers/Microsoft.Insights/metrics")].lower()
+                body = state.metrics.get(resource_id)
+                if body is None:
+                    body = recorded("metrics_empty.json")
+                return self._send(200, body)
+            if rest.endswith("/instanceview"):
+                vm_id = path[: -len("/instanceView")].lower()
+                if vm_id in state.instance_views:
+                    return self._send(200, state.instance_views[vm_id])
+            body = recorded("error_resource_not_found.json")
+            self._send(404, body)
+
+    return Handler
+
+
+def _aad_error(error: str, code: int, text: str) -> dict:
+    trace, correlation = uuid.uuid4(), uuid.uuid4()
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return {
+        "error": error,
+        "error_description": f"AADSTS{code}: {text} Trace ID: {trace} Correlation ID: {correlation} Timestamp: {now}",
+        "error_codes": [code],
+        "timestamp": now,
+        "trace_id": str(trace),
+        "correlation_id": str(correlation),
+        "error_uri": "https://login.microsoftonline.com/error?code=" + str(code),
+    }
+
+
+class FakeAzureServer:
+    def __init__(self, cert: Path, key: Path):
+        self.state = FakeAzure()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
+        self.httpd.daemon_threads = True
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.state.base = f"https://{self.host}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
