@@ -275,3 +275,61 @@ class FakeAzureServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# --- resources from the recorded payloads, with the test's names filled in ---
+
+
+def _fill(template: str, **values) -> dict:
+    text = (RECORDED / template).read_text()
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return json.loads(text)
+
+
+def add_vm(state: FakeAzure, subscription: str, name: str, *, group: str = "rg-web", power: str = "running") -> dict:
+    vm = _fill("virtual_machine.json", name=name, subscription=subscription, group=group)
+    state.put(subscription, "vm", vm)
+    view = "instance_view_running.json" if power == "running" else "instance_view_deallocated.json"
+    state.instance_views[vm["id"].lower()] = _fill(view, name=name)
+    return vm
+
+
+def add_disk(state: FakeAzure, subscription: str, name: str, *, group: str = "rg-web", managed_by: str = "") -> dict:
+    disk = _fill("disk.json", name=name, subscription=subscription, group=group)
+    if managed_by:
+        disk["managedBy"] = managed_by
+        disk["properties"]["diskState"] = "Attached"
+    state.put(subscription, "disk", disk)
+    return disk
+
+
+def add_snapshot(state: FakeAzure, subscription: str, name: str, *, source: str, group: str = "rg-web") -> dict:
+    snapshot = _fill("snapshot.json", name=name, subscription=subscription, group=group, source=source)
+    state.put(subscription, "snapshot", snapshot)
+    return snapshot
+
+
+def add_public_ip(
+    state: FakeAzure, subscription: str, name: str, *, address: str, ip_configuration: str = "", group: str = "rg-web"
+) -> dict:
+    ip = _fill("public_ip.json", name=name, subscription=subscription, group=group, address=address,
+               ip_configuration=ip_configuration)  # fmt: skip
+    if not ip_configuration:
+        del ip["properties"]["ipConfiguration"]
+    state.put(subscription, "ip", ip)
+    return ip
+
+
+def set_cpu(state: FakeAzure, resource_id: str, *, end: dt.datetime, averages: list[float | None]) -> None:
+    """Hourly "Percentage CPU" points ending at `end` (exclusive), as Azure Monitor returns them."""
+    start = end - dt.timedelta(hours=len(averages))
+    body = _fill("metrics_cpu.json", resource=resource_id, start=f"{start:%Y-%m-%dT%H:%M:%SZ}", end=f"{end:%Y-%m-%dT%H:%M:%SZ}")
+    points = []
+    for hour, average in enumerate(averages):
+        point = {"timeStamp": (start + dt.timedelta(hours=hour)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if average is not None:
+            point["average"] = average
+        points.append(point)
+    body["value"][0]["timeseries"][0]["data"] = points
+    state.metrics[resource_id.lower()] = body
