@@ -52,7 +52,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -531,7 +531,6 @@ ALIASES = {
     "usagedate": "date",
     "product": "productname",
     "consumedquantity": "quantity",
-    "meterregion": "meterregion",
 }
 
 
@@ -559,8 +558,9 @@ def _blank_to_null(arr: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(text, ""), NULL, text)
 
 
-def _const(value: str, like: pa.Array) -> pa.Array:
-    return pa.array([value] * len(like), pa.string())
+def _group(matches: pa.Array, name: str) -> pa.Array:
+    """A named group of pc.extract_regex; null where the row did not match (the struct's children are not)."""
+    return pc.if_else(pc.is_valid(matches), matches.field(name), NULL)
 
 
 def azure_date(*, plus_days: int = 0, month_start: bool = False):
@@ -571,16 +571,16 @@ def azure_date(*, plus_days: int = 0, month_start: bool = False):
         text = _blank_to_null(arr)
         us = pc.extract_regex(text, r"^(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})(?:\s.*)?$")
         us_iso = pc.binary_join_element_wise(
-            us.field("y"), pc.utf8_lpad(us.field("m"), 2, "0"), pc.utf8_lpad(us.field("d"), 2, "0"), "-"
+            _group(us, "y"), pc.utf8_lpad(_group(us, "m"), 2, "0"), pc.utf8_lpad(_group(us, "d"), 2, "0"), "-"
         )
-        iso = pc.extract_regex(text, r"^(?P<day>\d{4}-\d{2}-\d{2})(?:[T ].*)?$").field("day")
+        iso = _group(pc.extract_regex(text, r"^(?P<day>\d{4}-\d{2}-\d{2})(?:[T ].*)?$"), "day")
         day = pc.coalesce(us_iso, iso)
         if month_start:
             day = pc.binary_join_element_wise(pc.utf8_slice_codeunits(day, 0, 7), "01", "-")
         parsed = pc.strptime(day, format="%Y-%m-%d", unit="us", error_is_null=True)
         if plus_days:
             parsed = pc.add(parsed, pa.scalar(timedelta(days=plus_days), pa.duration("us")))
-        out = pc.strftime(parsed, "%Y-%m-%dT%H:%M:%SZ")
+        out = pc.strftime(parsed, "%Y-%m-%dT00:00:00Z")  # %S would print microseconds
         return pc.if_else(pc.is_null(parsed), text, out)
 
     return derive
@@ -594,36 +594,49 @@ def _period_end(end: pa.Array, day: pa.Array) -> pa.Array:
     """Azure's billing period end is its last day (inclusive); FOCUS's is exclusive: the next midnight."""
     from_end = azure_date(plus_days=1)(end)
     # Without BillingPeriodEndDate: the first of the month after the usage day.
-    start = pc.strptime(azure_date(month_start=True)(day), format="%Y-%m-%dT%H:%M:%SZ", unit="us", error_is_null=True)
+    start = pc.strptime(azure_date(month_start=True)(day), format="%Y-%m-%dT00:00:00Z", unit="us", error_is_null=True)
     next_month = pc.add(start, pa.scalar(timedelta(days=32), pa.duration("us")))
     fallback = pc.binary_join_element_wise(pc.strftime(next_month, "%Y-%m"), "01T00:00:00Z", "-")
     return pc.coalesce(from_end, fallback)
 
 
-DECIMAL_TEXT_RE = r"^[+-]?(\d{1,17}(\.\d{0,29})?|\.\d{1,29})([eE][+-]?\d{1,2})?$"
+# Decimal text the vectorised product takes exactly: decimal256(37, 22) operands, a (75, 44) product.
+FAST_DECIMAL_RE = r"^[+-]?(\d{1,15}(\.\d{0,22})?|\.\d{1,22})$"
+ANY_DECIMAL_RE = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 
 
 def multiply(a: pa.Array, b: pa.Array) -> pa.Array:
-    """a × b for decimal text, exact (decimal256 arithmetic), as text with 15 decimals; null when either is null;
-    a value that is not a decimal is passed on as it is (the FOCUS check then names its row)."""
+    """a × b for decimal text, exact, as text with 15 decimals; null when either is null; an operand that is not
+    a decimal is passed on as it is (the FOCUS check then names its row). Usual values go through decimal256
+    arithmetic; the rare ones it cannot hold exactly (exponents, more than 15 integer or 22 decimal digits) are
+    multiplied one by one with Python's Decimal."""
     a, b = _blank_to_null(a), _blank_to_null(b)
-    ok_a, ok_b = pc.match_substring_regex(a, DECIMAL_TEXT_RE), pc.match_substring_regex(b, DECIMAL_TEXT_RE)
-    both = pc.and_(ok_a, ok_b)
-    try:
-        wide, work = pa.decimal256(60, 30), pa.decimal256(36, 18)
-        x = pc.cast(pc.cast(pc.if_else(both, a, "0"), wide), work, safe=False)
-        y = pc.cast(pc.cast(pc.if_else(both, b, "0"), wide), work, safe=False)
-        product = pc.cast(pc.round(pc.multiply(x, y), ndigits=15), pa.decimal256(60, 15), safe=False)
-        text = pc.cast(product, pa.string())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        text = pa.array([_decimal_product(x, y) for x, y in zip(a.to_pylist(), b.to_pylist(), strict=True)])
+    ok_a, ok_b = pc.match_substring_regex(a, ANY_DECIMAL_RE), pc.match_substring_regex(b, ANY_DECIMAL_RE)
+    both = pc.fill_null(pc.and_(ok_a, ok_b), False)
+    fast = pc.fill_null(
+        pc.and_(pc.match_substring_regex(a, FAST_DECIMAL_RE), pc.match_substring_regex(b, FAST_DECIMAL_RE)), False
+    )
+    work = pa.decimal256(37, 22)
+    x = pc.cast(pc.if_else(fast, a, "0"), work)
+    y = pc.cast(pc.if_else(fast, b, "0"), work)
+    product = pc.cast(pc.round(pc.multiply(x, y), ndigits=15), pa.decimal256(76, 15), safe=False)
+    text = pc.cast(product, pa.string())
+    slow = pc.indices_nonzero(pc.and_(both, pc.invert(fast))).to_pylist()
+    if slow:
+        values = text.to_pylist()
+        left, right = a.to_pylist(), b.to_pylist()
+        for i in slow:
+            values[i] = _decimal_product(left[i], right[i])
+        text = pa.array(values, pa.string())
     bad = pc.if_else(pc.fill_null(ok_a, True), b, a)  # the operand that is not a decimal
     return pc.if_else(both, text, pc.if_else(pc.or_(pc.is_null(a), pc.is_null(b)), NULL, bad))
 
 
 def _decimal_product(x: str | None, y: str | None) -> str | None:
     try:
-        return str((Decimal(x) * Decimal(y)).quantize(Decimal("1e-15"))) if x and y else None
+        with localcontext() as context:
+            context.prec = 100
+            return f"{(Decimal(x) * Decimal(y)).quantize(Decimal('1e-15')):f}" if x and y else None
     except (InvalidOperation, TypeError):
         return None
 
@@ -757,7 +770,7 @@ def lower_resource_id(arr: pa.Array) -> pa.Array:
 
 
 def resource_name(resource_id: pa.Array, name: pa.Array) -> pa.Array:
-    last = pc.extract_regex(_blank_to_null(resource_id), r"/(?P<name>[^/]+)$").field("name")
+    last = _group(pc.extract_regex(_blank_to_null(resource_id), r"/(?P<name>[^/]+)$"), "name")
     return coalesce(name, last)
 
 
@@ -765,7 +778,7 @@ def resource_type(resource_id: pa.Array) -> pa.Array:
     """The ARM type of the id's last resource, e.g. microsoft.compute/virtualmachines."""
     text = pc.utf8_lower(_blank_to_null(resource_id))
     found = pc.extract_regex(text, r"/providers/(?P<ns>[^/]+)/(?P<type>[^/]+)/[^/]+$")
-    return pc.binary_join_element_wise(found.field("ns"), found.field("type"), "/")
+    return pc.binary_join_element_wise(_group(found, "ns"), _group(found, "type"), "/")
 
 
 def sub_account_id(arr: pa.Array) -> pa.Array:
@@ -1274,13 +1287,13 @@ def connection_check(account) -> ConnectionReport:
         try:
             compute, network = clients.compute(subscription), clients.network(subscription)
             for action, pages in (
-                ("Microsoft.Compute/virtualMachines/read", lambda: compute.virtual_machines.list_all()),
-                ("Microsoft.Compute/disks/read", lambda: compute.disks.list()),
-                ("Microsoft.Compute/snapshots/read", lambda: compute.snapshots.list()),
-                ("Microsoft.Network/publicIPAddresses/read", lambda: network.public_ip_addresses.list_all()),
+                ("Microsoft.Compute/virtualMachines/read", compute.virtual_machines.list_all),
+                ("Microsoft.Compute/disks/read", compute.disks.list),
+                ("Microsoft.Compute/snapshots/read", compute.snapshots.list),
+                ("Microsoft.Network/publicIPAddresses/read", network.public_ip_addresses.list_all),
             ):
                 with _calls(action):
-                    next(iter(pages().by_page()), None)
+                    next(iter(pages().by_page()), None)  # the first page is enough to prove the permission
             report.passed(check, "virtual machines, disks, snapshots and public IPs readable")
         except (PermanentError, TransientError) as exc:
             report.failed(check, str(exc))
@@ -1334,3 +1347,39 @@ __all__ = [
     "cost_source",
     "resource_source",
 ]
+
+
+def mapping_docs() -> str:
+    """docs/mappings/azure.md: the mapping tables as the code has them (a test keeps the file equal to this)."""
+    head = """# Azure Cost Management exports -> FOCUS 1.2
+
+Generated from `providers_app/connectors/azure.py` (`mapping_docs()`); a test fails when this file and the
+code differ. Regenerate with `.venv/bin/python -c "from providers_app.connectors.azure import mapping_docs;
+print(mapping_docs(), end='')" > docs/mappings/azure.md`.
+
+Which table applies: the run's `manifest.json` says `exportConfig.type` (ActualCost, AmortizedCost or
+FocusCost); older exports without a manifest use the account's `settings.dataset` (default ActualCost).
+The **FocusCost** export is FOCUS already (1.0, 1.0r2 or 1.2-preview columns, CSV or Parquet): its FOCUS
+columns are read as they are and its `x_` columns are ignored.
+
+Column names of the "Cost and usage details" files are matched case-insensitively, with these aliases
+(EA and older schemas): """
+    aliases = ", ".join(f"`{old}` -> `{new}`" for old, new in ALIASES.items() if old != new)
+    notes = """
+
+Money stays decimal text until PostgreSQL parses it; products (`PayGPrice` × `quantity`, `unitPrice` ×
+`quantity`) are computed exactly in decimal arithmetic and kept to 15 decimals. Dates are `MM/DD/YYYY`
+(most exports) or ISO `YYYY-MM-DD[THH:MM:SS...]`; each row covers one day, at UTC midnight. A value that
+fails its FOCUS check (not a decimal, not a date, tags that are not an object) fails the import naming the
+blob, the row and the FOCUS column; the period's earlier data stays.
+
+**Actual vs amortized.** In the actual-cost dataset a reservation or savings plan costs what was paid
+when it was paid (the Purchase row), and the usage it covers shows 0: BilledCost is `costInBillingCurrency`
+and so is EffectiveCost (not amortized). In the amortized dataset the purchase is spread over the usage it
+covers (and "UnusedReservation"/"UnusedSavingsPlan" rows carry the unused share): EffectiveCost is
+`costInBillingCurrency` except on the commitment's Purchase row (0, so it is not counted twice), and
+BilledCost is 0 on the covered usage and unused rows (they were billed by the purchase), the cost elsewhere.
+Load one of the two per account, not both (they describe the same charges).
+
+"""
+    return head + aliases + "." + notes + ACTUAL.markdown() + "\n\n" + AMORTIZED.markdown() + "\n"

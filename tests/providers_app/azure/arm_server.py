@@ -324,7 +324,9 @@ def add_public_ip(
 def set_cpu(state: FakeAzure, resource_id: str, *, end: dt.datetime, averages: list[float | None]) -> None:
     """Hourly "Percentage CPU" points ending at `end` (exclusive), as Azure Monitor returns them."""
     start = end - dt.timedelta(hours=len(averages))
-    body = _fill("metrics_cpu.json", resource=resource_id, start=f"{start:%Y-%m-%dT%H:%M:%SZ}", end=f"{end:%Y-%m-%dT%H:%M:%SZ}")
+    body = _fill(
+        "metrics_cpu.json", resource=resource_id, start=f"{start:%Y-%m-%dT%H:%M:%SZ}", end=f"{end:%Y-%m-%dT%H:%M:%SZ}"
+    )
     points = []
     for hour, average in enumerate(averages):
         point = {"timeStamp": (start + dt.timedelta(hours=hour)).strftime("%Y-%m-%dT%H:%M:%SZ")}

@@ -138,9 +138,9 @@ def test_actual_mapping_rules_on_sample_values(fake_azure, azurite, azure_tls, c
     assert first.charge_category == "Usage" and first.pricing_category == "Standard"
     assert first.charge_frequency == "Usage-Based"
     assert first.region_id == "westeurope" and first.region_name == "EU West"
-    assert (
-        first.resource_id
-        == "/subscriptions/9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d/resourcegroups/rg-web/providers/microsoft.compute/virtualmachines/web-0"
+    assert first.resource_id == (
+        "/subscriptions/9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d/resourcegroups/rg-web"
+        "/providers/microsoft.compute/virtualmachines/web-0"
     )
     assert first.resource_name == "web-0" and first.resource_type == "microsoft.compute/virtualmachines"
     assert first.sub_account_id == "/subscriptions/9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"

@@ -23,7 +23,7 @@ NOW = datetime(2024, 10, 7, 12, 30, tzinfo=UTC)
 def make_account(server, azure_tls, *, secret=None, **settings):
     values = {"subscription_ids": [SUB_A, SUB_B], "storage_account_url": "", "container": ""}
     values.update(settings)
-    base = {k: v for k, v in account_settings(server, _NoAzurite(), azure_tls, "").items()}
+    base = dict(account_settings(server, _NoAzurite(), azure_tls, ""))
     base.update(values)
     return account_create(
         provider="azure",
@@ -46,8 +46,13 @@ def populate(state):
         add_disk(state, sub, f"{vm['name']}_OsDisk_1", group=group, managed_by=vm["id"])
         add_disk(state, sub, f"{vm['name']}-data-0", group=group, managed_by=vm["id"])
     orphan = add_disk(state, SUB_A, "orphan-data")
-    snap = add_snapshot(state, SUB_A, "web-0-nightly", source=web[0]["id"].replace("virtualMachines/web-0", "disks/web-0_OsDisk_1"))
-    nic_config = web[0]["id"].replace("Microsoft.Compute/virtualMachines/web-0", "Microsoft.Network/networkInterfaces/web-0-nic") + "/ipConfigurations/ipconfig1"
+    snap = add_snapshot(
+        state, SUB_A, "web-0-nightly", source=web[0]["id"].replace("virtualMachines/web-0", "disks/web-0_OsDisk_1")
+    )
+    nic_config = (
+        web[0]["id"].replace("Microsoft.Compute/virtualMachines/web-0", "Microsoft.Network/networkInterfaces/web-0-nic")
+        + "/ipConfigurations/ipconfig1"
+    )
     used = add_public_ip(state, SUB_A, "web-0-ip", address="20.61.1.10", ip_configuration=nic_config)
     idle = add_public_ip(state, SUB_A, "old-ip", address="20.61.1.11")
     set_cpu(state, web[0]["id"], end=NOW.replace(minute=0), averages=[3.5, None, 2.25, 4.0])
@@ -143,7 +148,9 @@ def test_arm_errors_are_translated(fake_azure, azure_tls):
         list(AzureResourceSource(account).resources())
 
     # unknown subscription: permanent
-    account.settings.update(arm_endpoint=fake_azure.state.base, subscription_ids=["00000000-0000-0000-0000-000000000000"])
+    account.settings.update(
+        arm_endpoint=fake_azure.state.base, subscription_ids=["00000000-0000-0000-0000-000000000000"]
+    )
     with pytest.raises(PermanentError, match="could not be found"):
         list(AzureResourceSource(account).resources())
 
@@ -167,7 +174,9 @@ def test_bad_credentials_are_named(fake_azure, azure_tls):
 
 def test_connection_check_names_the_denied_action(fake_azure, azure_tls):
     populate(fake_azure.state)
-    fake_azure.state.deny(f"/subscriptions/{SUB_B}/providers/microsoft.compute/virtualmachines", "Microsoft.Compute/virtualMachines/read")
+    fake_azure.state.deny(
+        f"/subscriptions/{SUB_B}/providers/microsoft.compute/virtualmachines", "Microsoft.Compute/virtualMachines/read"
+    )
     account = make_account(fake_azure, azure_tls)
     report = connection_check(account)
     checks = {check.name: check for check in report.checks}

@@ -97,7 +97,9 @@ def test_sync_resync_changed_period_discovery_and_bad_credential_through_a_worke
     account = create_account(admin_client, settings, credential())
     now = datetime.now(UTC)
     august, september = actual_rows("2024-08", 50), actual_rows("2024-09", 70)
-    upload_run(container, prefix=PREFIX, period="2024-08", parts=[csv_bytes(august)], submitted=now - timedelta(days=30))
+    upload_run(
+        container, prefix=PREFIX, period="2024-08", parts=[csv_bytes(august)], submitted=now - timedelta(days=30)
+    )
     upload_run(container, prefix=PREFIX, period="2024-09", parts=[csv_bytes(september[:40]), csv_bytes(september[40:])],
                submitted=now - timedelta(days=1))  # fmt: skip
 
