@@ -8,8 +8,11 @@ fixture generates), so authentication, paging, retries and error parsing are the
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as dt
+import hashlib
+import hmac
 import ipaddress
 import json
 import re
@@ -80,6 +83,8 @@ class FakeAzure:
         self.denied: dict[str, str] = {}  # path fragment (lower-case) -> action named in AuthorizationFailed
         self.faults: list[dict] = []  # {"match": fragment, "status": 503|429, "left": n}
         self.requests: list[str] = []
+        self.tokens: set[str] = set()  # access tokens issued (ARM accepts only these)
+        self.scopes: list[str] = []  # the scope of each token request
         self.base = ""
 
     # --- what tests call ---
@@ -149,7 +154,7 @@ def _handler(state: FakeAzure):
             if m := re.fullmatch(r"/([^/]+)/oauth2/v2\.0/token", path):
                 return self._token(m.group(1), self._body())
             auth = self.headers.get("Authorization", "")
-            if not auth.startswith("Bearer fake-arm-token-"):
+            if auth.removeprefix("Bearer ") not in state.tokens:
                 return self._send(401, recorded("error_invalid_token.json"))
             for fragment, action in state.denied.items():
                 if fragment in path.lower():
@@ -190,15 +195,12 @@ def _handler(state: FakeAzure):
                         f"secret value, not the client secret ID, for a secret added to app '{client}'.",
                     ),
                 )
-            self._send(
-                200,
-                {
-                    "token_type": "Bearer",
-                    "expires_in": 3599,
-                    "ext_expires_in": 3599,
-                    "access_token": f"fake-arm-token-{uuid.uuid4().hex}",
-                },
-            )
+            scope = form.get("scope", "")
+            state.scopes.append(scope)
+            audience = "https://storage.azure.com" if "storage.azure.com" in scope else "https://management.azure.com/"
+            token = access_token(tenant, client, audience)
+            state.tokens.add(token)
+            self._send(200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token})
 
         def _arm(self, subscription: str, rest: str, path: str, query: dict) -> None:
             if subscription not in state.resources:
@@ -243,6 +245,25 @@ def _handler(state: FakeAzure):
             self._send(404, body)
 
     return Handler
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def access_token(tenant: str, client: str, audience: str) -> str:
+    """A JWT shaped like Entra ID's v1 access tokens (what Azurite's --oauth basic decodes and checks: issuer,
+    audience, validity); signed with a throw-away key, as nothing here verifies signatures."""
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    header = {"typ": "JWT", "alg": "HS256"}
+    claims = {
+        "aud": audience, "iss": f"https://sts.windows.net/{tenant}/", "iat": now - 60, "nbf": now - 60,
+        "exp": now + 3600, "appid": client, "tid": tenant, "oid": str(uuid.uuid4()), "sub": client,
+        "uti": uuid.uuid4().hex, "ver": "1.0",
+    }  # fmt: skip
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    signature = hmac.new(b"finops-test", signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
 
 
 def _aad_error(error: str, code: int, text: str) -> dict:

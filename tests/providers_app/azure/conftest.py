@@ -52,19 +52,24 @@ def azurite_installed() -> Path:
 
 
 class Azurite:
-    def __init__(self, tmp: Path):
+    """azurite-blob on a free port; with `tls` (cert, key) it serves HTTPS and also accepts Entra ID bearer tokens
+    (`--oauth basic`: it checks their issuer, audience and validity, as storage does; not their signature)."""
+
+    def __init__(self, tmp: Path, tls: tuple[Path, Path] | None = None):
         self.port = free_port()
+        self.tls = tls
         self.log_path = tmp / "azurite.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        extra = ["--cert", str(tls[0]), "--key", str(tls[1]), "--oauth", "basic"] if tls else []
         self.proc = subprocess.Popen(
             [str(azurite_installed()), "--skipApiVersionCheck", "--inMemoryPersistence", "--loose",
-             "--blobHost", "127.0.0.1", "--blobPort", str(self.port)],
+             "--blobHost", "127.0.0.1", "--blobPort", str(self.port), *extra],
             cwd=tmp,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -80,7 +85,8 @@ class Azurite:
         from azure.core.credentials import AzureNamedKeyCredential
         from azure.storage.blob import BlobServiceClient
 
-        return BlobServiceClient(self.url, credential=AzureNamedKeyCredential(AZURITE_ACCOUNT, AZURITE_KEY))
+        verify = {"connection_verify": str(self.tls[0])} if self.tls else {}
+        return BlobServiceClient(self.url, credential=AzureNamedKeyCredential(AZURITE_ACCOUNT, AZURITE_KEY), **verify)
 
     def new_container(self, prefix: str = "exports"):
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
@@ -109,6 +115,14 @@ def azure_tls(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def azurite_tls(tmp_path_factory, azure_tls):
+    """Azurite over HTTPS accepting bearer tokens: storage read with the service principal's own token."""
+    server = Azurite(tmp_path_factory.mktemp("azurite-tls"), tls=azure_tls)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def fake_azure_server(azure_tls):
     server = FakeAzureServer(*azure_tls)
     yield server
@@ -127,6 +141,8 @@ def fake_azure(fake_azure_server):
         state.denied.clear()
         state.faults.clear()
         state.requests.clear()
+        state.scopes.clear()
+        state.tokens.clear()
     state.register_app(TENANT, CLIENT, SECRET)
     return fake_azure_server
 

@@ -16,10 +16,11 @@ from django.db.models import Count, Sum
 
 from costs_app.models import CostLineItem
 from costs_app.services.ingest import FocusRulesError, account_cost_sync
+from finops.errors import PermanentError
 from providers_app.connectors.azure import AzureExportSource, connection_check
 from providers_app.models import ExportState
 from providers_app.services.accounts import account_create
-from tests.providers_app.azure.conftest import account_settings, credential
+from tests.providers_app.azure.conftest import AZURITE_KEY, account_settings, credential
 from tests.providers_app.azure.exports import (
     FOCUS_HEADER,
     RESERVATION,
@@ -327,3 +328,53 @@ def test_source_lists_deliveries_with_etags(fake_azure, azurite, azure_tls, cont
     assert delivery.period == "2024-07" and [f.key for f in delivery.files] == names
     assert all(f.etag and f.size for f in delivery.files)
     assert delivery.mapping.name == "Azure Cost Management: actual cost"
+
+
+def test_storage_with_the_service_principal_token_or_a_sas(fake_azure, azurite, azurite_tls, azure_tls):
+    # given: HTTPS Azurite that checks bearer tokens; the credential has no storage key
+    secure = azurite_tls.new_container()
+    rows = actual_rows("2024-06", 12)
+    upload_run(secure, prefix=PREFIX, period="2024-06", parts=[csv_bytes(rows)])
+    fake_azure.state.resources[SUB_A] = {}
+    settings = account_settings(fake_azure, azurite_tls, azure_tls, secure.container_name, subscription_ids=[SUB_A])
+    secret = credential()
+    del secret["storage_account_key"]
+    account = account_create(provider="azure", name="token-storage", settings=settings, credentials=secret)
+
+    # when / then: the export is read with a storage-audience token from the same service principal
+    assert connection_check(account).ok, connection_check(account).summary()
+    assert account_cost_sync(account_id=account.id).periods == {"2024-06": 12}
+    assert "https://storage.azure.com/.default" in " ".join(fake_azure.state.scopes)
+
+    # given: a SAS with read + list on a plain-HTTP Azurite container, and no service principal access to storage
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    plain = azurite.new_container()
+    upload_run(plain, prefix=PREFIX, period="2024-07", parts=[csv_bytes(actual_rows("2024-07", 5))])
+    sas = generate_container_sas(
+        "devstoreaccount1",
+        plain.container_name,
+        account_key=AZURITE_KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    secret = credential(storage_sas_token=sas)
+    del secret["storage_account_key"]
+    sas_account = account_create(
+        provider="azure",
+        name="sas-storage",
+        settings=account_settings(fake_azure, azurite, azure_tls, plain.container_name, subscription_ids=[SUB_A]),
+        credentials=secret,
+    )
+    assert account_cost_sync(account_id=sas_account.id).periods == {"2024-07": 5}
+    # a SAS without list permission: the listing is refused, permanently, naming the fix
+    read_only = generate_container_sas(
+        "devstoreaccount1", plain.container_name, account_key=AZURITE_KEY,
+        permission=ContainerSasPermissions(read=True), expiry=datetime.now(UTC) + timedelta(hours=1),
+    )  # fmt: skip
+    sas_account.credential.set_secret({**secret, "storage_sas_token": read_only})
+    sas_account.credential.save()
+    with pytest.raises(PermanentError, match="listing blobs under .*permission denied on the storage container"):
+        account_cost_sync(account_id=sas_account.id, force=True)
+    secure.delete_container()
+    plain.delete_container()
