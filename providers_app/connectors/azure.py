@@ -289,6 +289,16 @@ def azure_error(exc: Exception, *, what: str) -> Exception:
         return TransientError(f"{what}: could not reach Azure ({text})")
     if isinstance(exc, ClientAuthenticationError) and _aadsts(text):
         return PermanentError(f"{what}: {credential_problem(text)}")
+    if isinstance(exc, ClientAuthenticationError) and exc.status_code is None:
+        # From azure-identity: Entra ID answered without an AADSTS error (throttled, down) or the tenant's
+        # OpenID configuration could not be read (no such tenant, or a wrong authority_host).
+        if re.search(r"HTTP Error: (429|5\d\d)|TooManyRequests|throttl|temporarily unavailable", text, re.I):
+            return TransientError(f"{what}: Microsoft Entra ID is throttling or unavailable ({text})")
+        if "authority configuration" in text:
+            return PermanentError(
+                f"{what}: Microsoft Entra ID does not know the credential's tenant_id (or settings.authority_host is "
+                f"wrong): {text.split('. Authority would')[0]}"
+            )
     if isinstance(exc, HttpResponseError):
         status = exc.status_code or 0
         code = _error_code(exc)

@@ -199,3 +199,17 @@ def test_settings_and_credential_are_validated(fake_azure, azure_tls):
     account.settings["subscription_ids"] = [SUB_A]
     account.credential.set_secret({"tenant_id": "x", "client_id": "y"})
     assert "the credential lacks client_secret" in connection_check(account).summary()
+
+
+def test_entra_id_outage_is_transient_and_an_unknown_tenant_is_named(fake_azure, azure_tls):
+    populate(fake_azure.state)
+    account = make_account(fake_azure, azure_tls)
+    fake_azure.state.fail("/oauth2/v2.0/token", 503, times=2)
+    with pytest.raises(TransientError, match="Microsoft Entra ID is throttling or unavailable"):
+        list(AzureResourceSource(account).resources())
+
+    account.credential.set_secret({**credential(), "tenant_id": "00000000-1111-2222-3333-444444444444"})
+    report = connection_check(account)
+    assert report.summary().startswith(
+        "contoso: credentials failed: Microsoft Entra ID does not know the credential's tenant_id"
+    ), report.summary()
