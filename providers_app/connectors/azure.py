@@ -49,9 +49,9 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -568,32 +568,61 @@ def _blank_to_null(arr: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(text, ""), NULL, text)
 
 
-def _group(matches: pa.Array, name: str) -> pa.Array:
-    """A named group of pc.extract_regex; null where the row did not match (the struct's children are not)."""
-    return pc.if_else(pc.is_valid(matches), matches.field(name), NULL)
+def per_distinct(fn) -> Callable[[pa.Array], pa.Array]:
+    """Apply a Python function to each distinct value only (dates, ids and tags repeat a lot), then spread
+    the results back with one vectorised take."""
+
+    def derive(arr: pa.Array) -> pa.Array:
+        text = _blank_to_null(arr)
+        values = [v for v in pc.unique(text).to_pylist() if v is not None]
+        if not values:
+            return pa.nulls(len(text), pa.string())
+        keys = pa.array(values, pa.string())
+        return pc.take(pa.array([fn(v) for v in values], pa.string()), pc.index_in(text, value_set=keys))
+
+    return derive
+
+
+US_DATE_RE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})(?:\s.*)?$")
+ISO_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[T ].*)?$")
+
+
+def _day(value: str) -> date | None:
+    """MM/DD/YYYY (most Azure exports) or ISO YYYY-MM-DD[THH:MM...]: the day, else None."""
+    if match := US_DATE_RE.match(value):
+        month, day, year = (int(g) for g in match.groups())
+    elif match := ISO_DATE_RE.match(value):
+        year, month, day = (int(g) for g in match.groups())
+    else:
+        return None
+    try:
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def _midnight(day: date) -> str:
+    return f"{day:%Y-%m-%d}T00:00:00Z"
 
 
 def azure_date(*, plus_days: int = 0, month_start: bool = False):
     """Dates as Azure writes them — MM/DD/YYYY (most exports), YYYY-MM-DD or ISO date-times — to UTC midnight
     ISO text; a value that is neither is passed on as it is, so the FOCUS check names its row."""
 
-    def derive(arr: pa.Array) -> pa.Array:
-        text = _blank_to_null(arr)
-        us = pc.extract_regex(text, r"^(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})(?:\s.*)?$")
-        us_iso = pc.binary_join_element_wise(
-            _group(us, "y"), pc.utf8_lpad(_group(us, "m"), 2, "0"), pc.utf8_lpad(_group(us, "d"), 2, "0"), "-"
-        )
-        iso = _group(pc.extract_regex(text, r"^(?P<day>\d{4}-\d{2}-\d{2})(?:[T ].*)?$"), "day")
-        day = pc.coalesce(us_iso, iso)
+    def one(value: str) -> str:
+        day = _day(value)
+        if day is None:
+            return value
         if month_start:
-            day = pc.binary_join_element_wise(pc.utf8_slice_codeunits(day, 0, 7), "01", "-")
-        parsed = pc.strptime(day, format="%Y-%m-%d", unit="us", error_is_null=True)
-        if plus_days:
-            parsed = pc.add(parsed, pa.scalar(timedelta(days=plus_days), pa.duration("us")))
-        out = pc.strftime(parsed, "%Y-%m-%dT00:00:00Z")  # %S would print microseconds
-        return pc.if_else(pc.is_null(parsed), text, out)
+            day = day.replace(day=1)
+        return _midnight(day + timedelta(days=plus_days))
 
-    return derive
+    return per_distinct(one)
+
+
+def _next_month(value: str) -> str | None:
+    day = _day(value)
+    return _midnight((day.replace(day=1) + timedelta(days=32)).replace(day=1)) if day else None
 
 
 def _period_start(start: pa.Array, day: pa.Array) -> pa.Array:
@@ -601,13 +630,9 @@ def _period_start(start: pa.Array, day: pa.Array) -> pa.Array:
 
 
 def _period_end(end: pa.Array, day: pa.Array) -> pa.Array:
-    """Azure's billing period end is its last day (inclusive); FOCUS's is exclusive: the next midnight."""
-    from_end = azure_date(plus_days=1)(end)
-    # Without BillingPeriodEndDate: the first of the month after the usage day.
-    start = pc.strptime(azure_date(month_start=True)(day), format="%Y-%m-%dT00:00:00Z", unit="us", error_is_null=True)
-    next_month = pc.add(start, pa.scalar(timedelta(days=32), pa.duration("us")))
-    fallback = pc.binary_join_element_wise(pc.strftime(next_month, "%Y-%m"), "01T00:00:00Z", "-")
-    return pc.coalesce(from_end, fallback)
+    """Azure's billing period end is its last day (inclusive); FOCUS's is exclusive: the next midnight. Without
+    BillingPeriodEndDate: the first of the month after the usage day."""
+    return pc.coalesce(azure_date(plus_days=1)(end), per_distinct(_next_month)(day))
 
 
 # Decimal text the vectorised product takes exactly: decimal256(37, 22) operands, a (75, 44) product.
@@ -776,26 +801,28 @@ def region_id(arr: pa.Array) -> pa.Array:
 
 
 def lower_resource_id(arr: pa.Array) -> pa.Array:
-    return pc.utf8_lower(_blank_to_null(arr))
+    return per_distinct(str.lower)(arr)
+
+
+ARM_TYPE_RE = re.compile(r"/providers/([^/]+)/([^/]+)/[^/]+$")
 
 
 def resource_name(resource_id: pa.Array, name: pa.Array) -> pa.Array:
-    last = _group(pc.extract_regex(_blank_to_null(resource_id), r"/(?P<name>[^/]+)$"), "name")
-    return coalesce(name, last)
+    return coalesce(name, per_distinct(lambda rid: rid.rstrip("/").rsplit("/", 1)[-1] or None)(resource_id))
 
 
 def resource_type(resource_id: pa.Array) -> pa.Array:
     """The ARM type of the id's last resource, e.g. microsoft.compute/virtualmachines."""
-    text = pc.utf8_lower(_blank_to_null(resource_id))
-    found = pc.extract_regex(text, r"/providers/(?P<ns>[^/]+)/(?P<type>[^/]+)/[^/]+$")
-    return pc.binary_join_element_wise(_group(found, "ns"), _group(found, "type"), "/")
+
+    def one(rid: str) -> str | None:
+        match = ARM_TYPE_RE.search(rid.lower())
+        return f"{match.group(1)}/{match.group(2)}" if match else None
+
+    return per_distinct(one)(resource_id)
 
 
 def sub_account_id(arr: pa.Array) -> pa.Array:
-    text = pc.utf8_lower(_blank_to_null(arr))
-    return pc.if_else(
-        pc.starts_with(pc.fill_null(text, "/"), "/"), text, pc.binary_join_element_wise("/subscriptions", text, "/")
-    )
+    return per_distinct(lambda sub: sub.lower() if sub.startswith("/") else f"/subscriptions/{sub.lower()}")(arr)
 
 
 def azure_tags(arr: pa.Array) -> pa.Array:
