@@ -388,8 +388,9 @@ class ExportRun:
     problem: str = ""
 
 
-def export_runs(container, config: AzureConfig) -> list[ExportRun]:
-    """Every run under <directory>/<export_name>/, complete or not, read from the blob listing and manifests."""
+def export_runs(container, config: AzureConfig, *, period: str | None = None) -> list[ExportRun]:
+    """Every run under <directory>/<export_name>/ (of one billing period "YYYY-MM" when given), complete or not,
+    read from the blob listing and the runs' manifests."""
     prefix = config.export_prefix
     with _calls(f"listing blobs under {config.container}/{prefix}"):
         blobs = {b.name: b for b in container.list_blobs(name_starts_with=prefix)}
@@ -400,21 +401,23 @@ def export_runs(container, config: AzureConfig) -> list[ExportRun]:
         match = PERIOD_FOLDER_RE.match(parts[0])
         if not match or len(parts) < 2:
             continue
-        period = f"{match.group(1)}-{match.group(2)}"
+        if period and f"{match.group(1)}-{match.group(2)}" != period:
+            continue
         if len(parts) == 2:
             if name.lower().endswith(DATA_SUFFIXES):
-                singles.append(ExportRun(period, parts[0], parts[1], _utc(blob.last_modified), [_export_file(blob)]))
+                month = f"{match.group(1)}-{match.group(2)}"
+                singles.append(ExportRun(month, parts[0], parts[1], _utc(blob.last_modified), [_export_file(blob)]))
             continue
         folders.setdefault((parts[0], parts[1]), {})[name] = blob
     runs = singles
     for (folder, run_id), members in folders.items():
-        period = f"{folder[:4]}-{folder[4:6]}"
+        month = f"{folder[:4]}-{folder[4:6]}"
         manifest = next((n for n in members if n.rsplit("/", 1)[-1].lower() == "manifest.json"), None)
         newest = max(_utc(b.last_modified) for b in members.values())
         if manifest is None:
-            runs.append(ExportRun(period, folder, run_id, newest, [], complete=False, problem="no manifest.json yet"))
+            runs.append(ExportRun(month, folder, run_id, newest, [], complete=False, problem="no manifest.json yet"))
             continue
-        runs.append(_manifest_run(container, config, period, folder, run_id, manifest, blobs, newest))
+        runs.append(_manifest_run(container, config, month, folder, run_id, manifest, blobs, newest))
     return runs
 
 
@@ -502,7 +505,7 @@ class AzureExportSource(ExportCostSource):
     def deliveries(self, *, billing_period: str | None = None) -> list[Delivery]:
         if not self.config.export_name:
             raise PermanentError(f"Azure account {self.config.account_name!r}: settings.export_name is not set")
-        runs = export_runs(self.container, self.config)
+        runs = export_runs(self.container, self.config, period=billing_period)
         self.incomplete_runs = [f"{r.folder}/{r.label}: {r.problem}" for r in runs if not r.complete]
         out = []
         for period, run in sorted(newest_runs(runs).items()):

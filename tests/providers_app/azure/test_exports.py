@@ -22,6 +22,7 @@ from providers_app.models import ExportState
 from providers_app.services.accounts import account_create
 from tests.providers_app.azure.conftest import AZURITE_KEY, account_settings, credential
 from tests.providers_app.azure.exports import (
+    ACTUAL_HEADER,
     FOCUS_HEADER,
     RESERVATION,
     SUB_A,
@@ -378,3 +379,37 @@ def test_storage_with_the_service_principal_token_or_a_sas(fake_azure, azurite, 
         account_cost_sync(account_id=sas_account.id, force=True)
     secure.delete_container()
     plain.delete_container()
+
+
+def test_actual_cost_parquet_with_typed_columns_and_one_period_sync(fake_azure, azurite, azure_tls, container):
+    # given: a Parquet actual-cost export whose cost/quantity columns are doubles and dates are timestamps
+    # (how Azure's Parquet exports type them), next to a CSV period
+    account = make_account(fake_azure, azurite, azure_tls, container)
+    rows = actual_rows("2024-11", 20)
+    columns = {}
+    for name in ACTUAL_HEADER:
+        values = [row[name] or None for row in rows]
+        if name in ("costInBillingCurrency", "quantity", "PayGPrice", "unitPrice", "effectivePrice"):
+            columns[name] = pa.array([float(v) if v else None for v in values], pa.float64())
+        elif name in ("date", "billingPeriodStartDate", "billingPeriodEndDate"):
+            columns[name] = pa.array(
+                [datetime.strptime(v, "%m/%d/%Y").replace(tzinfo=UTC) if v else None for v in values],
+                pa.timestamp("us", tz="UTC"),
+            )
+        else:
+            columns[name] = pa.array(values, pa.string())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    upload_run(container, prefix=PREFIX, period="2024-11", parts=[sink.getvalue().to_pybytes()], suffix=".parquet")
+    upload_run(container, prefix=PREFIX, period="2024-10", parts=[csv_bytes(actual_rows("2024-10", 7))])
+
+    # when: only November is asked for
+    result = account_cost_sync(account_id=account.id, billing_period="2024-11")
+
+    # then
+    assert result.periods == {"2024-11": 20}
+    assert stored_billed(account) == billed_by_period({"2024-11": rows})
+    first = CostLineItem.objects.filter(account=account).order_by("source_row").first()
+    assert first.charge_period_start == datetime(2024, 11, 1, tzinfo=UTC)
+    assert first.billing_period_end == datetime(2024, 12, 1, tzinfo=UTC)
+    assert first.list_cost == Decimal("0.212") * Decimal("6.4")
