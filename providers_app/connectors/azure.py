@@ -172,6 +172,9 @@ def azure_config(account) -> AzureConfig:
     url = str(settings.get("storage_account_url") or "").rstrip("/")
     if url and urlsplit(url).scheme not in ("http", "https"):
         raise PermanentError(f"Azure account {account.name!r}: settings.storage_account_url {url!r} is not a URL")
+    arm_endpoint = str(settings.get("arm_endpoint") or "https://management.azure.com").rstrip("/")
+    if not arm_endpoint.startswith("https://"):
+        raise PermanentError(f"Azure account {account.name!r}: settings.arm_endpoint {arm_endpoint!r} must be https")
     ca_bundle = str(settings.get("ca_bundle") or "")
     if ca_bundle and not Path(ca_bundle).is_file():
         raise PermanentError(f"Azure account {account.name!r}: settings.ca_bundle {ca_bundle!r} is not a file")
@@ -190,7 +193,7 @@ def azure_config(account) -> AzureConfig:
         storage_account_key=str(secret.get("storage_account_key") or ""),
         storage_sas_token=str(secret.get("storage_sas_token") or "").lstrip("?"),
         authority_host=str(settings.get("authority_host") or "login.microsoftonline.com"),
-        arm_endpoint=str(settings.get("arm_endpoint") or "https://management.azure.com").rstrip("/"),
+        arm_endpoint=arm_endpoint,
         ca_bundle=ca_bundle,
         cpu_lookback_hours=max(0, lookback),
         sdk_retry_total=max(0, retries),
@@ -240,6 +243,12 @@ def _container_client(config: AzureConfig, credential=None):
     elif config.storage_sas_token:
         storage_credential = AzureSasCredential(config.storage_sas_token)
     else:
+        if not config.storage_account_url.startswith("https://"):
+            raise PermanentError(
+                f"Azure account {config.account_name!r}: settings.storage_account_url {config.storage_account_url!r} "
+                "is not https: the service principal's token is only sent over TLS (use https, or put "
+                "storage_account_key or storage_sas_token in the credential)"
+            )
         storage_credential = credential or _credential(config)
     service = BlobServiceClient(config.storage_account_url, credential=storage_credential, **config.transport())
     return service.get_container_client(config.container)

@@ -213,3 +213,16 @@ def test_entra_id_outage_is_transient_and_an_unknown_tenant_is_named(fake_azure,
     assert report.summary().startswith(
         "contoso: credentials failed: Microsoft Entra ID does not know the credential's tenant_id"
     ), report.summary()
+
+
+def test_tokens_are_only_sent_over_tls(fake_azure, azure_tls):
+    populate(fake_azure.state)
+    account = make_account(fake_azure, azure_tls, arm_endpoint="http://127.0.0.1:9")
+    assert "settings.arm_endpoint 'http://127.0.0.1:9' must be https" in connection_check(account).summary()
+    account.settings.update(
+        arm_endpoint=fake_azure.state.base, storage_account_url="http://127.0.0.1:10000/devstoreaccount1", container="c"
+    )
+    account.credential.set_secret({k: v for k, v in credential().items() if k != "storage_account_key"})
+    report = connection_check(account)
+    assert [c.name for c in report.checks if not c.ok] == ["export container c"]
+    assert "is not https: the service principal's token is only sent over TLS" in report.checks[-1].detail
