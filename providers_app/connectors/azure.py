@@ -515,9 +515,17 @@ class AzureExportSource(ExportCostSource):
         if not self.config.export_name:
             raise PermanentError(f"Azure account {self.config.account_name!r}: settings.export_name is not set")
         runs = export_runs(self.container, self.config, period=billing_period)
-        self.incomplete_runs = [f"{r.folder}/{r.label}: {r.problem}" for r in runs if not r.complete]
+        chosen = newest_runs(runs)
+        # A run newer than the one loaded that is not complete (still being written, or broken): say so.
+        self.incomplete_runs = [
+            f"{self.config.export_prefix}{r.folder}/{r.label}: {r.problem}"
+            for r in runs
+            if not r.complete and (r.period not in chosen or r.submitted > chosen[r.period].submitted)
+        ]
+        for text in self.incomplete_runs:
+            self.report.warnings.append(f"export run skipped, not complete: {text}")
         out = []
-        for period, run in sorted(newest_runs(runs).items()):
+        for period, run in sorted(chosen.items()):
             if billing_period and period != billing_period:
                 continue
             dataset = run.dataset or self.config.dataset or "ActualCost"
@@ -1131,8 +1139,6 @@ MAPPINGS: dict[str, ColumnMapping | None] = {"ActualCost": ACTUAL, "AmortizedCos
 
 # --- resources ---
 
-POWER_STATES = ("running", "deallocated", "stopped", "deallocating", "stopping", "starting")
-
 
 class AzureResourceSource(ResourceSource):
     """VMs (with power state and hourly CPU), managed disks, public IPs and snapshots of every subscription."""
@@ -1157,6 +1163,7 @@ class AzureResourceSource(ResourceSource):
         where = f"subscription {subscription}"
         with _calls(f"listing virtual machines in {where}"):
             vms = [vm.as_dict() for vm in compute.virtual_machines.list_all()]
+            # The instance views (power state) of all VMs in one paged call, not one call per VM.
             statuses = {
                 vm.id.lower(): (vm.as_dict().get("properties") or {}).get("instanceView") or {}
                 for vm in compute.virtual_machines.list_all(status_only="true")

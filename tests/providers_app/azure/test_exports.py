@@ -96,6 +96,9 @@ def test_actual_export_multi_period_newest_complete_run_wins_and_unchanged_perio
 
     # then: the newer complete September run, both files; October; sums equal the files' own
     assert first.periods == {"2024-09": 60, "2024-10": 25}
+    assert first.warnings == [
+        f"export run skipped, not complete: {PREFIX}{period_folder('2024-09')}/run-in-progress: no manifest.json yet"
+    ]
     assert stored_billed(account) == billed_by_period({"2024-09": september, "2024-10": october})
     assert first.unchanged_periods == []
     assert ExportState.objects.filter(account=account).count() == 2
