@@ -52,7 +52,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation, localcontext
+from decimal import Decimal, localcontext
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -655,17 +655,23 @@ def _period_end(end: pa.Array, day: pa.Array) -> pa.Array:
     return pc.coalesce(azure_date(plus_days=1)(end), per_distinct(_next_month)(day))
 
 
-# Decimal text the vectorised product takes exactly: decimal256(37, 22) operands, a (75, 44) product.
+DECIMAL_TEXT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+ANY_DECIMAL_RE = DECIMAL_TEXT.pattern
+# Decimal text decimal256 arithmetic takes exactly: (37, 22) operands, a (75, 44) product.
 FAST_DECIMAL_RE = r"^[+-]?(\d{1,15}(\.\d{0,22})?|\.\d{1,22})$"
-ANY_DECIMAL_RE = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 
 
 def multiply(a: pa.Array, b: pa.Array) -> pa.Array:
     """a × b for decimal text, exact, as text with 15 decimals; null when either is null; an operand that is not
-    a decimal is passed on as it is (the FOCUS check then names its row). Usual values go through decimal256
-    arithmetic; the rare ones it cannot hold exactly (exponents, more than 15 integer or 22 decimal digits) are
-    multiplied one by one with Python's Decimal."""
+    a decimal is passed on as it is (the FOCUS check then names its row).
+
+    Prices and quantities repeat, so usually the product is computed once per distinct (a, b) pair with Python's
+    Decimal; when most pairs are distinct, decimal256 arithmetic does the rows it holds exactly and Decimal the
+    rest (exponents, more than 15 integer or 22 decimal digits)."""
     a, b = _blank_to_null(a), _blank_to_null(b)
+    pairs = pc.binary_join_element_wise(a, b, "*")  # null when either is null
+    if pc.count_distinct(pairs).as_py() * 8 <= len(pairs):
+        return per_distinct(_product)(pairs)
     ok_a, ok_b = pc.match_substring_regex(a, ANY_DECIMAL_RE), pc.match_substring_regex(b, ANY_DECIMAL_RE)
     both = pc.fill_null(pc.and_(ok_a, ok_b), False)
     fast = pc.fill_null(
@@ -678,22 +684,22 @@ def multiply(a: pa.Array, b: pa.Array) -> pa.Array:
     text = pc.cast(product, pa.string())
     slow = pc.indices_nonzero(pc.and_(both, pc.invert(fast))).to_pylist()
     if slow:
-        values = text.to_pylist()
-        left, right = a.to_pylist(), b.to_pylist()
+        values, joined = text.to_pylist(), pairs.to_pylist()
         for i in slow:
-            values[i] = _decimal_product(left[i], right[i])
+            values[i] = _product(joined[i])
         text = pa.array(values, pa.string())
     bad = pc.if_else(pc.fill_null(ok_a, True), b, a)  # the operand that is not a decimal
-    return pc.if_else(both, text, pc.if_else(pc.or_(pc.is_null(a), pc.is_null(b)), NULL, bad))
+    return pc.if_else(both, text, pc.if_else(pc.is_null(pairs), NULL, bad))
 
 
-def _decimal_product(x: str | None, y: str | None) -> str | None:
-    try:
-        with localcontext() as context:
-            context.prec = 100
-            return f"{(Decimal(x) * Decimal(y)).quantize(Decimal('1e-15')):f}" if x and y else None
-    except (InvalidOperation, TypeError):
-        return None
+def _product(pair: str) -> str:
+    x, y = pair.split("*", 1)
+    for operand in (x, y):
+        if not DECIMAL_TEXT.match(operand):
+            return operand
+    with localcontext() as context:
+        context.prec = 100
+        return f"{(Decimal(x) * Decimal(y)).quantize(Decimal('1e-15')):f}"
 
 
 def _list_cost(payg_cost, payg_price, quantity, cost):

@@ -1,6 +1,7 @@
 """The Azure derivations on their own: dates, tags, exact products, regions, column names, error translation,
 and the rendered mapping tables in docs/mappings/azure.md."""
 
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,6 +60,24 @@ def test_products_are_exact_and_bad_operands_are_passed_on():
     assert multiply(prices, quantities).to_pylist() == [
         "1.356800000000000", "12.345678901234568", "0.024000000000000", None, "abc",
         "246913578024691357802.000000000000000",
+    ]  # fmt: skip
+
+
+def test_products_when_most_pairs_are_distinct_take_the_vectorised_path_with_the_same_results():
+    prices = [f"0.{i:06d}1" for i in range(1000)] + [
+        "1E-3",
+        "abc",
+        "123456789012345678901",
+        "",
+        "0.0000123456789012345678",
+    ]
+    quantities = [f"{i}.5" for i in range(1000)] + ["24", "2", "2", "5", "1000000"]
+    result = multiply(strings(prices), strings(quantities)).to_pylist()
+    # decimal text PostgreSQL parses exactly (arrow writes tiny values with an exponent: 5.0000000E-8)
+    expected = [Decimal(p) * Decimal(q) for p, q in zip(prices[:1000], quantities[:1000], strict=True)]
+    assert [Decimal(v) for v in result[:1000]] == expected
+    assert result[-5:] == [
+        "0.024000000000000", "abc", "246913578024691357802.000000000000000", None, "12.345678901234568",
     ]  # fmt: skip
 
 
