@@ -22,7 +22,7 @@ from ..base import ResourceSource
 from .session import AwsContext, aws_errors
 
 METRIC_QUERIES_PER_CALL = 500
-STOPPED_AT_RE = re.compile(r"\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) GMT\)")
+STOPPED_AT_RE = re.compile(r"\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) (?:GMT|UTC)\)")
 SERVICE = {
     "instance": "Amazon Elastic Compute Cloud",
     "volume": "Amazon Elastic Compute Cloud",
@@ -142,6 +142,7 @@ class AwsResourceSource(ResourceSource):
             rid = address.get("AllocationId") or address.get("PublicIp")
             associated = address.get("InstanceId") or address.get("NetworkInterfaceId") or ""
             attributes = {
+                "created_at": "",  # DescribeAddresses does not say when an address was allocated
                 "address": address.get("PublicIp", ""),
                 "associated_with": associated,
                 "association_id": address.get("AssociationId", ""),

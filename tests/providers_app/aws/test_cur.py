@@ -208,7 +208,8 @@ def test_a_bad_value_names_object_row_and_column_and_keeps_the_loaded_data(moto,
     with pytest.raises(FocusRulesError) as failure:
         account_cost_sync(account_id=account.id)
     assert str(failure.value).startswith(
-        "cur/finops/data/BILLING_PERIOD=2024-09/v2/finops-00001.csv.gz row 13 column BilledCost: '12,5' is not a decimal"
+        "cur/finops/data/BILLING_PERIOD=2024-09/v2/finops-00001.csv.gz row 13 column BilledCost: "
+        "'12,5' is not a decimal"
     )
     assert CostLineItem.objects.filter(account=account).count() == 23
     assert ExportState.objects.get(account=account).fingerprint == fingerprint
