@@ -6,6 +6,7 @@ Never skipped: if the server does not come up, the tests error.
 """
 
 import http.client
+import json
 import re
 import socket
 import subprocess
@@ -18,9 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import pytest
 
+from tests.providers_app.aws import cur_files
+
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
 KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}
+BUCKET = "acme-billing"
 
 
 def free_port() -> int:
@@ -194,3 +198,22 @@ def flaky_proxy(moto):
     yield start
     for proxy in proxies:
         proxy.stop()
+
+
+@pytest.fixture
+def iam_enforced(moto):
+    """Users made while moto lets everything through, then IAM enforced for every request that follows."""
+    iam = moto.client("iam")
+    s3 = moto.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    cur_files.put_data_export(
+        s3, BUCKET, "cur", "finops", "2024-09", {"x.csv.gz": cur_files.csv_gz(cur_files.cur2_rows("2024-09", 2))}
+    )
+    iam.create_user(UserName="no-s3")
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["sts:GetCallerIdentity", "ec2:Describe*"], "Resource": "*"}]}  # fmt: skip
+    iam.put_user_policy(UserName="no-s3", PolicyName="no-s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="no-s3")["AccessKey"]
+    moto.post("/moto-api/reset-auth", b"0", "text/plain")
+    yield {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+    moto.post("/moto-api/reset-auth", b"inf", "text/plain")

@@ -159,23 +159,6 @@ def test_assumed_role_is_used_for_every_call(moto):
     assert "assumed-role/finops-reader" in report.checks[2].detail
 
 
-@pytest.fixture
-def iam_enforced(moto):
-    """Users made while moto lets everything through, then IAM enforced for every request that follows."""
-    iam = moto.client("iam")
-    s3 = moto.client("s3")
-    s3.create_bucket(Bucket=BUCKET)
-    f.put_data_export(s3, BUCKET, "cur", "finops", "2024-09", {"x.csv.gz": f.csv_gz(f.cur2_rows("2024-09", 2))})
-    iam.create_user(UserName="no-s3")
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": ["sts:GetCallerIdentity", "ec2:Describe*"], "Resource": "*"}]}  # fmt: skip
-    iam.put_user_policy(UserName="no-s3", PolicyName="no-s3", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="no-s3")["AccessKey"]
-    moto.post("/moto-api/reset-auth", b"0", "text/plain")
-    yield {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
-    moto.post("/moto-api/reset-auth", b"inf", "text/plain")
-
-
 def test_connection_check_names_a_bad_key_and_the_missing_permission(moto, iam_enforced):
     report = connection_check(
         account_with(moto, {"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": "x" * 40})
