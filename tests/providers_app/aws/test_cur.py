@@ -246,3 +246,9 @@ def test_mapping_table_and_legacy_names():
     text = CUR.markdown()
     assert "| ChargeCategory | `line_item_line_item_type`: Usage, DiscountedUsage" in text
     assert json.dumps(text)  # renders
+
+
+def test_docs_mapping_file_is_the_rendered_tables():
+    from providers_app.connectors.aws.docs import path, render
+
+    assert path().read_text() == render(), "run: python -m providers_app.connectors.aws.docs"
