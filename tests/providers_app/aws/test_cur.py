@@ -167,7 +167,7 @@ def test_legacy_cur_layout_with_slash_headers_uses_the_period_manifest(moto, s3)
     header, rows = f.legacy_rows(f.cur2_rows("2024-09", 20))
     f.put_legacy_cur(s3, BUCKET, "cur", "finops", "2024-09", "asm-1", {"finops-1.csv.gz": f.csv_gz(old, header_old)})
     f.put_legacy_cur(s3, BUCKET, "cur", "finops", "2024-09", "asm-2", {"finops-1.csv.gz": f.csv_gz(rows, header)})
-    account = aws_account(moto, layout="legacy_cur")
+    account = aws_account(moto)  # layout "auto": no Data Exports manifest, so the legacy layout
     # when
     result = account_cost_sync(account_id=account.id)
     # then
