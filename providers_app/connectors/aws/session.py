@@ -276,7 +276,9 @@ def error_translate(exc: Exception, action: str, resource: str = "") -> Exceptio
     message = str(error.get("Message", "")).strip()
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     detail = f"{code}: {message}" if message else code
-    if code in TRANSIENT_CODES or status >= 500 or status == 429:
+    # Cost Explorer says "too many calls" with LimitExceededException (elsewhere that code is a quota).
+    ce_rate = code == "LimitExceededException" and action.startswith("ce:")
+    if code in TRANSIENT_CODES or ce_rate or status >= 500 or status == 429:
         return TransientError(f"{action}{on}: {detail or f'HTTP {status}'}")
     if code in BAD_CREDENTIAL_CODES:
         return PermanentError(f"{action}{on}: {BAD_CREDENTIAL_CODES[code]}")

@@ -7,6 +7,7 @@ Never skipped: if the server does not come up, the tests error.
 
 import http.client
 import json
+import os
 import re
 import socket
 import subprocess
@@ -44,6 +45,8 @@ class MotoServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Without moto's catalogue of public AMIs: their ~1300 snapshots would be listed as the account's own.
+            env={**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"},
         )
         deadline = time.monotonic() + 60
         while True:
@@ -105,7 +108,7 @@ def moto(moto_server):
 
 class FlakyProxy:
     """A loopback HTTP proxy in front of moto that answers the first `failures` requests with a throttling error
-    (S3: 503 SlowDown; others: 400 Throttling), then forwards everything; counts what it saw."""
+    (S3: 503 SlowDown; EC2: 503 RequestLimitExceeded; others: 400 Throttling), then forwards everything."""
 
     def __init__(self, upstream: str, failures: int):
         self.upstream = upstream.removeprefix("http://")
@@ -150,7 +153,16 @@ class FlakyProxy:
                 # The S3 REST API answers SlowDown with 503; query/JSON APIs (STS, EC2, CE) with 400 Throttling.
                 scope = re.search(r"Credential=[^/]+/\d+/[^/]+/([^/]+)/", self.headers.get("Authorization") or "")
                 is_s3 = bool(scope) and scope.group(1) == "s3"
-                if is_s3:
+                if scope and scope.group(1) == "ec2":
+                    status, body = (
+                        503,
+                        (
+                            b"<Response><Errors><Error><Code>RequestLimitExceeded</Code>"
+                            b"<Message>Request limit exceeded.</Message></Error></Errors></Response>"
+                        ),
+                    )
+                    ctype = "text/xml"
+                elif is_s3:
                     status, body = (
                         503,
                         (

@@ -13,6 +13,7 @@ from costs_app.models import CostLineItem
 from costs_app.services.ingest import account_cost_sync
 from finops.errors import PermanentError, TransientError
 from providers_app.connectors import connection_check
+from providers_app.connectors.aws import resource_source
 from providers_app.connectors.aws.cost_explorer import CostExplorerSource
 from providers_app.connectors.aws.session import error_translate
 from providers_app.models import Credential
@@ -191,6 +192,7 @@ def client_error(code: str, status: int, message: str = "m") -> ClientError:
             "ce:GetCostAndUsage: Throttling: Rate exceeded",
         ),
         (client_error("ThrottlingException", 400), TransientError, "ThrottlingException"),
+        (client_error("LimitExceededException", 400), TransientError, "LimitExceededException"),
         (client_error("RequestLimitExceeded", 503), TransientError, "RequestLimitExceeded"),
         (client_error("SlowDown", 503), TransientError, "SlowDown"),
         (client_error("InternalError", 500), TransientError, "InternalError"),
@@ -213,3 +215,17 @@ def test_botocore_errors_translate_to_transient_or_permanent_naming_the_action(e
     translated = error_translate(error, "ce:GetCostAndUsage")
     assert isinstance(translated, kind)
     assert text in str(translated)
+
+
+def test_throttled_sdk_calls_raise_transient_errors_after_the_sdks_two_attempts(moto, flaky_proxy):
+    # given: a proxy answering EC2's RequestLimitExceeded / STS's Throttling to the first 2 requests
+    proxy = flaky_proxy(2)
+    account = account_with(moto, name="ec2-throttled", source="cost_explorer", endpoint_url=proxy.url)
+    # when / then: discovery's first call gives up after 2 attempts, as a transient error naming the action
+    with pytest.raises(TransientError, match=r"^ec2:DescribeInstances on region us-east-1: RequestLimitExceeded"):
+        list(resource_source(account).resources())
+    assert proxy.failed == 2 and proxy.seen == 2
+    proxy.failures = 4  # two more: sts
+    with pytest.raises(TransientError, match=r"^sts:GetCallerIdentity: Throttling: Rate exceeded"):
+        CostExplorerSource(account).billing_account_id()
+    assert list(resource_source(account).resources()) == []  # then it answers

@@ -18,7 +18,7 @@ def make_estate(moto, region="us-east-1") -> dict:
     """Two instances (one stopped), an unattached and an attached volume, a snapshot, two Elastic IPs (one
     associated), an ALB with two targets, a classic ELB, an RDS instance and a bucket; hourly CPU for 6 hours."""
     ec2 = moto.client("ec2", region)
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = ec2.register_image(Name="finops-base", RootDeviceName="/dev/sda1")["ImageId"]
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = [
         ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{n}.0/24", AvailabilityZone=f"{region}{zone}")["Subnet"][
@@ -112,7 +112,16 @@ def aws_account(moto, **settings):
 
 def test_inventory_lists_every_kind_with_the_contract_attributes_and_cloudwatch_cpu(moto):
     estate = make_estate(moto)
-    items = {item["resource_id"]: item for item in resource_source(aws_account(moto, cpu_lookback_days=1)).resources()}
+    listed = list(resource_source(aws_account(moto, cpu_lookback_days=1)).resources())
+    items = {item["resource_id"]: item for item in listed}
+    # 2 instances, their 2 root volumes + 2 volumes, 2 snapshots (ours and the registered AMI's), 2 addresses,
+    # 2 load balancers, 1 database, 1 bucket
+    counts = {}
+    for item in listed:
+        counts[item["resource_type"]] = counts.get(item["resource_type"], 0) + 1
+    assert counts == {"instance": 2, "volume": 4, "snapshot": 2, "ip_address": 2, "load_balancer": 2,
+                      "database": 1, "bucket": 1}  # fmt: skip
+    assert len(items) == len(listed)
 
     running = items[estate["running"]]
     assert running["resource_type"] == "instance" and running["state"] == "running"
