@@ -74,24 +74,27 @@ def _blank_to_null(arr: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(arr, ""), NULL, arr)
 
 
-def _map_values(arr: pa.Array) -> list[dict | None]:
-    """A map<string,string> column (Parquet) or its JSON text (CSV), as dicts."""
-    if pa.types.is_map(arr.type):
-        return [None if v is None else dict(v) for v in arr.to_pylist()]
-    out: list[dict | None] = []
-    cache: dict[str, dict | None] = {}
-    for value in as_text(arr).to_pylist():
-        if not value:
-            out.append(None)
-            continue
-        if value not in cache:
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                parsed = None
-            cache[value] = parsed if isinstance(parsed, dict) else None
-        out.append(cache[value])
-    return out
+def _map_text(arr: pa.Array) -> pa.Array:
+    """A map<string,string> column (Parquet) as one text per row, "k\x1ev\x1dk\x1ev…" (null for a null map), built
+    with Arrow kernels: Python then parses only the distinct texts. JSON text (CSV) is passed on as it is."""
+    arr = _combined(arr)
+    if not pa.types.is_map(arr.type):
+        return as_text(arr)
+    entries = pc.binary_join_element_wise(
+        pc.fill_null(as_text(arr.keys), ""), pc.fill_null(as_text(arr.items), ""), "\x1e"
+    )
+    rows = pa.ListArray.from_arrays(arr.offsets, entries, mask=arr.is_null())
+    return pc.binary_join(rows, "\x1d")
+
+
+def _parse_map_text(text: str) -> dict:
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+    return dict(entry.split("\x1e", 1) for entry in text.split("\x1d") if "\x1e" in entry)
 
 
 def _map_get(arr: pa.Array, key: str) -> pa.Array:
@@ -211,9 +214,12 @@ SERVICE_NAME = {
 
 def charge_class(line_type, bill_type, usage_start, period_start) -> pa.Array:
     refund = pc.or_(_is_in(line_type, ["Refund"]), _is_in(bill_type, ["Refund"]))
-    start = pc.utf8_slice_codeunits(as_text(usage_start), 0, 10)
-    period = pc.utf8_slice_codeunits(as_text(period_start), 0, 10)
-    earlier = pc.fill_null(pc.less(start, period), False)
+    if pa.types.is_timestamp(usage_start.type) and pa.types.is_timestamp(period_start.type):
+        earlier = pc.fill_null(pc.less(usage_start, period_start.cast(usage_start.type)), False)
+    else:  # ISO text: the dates compare as text
+        start = pc.utf8_slice_codeunits(as_text(usage_start), 0, 10)
+        period = pc.utf8_slice_codeunits(as_text(period_start), 0, 10)
+        earlier = pc.fill_null(pc.less(start, period), False)
     return pc.if_else(pc.or_(refund, earlier), pa.scalar("Correction"), NULL)
 
 
@@ -488,7 +494,11 @@ class CurMapping(ColumnMapping):
         for i, name in enumerate(names):
             new = cur_column_name(name)
             if tag_key(name) is None and new not in renamed:
-                columns.append(batch.column(i))
+                column = _combined(batch.column(i))
+                if pa.types.is_floating(column.type):
+                    # CUR Parquet keeps money as double: its shortest round-trip text, once, for every rule using it.
+                    column = column.cast(pa.string())
+                columns.append(column)
                 renamed.append(new)
         table = super().apply(pa.table(dict(zip(renamed, columns, strict=True))) if renamed else batch)
         tags = self.tags(batch)
@@ -499,15 +509,13 @@ class CurMapping(ColumnMapping):
         n = batch.num_rows
         names = batch.schema.names
         tag_columns = [(tag_key(name), i) for i, name in enumerate(names) if tag_key(name) is not None]
-        maps = None
-        if "resource_tags" in names:
-            maps = _map_values(batch.column(names.index("resource_tags")))
-        if not tag_columns and maps is None:
+        parts = [as_text(_combined(batch.column(i))) for _, i in tag_columns]
+        has_map = "resource_tags" in names
+        if has_map:
+            parts.append(_map_text(batch.column(names.index("resource_tags"))))
+        if not parts:
             return pa.nulls(n, pa.string())
         # Distinct tag combinations only: Python builds one JSON text per combination, not per row.
-        parts = [as_text(_combined(batch.column(i))) for _, i in tag_columns]
-        if maps is not None:
-            parts.append(pa.array([None if m is None else json.dumps(m, sort_keys=True) for m in maps], pa.string()))
         filled = [pc.fill_null(p, "\x00") for p in parts]
         joined = pc.binary_join_element_wise(*filled, "\x1f") if len(filled) > 1 else filled[0]
         texts: dict[str, str | None] = {}
@@ -515,9 +523,9 @@ class CurMapping(ColumnMapping):
         for combo in pc.unique(joined).to_pylist():
             values = combo.split("\x1f")
             tags: dict[str, str] = {}
-            if maps is not None:
+            if has_map:
                 raw = values.pop()
-                for k, v in (json.loads(raw) if raw != "\x00" else {}).items():
+                for k, v in (_parse_map_text(raw) if raw not in ("\x00", "") else {}).items():
                     if v not in (None, ""):
                         key = k[5:] if k.startswith(("user_", "user:")) else k
                         tags[key] = str(v)
