@@ -500,7 +500,7 @@ class CurMapping(ColumnMapping):
                     column = column.cast(pa.string())
                 columns.append(column)
                 renamed.append(new)
-        table = super().apply(pa.table(dict(zip(renamed, columns, strict=True))) if renamed else batch)
+        table = super().apply(pa.RecordBatch.from_arrays(columns, names=renamed) if renamed else batch)
         tags = self.tags(batch)
         return table.set_column(table.schema.get_field_index("Tags"), "Tags", tags)
 
@@ -538,7 +538,9 @@ class CurMapping(ColumnMapping):
 
 
 def _combined(arr):
-    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if isinstance(arr, pa.ChunkedArray):
+        return arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    return arr
 
 
 CUR = CurMapping("AWS CUR 2.0 / legacy CUR", CUR_RULES)
