@@ -214,18 +214,28 @@ def flaky_proxy(moto):
 
 @pytest.fixture
 def iam_enforced(moto):
-    """Users made while moto lets everything through, then IAM enforced for every request that follows."""
+    """IAM users made while moto lets everything through, then IAM enforced for every request that follows.
+
+    Yields {user: credential}: "no-s3" (sts, ec2 only), "list-only" (+ s3:ListBucket, no s3:GetObject),
+    "no-ec2" (sts and s3 only)."""
     iam = moto.client("iam")
     s3 = moto.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     cur_files.put_data_export(
         s3, BUCKET, "cur", "finops", "2024-09", {"x.csv.gz": cur_files.csv_gz(cur_files.cur2_rows("2024-09", 2))}
     )
-    iam.create_user(UserName="no-s3")
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": ["sts:GetCallerIdentity", "ec2:Describe*"], "Resource": "*"}]}  # fmt: skip
-    iam.put_user_policy(UserName="no-s3", PolicyName="no-s3", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="no-s3")["AccessKey"]
+    grants = {
+        "no-s3": ["sts:GetCallerIdentity", "ec2:Describe*"],
+        "list-only": ["sts:GetCallerIdentity", "ec2:Describe*", "s3:ListBucket"],
+        "no-ec2": ["sts:GetCallerIdentity", "s3:ListBucket", "s3:GetObject"],
+    }
+    keys = {}
+    for user, actions in grants.items():
+        iam.create_user(UserName=user)
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+        iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        keys[user] = {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
     moto.post("/moto-api/reset-auth", b"0", "text/plain")
-    yield {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+    yield keys
     moto.post("/moto-api/reset-auth", b"inf", "text/plain")

@@ -167,7 +167,7 @@ def test_connection_check_names_a_bad_key_and_the_missing_permission(moto, iam_e
     assert report.summary() == (
         "acme-aws: credentials failed: sts:GetCallerIdentity: the access key id is not valid (InvalidClientTokenId)"
     )
-    report = connection_check(account_with(moto, iam_enforced, name="limited"))
+    report = connection_check(account_with(moto, iam_enforced["no-s3"], name="limited"))
     assert report.checks[1].ok  # the key is good
     assert report.summary().startswith(
         "limited: s3:ListBucket on arn:aws:s3:::acme-billing failed: AccessDenied: s3:ListBucket on "
@@ -175,6 +175,21 @@ def test_connection_check_names_a_bad_key_and_the_missing_permission(moto, iam_e
     )
     with pytest.raises(PermanentError, match=r"^AccessDenied: s3:ListBucket on arn:aws:s3:::acme-billing"):
         account_cost_sync(account_id=CloudAccountFactory._meta.model.objects.get(name="limited").id)
+
+    manifest = "arn:aws:s3:::acme-billing/cur/finops/metadata/BILLING_PERIOD=2024-09/finops-Manifest.json"
+    list_only = account_with(moto, iam_enforced["list-only"], name="list-only")
+    report = connection_check(list_only)
+    assert report.summary().startswith(
+        f"list-only: s3:GetObject on {manifest} failed: AccessDenied: s3:GetObject on {manifest} is not allowed"
+    )
+    with pytest.raises(PermanentError, match=rf"^AccessDenied: s3:GetObject on {manifest} is not allowed"):
+        account_cost_sync(account_id=list_only.id)
+
+    report = connection_check(account_with(moto, iam_enforced["no-ec2"], name="no-ec2"))
+    assert [c.name for c in report.checks if c.ok][-1] == "export manifest"
+    assert report.summary().startswith(
+        "no-ec2: ec2:DescribeRegions failed: AccessDenied: ec2:DescribeRegions is not allowed for these credentials"
+    )
 
 
 def client_error(code: str, status: int, message: str = "m") -> ClientError:

@@ -179,7 +179,7 @@ def test_throttling_and_connection_errors_are_retried_by_the_platform(moto, work
 
 def test_a_missing_permission_is_not_retried_and_a_bad_key_is_named(moto, worker, admin_client, iam_enforced):
     # given: an IAM user allowed sts and ec2 but not s3:ListBucket, with IAM enforced by moto
-    limited = account_create(admin_client, "no-s3", export_settings(moto.url), iam_enforced)
+    limited = account_create(admin_client, "no-s3", export_settings(moto.url), iam_enforced["no-s3"])
     # when
     failed = run("sync_provider_cost_data", limited)
     # then: failed at once, saying which permission on which bucket
