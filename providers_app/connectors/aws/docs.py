@@ -24,7 +24,9 @@ settings `bucket`, `prefix`, `export_name`; `layout` "auto" tries Data Exports f
 - A period's fingerprint is its data files' keys, ETags and sizes (one ListObjectsV2 of the export folder); a
   period whose fingerprint was loaded before is skipped (`unchanged_periods`). A manifest that lists an object not
   in the bucket is a transient error (a delivery still being written).
-- Formats: CSV, CSV.gz (GZIP) and Parquet; ZIP-compressed legacy reports are refused with a message.
+- Formats: CSV, CSV.gz (GZIP) and Parquet; ZIP-compressed legacy reports are refused with a message. AWS writes
+  Parquet money columns as doubles: they are read as their shortest round-trip text (what AWS computed), then
+  stored as numeric; CSV money is read as text and stays exact.
 - Which table: settings `table` "cur" / "focus", or "auto": FOCUS when the manifest's `columns` has BilledCost
   and ChargePeriodStart, else CUR. A FOCUS export is read as FOCUS; AWS's `x_` columns are ignored.
 - Legacy CSV headers (`lineItem/UsageStartDate`, `savingsPlan/SavingsPlanARN`) are read under their CUR 2.0 /
