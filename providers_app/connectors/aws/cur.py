@@ -270,19 +270,25 @@ def usage_only(value, line_type) -> pa.Array:
     return pc.if_else(_is_in(line_type, USAGE_TYPES), _blank_to_null(value), NULL)
 
 
-def pricing_category(line_type, pricing_term, usage_type) -> pa.Array:
+def pricing_category(line_type, pricing_term, usage_type, reservation_arn) -> pa.Array:
     term = pc.utf8_lower(_blank_to_null(pricing_term))
+    usage = _is_in(line_type, ["Usage", "DiscountedUsage", "SavingsPlanCoveredUsage", "SavingsPlanNegation"])
+    fee = _is_in(line_type, ["Fee"])
+    commitment_line = _is_in(
+        line_type,
+        ["SavingsPlanCoveredUsage", "DiscountedUsage", "SavingsPlanNegation", "SavingsPlanUpfrontFee",
+         "SavingsPlanRecurringFee", "RIFee"],
+    )  # fmt: skip
     committed = pc.or_(
-        _is_in(line_type, ["SavingsPlanCoveredUsage", "DiscountedUsage"]), _is_in(term, ["reserved", "savings plan"])
+        pc.or_(commitment_line, pc.and_(usage, _is_in(term, ["reserved", "savings plan"]))),
+        pc.and_(fee, pc.is_valid(_blank_to_null(reservation_arn))),
     )
     spot = pc.or_(_is_in(term, ["spot"]), pc.fill_null(pc.match_substring(as_text(usage_type), "SpotUsage"), False))
-    standard = _is_in(term, ["ondemand", "on demand", "on-demand"])
-    usage = _is_in(line_type, ["Usage", "DiscountedUsage", "SavingsPlanCoveredUsage"])
-    purchase = _is_in(line_type, ["SavingsPlanUpfrontFee", "SavingsPlanRecurringFee", "RIFee"])
+    standard = pc.or_(pc.and_(usage, _is_in(term, ["ondemand", "on demand", "on-demand"])), fee)
     out = pc.if_else(usage, pa.scalar("Other"), NULL)
-    out = pc.if_else(pc.and_(usage, standard), pa.scalar("Standard"), out)
+    out = pc.if_else(standard, pa.scalar("Standard"), out)
     out = pc.if_else(pc.and_(usage, spot), pa.scalar("Dynamic"), out)
-    return pc.if_else(pc.or_(pc.and_(usage, committed), purchase), pa.scalar("Committed"), out)
+    return pc.if_else(committed, pa.scalar("Committed"), out)
 
 
 def service_name(product_name, product, product_code) -> pa.Array:
@@ -426,12 +432,12 @@ CUR_RULES = [
     Rule("ListUnitPrice", "pricing_public_on_demand_rate"),
     Rule(
         "PricingCategory",
-        ("line_item_line_item_type", "pricing_term", "line_item_usage_type"),
+        ("line_item_line_item_type", "pricing_term", "line_item_usage_type", "reservation_reservation_a_r_n"),
         fn=pricing_category,
-        how="Committed for SavingsPlanCoveredUsage, DiscountedUsage, pricing_term Reserved and the commitment "
-        "fees (SavingsPlanUpfrontFee, SavingsPlanRecurringFee, RIFee); Dynamic for Spot (pricing_term Spot or a "
-        "SpotUsage usage type); Standard for OnDemand; Other for usage without a term; empty for tax, credits "
-        "and other fees",
+        how="Committed for the commitment lines (SavingsPlanCoveredUsage, DiscountedUsage, SavingsPlanNegation, "
+        "SavingsPlanUpfrontFee, SavingsPlanRecurringFee, RIFee, an RI's upfront Fee) and usage with pricing_term "
+        "Reserved; Dynamic for Spot usage (pricing_term Spot or a SpotUsage usage type); Standard for OnDemand "
+        "usage and other Fee purchases; Other for usage without a term; empty for tax and credits",
     ),
     Rule("PricingQuantity", "line_item_usage_amount"),
     Rule("PricingUnit", "pricing_unit"),

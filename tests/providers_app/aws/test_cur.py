@@ -144,6 +144,8 @@ def test_cur_mapping_derives_the_documented_focus_columns(moto, s3):
     assert (negation.charge_category, negation.effective_cost, negation.billed_cost) == (
         "Usage", Decimal(0), Decimal("-3.25"),
     )  # fmt: skip
+    assert (negation.pricing_category, ri_fee.pricing_category) == ("Committed", "Committed")
+    assert (lines[7].pricing_category, lines[8].pricing_category) == (None, None)  # credit, refund
 
 
 def test_cur2_parquet_with_map_columns_and_double_money(moto, s3):
