@@ -14,6 +14,7 @@ Account settings (`CloudAccount.settings`, JSON):
       "region": "us-east-1",             # bucket / STS region (default: the first inventory region)
       "cpu_lookback_days": 14,           # CloudWatch look-back for cpu_hourly and request_count_daily
       "cost_explorer_months": 3,         # months Cost Explorer is asked for (source "cost_explorer")
+      "cost_explorer_group_by": "LINKED_ACCOUNT",  # or "REGION": Cost Explorer's GroupBy next to SERVICE
       "endpoint_url": "http://127.0.0.1:5000",  # optional: every service at one endpoint (moto, S3-compatible)
       "endpoint_urls": {"s3": "..."}     # optional: per service
     }

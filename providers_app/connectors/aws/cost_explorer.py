@@ -1,6 +1,7 @@
 """Cost Explorer `GetCostAndUsage` as the cost source of an AWS account without a CUR / Data Exports delivery.
 
-Daily cost per SERVICE x LINKED_ACCOUNT (Cost Explorer allows two GroupBy dimensions, so RegionId stays empty),
+Daily cost per SERVICE x LINKED_ACCOUNT, or SERVICE x REGION with settings cost_explorer_group_by "REGION"
+(Cost Explorer allows two GroupBy dimensions, so one of SubAccountId / RegionId stays empty),
 metrics UnblendedCost, AmortizedCost, NetUnblendedCost and UsageQuantity, every page (NextPageToken) read.
 The response rows are laid out as a small table (the `CE_FIELDS` below) and mapped to FOCUS 1.2 with the
 `COST_EXPLORER` rules, then checked like any export.
@@ -30,11 +31,10 @@ from ..mapping import ColumnMapping, Rule, as_text, coalesce
 from .session import AwsContext, aws_errors
 
 METRICS = ["UnblendedCost", "AmortizedCost", "NetUnblendedCost", "UsageQuantity"]
-GROUP_BY = [{"Type": "DIMENSION", "Key": "SERVICE"}, {"Type": "DIMENSION", "Key": "LINKED_ACCOUNT"}]
 CE_FIELDS = [
     "TimePeriod.Start", "TimePeriod.End", "billing_period_start", "billing_period_end", "billing_account_id",
-    "SERVICE", "LINKED_ACCOUNT", "UnblendedCost", "AmortizedCost", "NetUnblendedCost", "UsageQuantity", "Unit",
-    "Estimated",
+    "SERVICE", "LINKED_ACCOUNT", "REGION", "UnblendedCost", "AmortizedCost", "NetUnblendedCost", "UsageQuantity",
+    "Unit", "Estimated",
 ]  # fmt: skip
 
 # Cost Explorer's SERVICE names -> FOCUS ServiceCategory, by the words they contain (first match wins).
@@ -77,7 +77,7 @@ def charge_description(service, estimated) -> pa.Array:
 
 
 COST_EXPLORER = ColumnMapping(
-    "AWS Cost Explorer GetCostAndUsage (DAILY, SERVICE x LINKED_ACCOUNT)",
+    "AWS Cost Explorer GetCostAndUsage (DAILY, SERVICE x LINKED_ACCOUNT or SERVICE x REGION)",
     [
         Rule("BilledCost", "UnblendedCost", required=True),
         Rule(
@@ -135,7 +135,19 @@ COST_EXPLORER = ColumnMapping(
             "Cloud -> Networking; CloudWatch -> Management and Governance; ...); else Other",
         ),
         Rule("ServiceName", "SERVICE"),
-        Rule("SubAccountId", "LINKED_ACCOUNT"),
+        Rule(
+            "RegionId",
+            "REGION",
+            fn=lambda a: a,
+            how="the REGION group key when settings cost_explorer_group_by is REGION ('NoRegion' -> empty); else empty",
+        ),
+        Rule(
+            "SubAccountId",
+            "LINKED_ACCOUNT",
+            fn=lambda a: a,
+            how="the LINKED_ACCOUNT group key; empty when grouped by REGION (Cost Explorer then sums the linked "
+            "accounts together)",
+        ),
     ],
 )
 
@@ -181,7 +193,10 @@ class CostExplorerSource(CostSource):
             "TimePeriod": {"Start": start.isoformat(), "End": end.isoformat()},
             "Granularity": "DAILY",
             "Metrics": METRICS,
-            "GroupBy": GROUP_BY,
+            "GroupBy": [
+                {"Type": "DIMENSION", "Key": "SERVICE"},
+                {"Type": "DIMENSION", "Key": self.context.settings.cost_explorer_group_by},
+            ],
         }
         seen = set()
         while True:
@@ -197,6 +212,7 @@ class CostExplorerSource(CostSource):
     def rows(self, start: date, end: date) -> dict[str, list[dict]]:
         """Billing period -> the response's rows (CE_FIELDS) of its days."""
         account_id = self.billing_account_id()
+        by_account = self.context.settings.cost_explorer_group_by == "LINKED_ACCOUNT"
         by_period: dict[str, list[dict]] = {}
         for page in self.pages(start, end):
             for result in page.get("ResultsByTime", []):
@@ -222,7 +238,8 @@ class CostExplorerSource(CostSource):
                             "billing_period_end": _next_month(period_start).isoformat(),
                             "billing_account_id": account_id,
                             "SERVICE": keys[0] or "Unknown",
-                            "LINKED_ACCOUNT": keys[1] or account_id,
+                            "LINKED_ACCOUNT": (keys[1] or account_id) if by_account else None,
+                            "REGION": None if by_account or keys[1] in ("", "NoRegion") else keys[1],
                             "UnblendedCost": cost.get("Amount"),
                             "AmortizedCost": (metrics.get("AmortizedCost") or {}).get("Amount"),
                             "NetUnblendedCost": (metrics.get("NetUnblendedCost") or {}).get("Amount"),

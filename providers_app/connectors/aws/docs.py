@@ -42,8 +42,9 @@ PricingCurrency*, ResourceName, ServiceSubcategory, SkuPriceDetails) are left em
 
 CE_NOTES = """
 
-What Cost Explorer cannot give (left empty): AvailabilityZone, RegionId/RegionName (GetCostAndUsage allows two
-GroupBy dimensions; SERVICE and LINKED_ACCOUNT are used), ResourceId/ResourceType (resource-level data exists only
+What Cost Explorer cannot give (left empty): AvailabilityZone, RegionName, and RegionId or SubAccountId
+(GetCostAndUsage allows two GroupBy dimensions: SERVICE and, by settings `cost_explorer_group_by`, LINKED_ACCOUNT
+(default) or REGION), ResourceId/ResourceType (resource-level data exists only
 for the last 14 days and only with opt-in), SkuId/SkuPriceId/SkuMeter, unit prices, ConsumedQuantity/PricingUnit
 (UsageQuantity sums units that differ between usage types), commitment discount columns, InvoiceId, Tags. ListCost
 equals BilledCost (no public on-demand price). A period's fingerprint is a hash of its rows, so an unchanged month

@@ -38,6 +38,7 @@ class AwsSettings:
     endpoint_urls: dict = field(default_factory=dict)  # per service: {"s3": ..., "ec2": ...}
     cpu_lookback_days: int = 14
     cost_explorer_months: int = 3
+    cost_explorer_group_by: str = "LINKED_ACCOUNT"  # the second GroupBy dimension: LINKED_ACCOUNT or REGION
 
     @classmethod
     def parse(cls, account) -> AwsSettings:
@@ -74,6 +75,11 @@ class AwsSettings:
             ) from None
         if not 1 <= lookback <= 63:  # GetMetricData keeps hourly data for 63 days
             raise PermanentError(f"aws account {name!r}: settings.cpu_lookback_days must be between 1 and 63")
+        group_by = str(raw.get("cost_explorer_group_by") or "LINKED_ACCOUNT").upper()
+        if group_by not in ("LINKED_ACCOUNT", "REGION"):
+            raise PermanentError(
+                f"aws account {name!r}: settings.cost_explorer_group_by must be LINKED_ACCOUNT or REGION"
+            )
         if not 1 <= months <= 14:  # Cost Explorer answers for the last 14 months
             raise PermanentError(f"aws account {name!r}: settings.cost_explorer_months must be between 1 and 14")
         return cls(
@@ -89,6 +95,7 @@ class AwsSettings:
             endpoint_urls=dict(endpoint_urls),
             cpu_lookback_days=lookback,
             cost_explorer_months=months,
+            cost_explorer_group_by=group_by,
         )
 
     def endpoint(self, service: str) -> str | None:

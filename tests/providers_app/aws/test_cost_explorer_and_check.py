@@ -244,3 +244,22 @@ def test_throttled_sdk_calls_raise_transient_errors_after_the_sdks_two_attempts(
     with pytest.raises(TransientError, match=r"^sts:GetCallerIdentity: Throttling: Rate exceeded"):
         CostExplorerSource(account).billing_account_id()
     assert list(resource_source(account).resources()) == []  # then it answers
+
+
+def test_cost_explorer_grouped_by_region_fills_region_instead_of_sub_account(moto):
+    page = {
+        "ResultsByTime": [
+            day("2024-09-29", "2024-09-30", [("Amazon Elastic Compute Cloud - Compute", "eu-west-1", "2.5", "2.5"),
+                                             ("Tax", "NoRegion", "0.5", "0.5")]),
+        ],
+    }  # fmt: skip
+    moto.post("/moto-api/static/ce/cost-and-usage-results", json.dumps({"results": [page]}).encode())
+    account = account_with(moto, source="cost_explorer", cost_explorer_group_by="region")
+    result = account_cost_sync(account_id=account.id)
+    assert result.periods == {"2024-09": 2}
+    lines = {line.service_name: line for line in CostLineItem.objects.filter(account=account)}
+    ec2 = lines["Amazon Elastic Compute Cloud - Compute"]
+    assert (ec2.region_id, ec2.sub_account_id) == ("eu-west-1", None)
+    assert lines["Tax"].region_id is None
+    with pytest.raises(PermanentError, match="cost_explorer_group_by must be LINKED_ACCOUNT or REGION"):
+        CostExplorerSource(account_with(moto, name="bad", source="cost_explorer", cost_explorer_group_by="AZ"))
