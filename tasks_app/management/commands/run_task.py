@@ -7,7 +7,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from providers_app.models import CloudAccount
-from tasks_app.models import FINAL_STATES, RunState, TaskRun, TriggerKind
+from tasks_app.models import FINAL_STATES, RetentionDataClass, RunState, TaskRun, TriggerKind
 from tasks_app.services.runs import SCHEDULED_TASKS, task_enqueue
 
 PER_ACCOUNT = {
@@ -28,6 +28,10 @@ class Command(BaseCommand):
         parser.add_argument("--account", help="account name (default: every active account)")
         parser.add_argument("--billing-period", help="YYYY-MM, for sync_provider_cost_data")
         parser.add_argument("--dry-run", action="store_true", help="cleanup_old_data only: count, delete nothing")
+        parser.add_argument(
+            "--classes",
+            help="cleanup_old_data only: comma-separated data classes (" + ", ".join(RetentionDataClass.values) + ")",
+        )
         parser.add_argument("--wait", action="store_true", help="wait for the outcome and print it")
         parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
 
@@ -38,11 +42,14 @@ class Command(BaseCommand):
         account: str | None,
         billing_period: str | None,
         dry_run: bool,
+        classes: str | None,
         wait: bool,
         timeout: float,
         **options,
     ):
-        kwargs = self._task_kwargs(name, account=account, billing_period=billing_period, dry_run=dry_run)
+        kwargs = self._task_kwargs(
+            name, account=account, billing_period=billing_period, dry_run=dry_run, classes=classes
+        )
         run = task_enqueue(task_name=name, kwargs=kwargs, triggered_by=TriggerKind.COMMAND, trigger_detail="run_task")
         self.stdout.write(f"enqueued {name} on queue {run.queue}")
         self.stdout.write(f"task id: {run.celery_task_id}")
@@ -61,7 +68,9 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(f"{name} did not succeed")
 
-    def _task_kwargs(self, name: str, *, account: str | None, billing_period: str | None, dry_run: bool) -> dict:
+    def _task_kwargs(
+        self, name: str, *, account: str | None, billing_period: str | None, dry_run: bool, classes: str | None = None
+    ) -> dict:
         kwargs: dict = {}
         if account is not None:
             if name not in PER_ACCOUNT:
@@ -81,6 +90,17 @@ class Command(BaseCommand):
             if name != "cleanup_old_data":
                 raise CommandError("--dry-run applies to cleanup_old_data only")
             kwargs["dry_run"] = True
+        if classes is not None:
+            if name != "cleanup_old_data":
+                raise CommandError("--classes applies to cleanup_old_data only")
+            wanted = [c.strip() for c in classes.split(",") if c.strip()]
+            unknown = sorted(set(wanted) - set(RetentionDataClass.values))
+            if unknown or not wanted:
+                raise CommandError(
+                    f"--classes: unknown data class {', '.join(unknown) or '(none given)'}; "
+                    f"known: {', '.join(RetentionDataClass.values)}"
+                )
+            kwargs["classes"] = wanted
         return kwargs
 
     def _wait(self, run: TaskRun, deadline: float) -> TaskRun:
