@@ -32,7 +32,9 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def resource(account, kind: str, rid: str, *, state: str = "", age_days: float = 90, **attributes) -> Resource:
+def resource(
+    account, kind: str, rid: str, *, state: str = "", age_days: float = 90, now: datetime = NOW, **attributes
+) -> Resource:
     """An inventory row as a connector writes it: resource_type = kind, attributes of RESOURCE_ATTRIBUTES."""
     assert kind in RESOURCE_KINDS
     allowed = set(RESOURCE_ATTRIBUTES["*"]) | set(RESOURCE_ATTRIBUTES[kind])
@@ -44,9 +46,9 @@ def resource(account, kind: str, rid: str, *, state: str = "", age_days: float =
         name=rid,
         region="us-east-1",
         state=state,
-        attributes={"created_at": iso(NOW - timedelta(days=age_days)), **attributes},
-        first_seen=NOW - timedelta(days=age_days),
-        last_seen=NOW,
+        attributes={"created_at": iso(now - timedelta(days=age_days)), **attributes},
+        first_seen=now - timedelta(days=age_days),
+        last_seen=now,
     )
 
 
