@@ -138,6 +138,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Trigger, watch and cancel the FinOps background tasks.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Several serializers have a "status" field with different choices: name the recommendations' one.
+    "ENUM_NAME_OVERRIDES": {
+        "RecommendationStatusEnum": "costs_app.models.RecommendationStatus",
+        "HealthStatusEnum": ["ok", "fail"],
+    },
 }
 
 # --- Celery (settings namespace CELERY_) ---
