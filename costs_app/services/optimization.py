@@ -323,7 +323,7 @@ class Rule:
     # How the saving is estimated (the README's table).
     saving: ClassVar[str]
     # The settings that are its thresholds.
-    settings: ClassVar[tuple[str, ...]] = ()
+    setting_names: ClassVar[tuple[str, ...]] = ()
     # A resource gets one recommendation among the rules of a group: the first in catalogue order.
     group: ClassVar[str | None] = RESOURCE_GROUP
     # False for governance rules: no saving, so OPTIMIZATION_MIN_MONTHLY_SAVING does not filter them.
@@ -333,7 +333,7 @@ class Rule:
         raise NotImplementedError
 
     def thresholds(self) -> dict:
-        return {name: getattr(settings, name) for name in self.settings}
+        return {name: getattr(settings, name) for name in self.setting_names}
 
     def resource_finding(
         self,
@@ -381,7 +381,7 @@ class BilledAfterTermination(Rule):
     )
     closed_reason = "no longer billed after it left the inventory, or seen in the inventory again"
     saving = "run rate of its cost lines since it left the inventory"
-    settings = ("OPTIMIZATION_STALE_RESOURCE_DAYS",)
+    setting_names = ("OPTIMIZATION_STALE_RESOURCE_DAYS",)
 
     SQL = f"""
     WITH {_WINDOWS_CTE}
@@ -441,7 +441,7 @@ class IdleInstances(Rule):
     )
     closed_reason = "its CPU is no longer idle, it stopped running, or its CPU data is too sparse to judge"
     saving = "its whole monthly cost (cost lines, else the instance type's list price)"
-    settings = ("OPTIMIZATION_IDLE_CPU_P95", "OPTIMIZATION_CPU_DAYS", "OPTIMIZATION_CPU_MIN_COVERAGE")
+    setting_names = ("OPTIMIZATION_IDLE_CPU_P95", "OPTIMIZATION_CPU_DAYS", "OPTIMIZATION_CPU_MIN_COVERAGE")
 
     def findings(self, ctx: Context) -> list[Finding]:
         out = []
@@ -479,7 +479,7 @@ class StoppedInstances(Rule):
         "run rate since it stopped of the instance's and its attached volumes' cost lines, else the volumes' "
         "list price per GB-month"
     )
-    settings = ("OPTIMIZATION_STOPPED_DAYS",)
+    setting_names = ("OPTIMIZATION_STOPPED_DAYS",)
 
     SQL = """
     WITH s AS (
@@ -595,7 +595,7 @@ class Rightsizing(Rule):
     )
     closed_reason = "its CPU no longer fits a smaller size, it stopped running, or its type changed"
     saving = "its compute cost × (1 − target price / current price) (cost lines, else list prices)"
-    settings = ("OPTIMIZATION_RIGHTSIZING_HEADROOM", "OPTIMIZATION_CPU_DAYS", "OPTIMIZATION_CPU_MIN_COVERAGE")
+    setting_names = ("OPTIMIZATION_RIGHTSIZING_HEADROOM", "OPTIMIZATION_CPU_DAYS", "OPTIMIZATION_CPU_MIN_COVERAGE")
 
     def findings(self, ctx: Context) -> list[Finding]:
         out = []
@@ -680,7 +680,7 @@ class UnattachedVolumes(Rule):
     )
     closed_reason = "it is attached again, or deleted"
     saving = "its monthly cost (cost lines, else size × the volume type's list price per GB-month)"
-    settings = ("OPTIMIZATION_UNATTACHED_VOLUME_DAYS",)
+    setting_names = ("OPTIMIZATION_UNATTACHED_VOLUME_DAYS",)
 
     def findings(self, ctx: Context) -> list[Finding]:
         out = []
@@ -725,7 +725,7 @@ class OrphanedSnapshots(Rule):
     saving = (
         "its monthly cost (cost lines, else size × list price per GB-month: an upper bound, snapshots are incremental)"
     )
-    settings = ("OPTIMIZATION_ORPHANED_SNAPSHOT_DAYS",)
+    setting_names = ("OPTIMIZATION_ORPHANED_SNAPSHOT_DAYS",)
 
     def findings(self, ctx: Context) -> list[Finding]:
         snapshots = [r for r in ctx.resources("snapshot") if r.attributes.get("source_volume_id")]
@@ -773,7 +773,7 @@ class OldSnapshots(Rule):
     description = "Snapshots older than OPTIMIZATION_SNAPSHOT_MAX_AGE_DAYS days: review and delete, or archive."
     closed_reason = "the snapshot was deleted"
     saving = "its monthly cost (cost lines, else size × list price per GB-month: an upper bound)"
-    settings = ("OPTIMIZATION_SNAPSHOT_MAX_AGE_DAYS",)
+    setting_names = ("OPTIMIZATION_SNAPSHOT_MAX_AGE_DAYS",)
 
     def findings(self, ctx: Context) -> list[Finding]:
         out = []
@@ -807,7 +807,7 @@ class UnassociatedIps(Rule):
     )
     closed_reason = "it is associated again, or released"
     saving = "its monthly cost (cost lines, else the provider's idle-address hourly price × 730.5)"
-    settings = ("OPTIMIZATION_UNASSOCIATED_IP_DAYS",)
+    setting_names = ("OPTIMIZATION_UNASSOCIATED_IP_DAYS",)
 
     def findings(self, ctx: Context) -> list[Finding]:
         out = []
@@ -838,7 +838,7 @@ class IdleLoadBalancers(Rule):
     )
     closed_reason = "it has targets and traffic again, or was deleted"
     saving = "its monthly cost (cost lines, else the load balancer type's hourly list price × 730.5)"
-    settings = ("OPTIMIZATION_IDLE_LB_DAYS", "OPTIMIZATION_IDLE_LB_MAX_DAILY_REQUESTS")
+    setting_names = ("OPTIMIZATION_IDLE_LB_DAYS", "OPTIMIZATION_IDLE_LB_MAX_DAILY_REQUESTS")
 
     def findings(self, ctx: Context) -> list[Finding]:
         days = settings.OPTIMIZATION_IDLE_LB_DAYS
@@ -883,7 +883,7 @@ class IdleResources(Rule):
     )
     closed_reason = "usage is consumed again, or the resource is no longer billed"
     saving = "run rate of its cost lines in the window"
-    settings = ("OPTIMIZATION_LOOKBACK_DAYS",)
+    setting_names = ("OPTIMIZATION_LOOKBACK_DAYS",)
 
     SQL = f"""
     WITH {_WINDOWS_CTE}
@@ -935,7 +935,7 @@ class UntaggedSpend(Rule):
     )
     closed_reason = "the untagged share fell below the threshold"
     saving = "none (governance): monthly_cost is the untagged spend per month"
-    settings = ("OPTIMIZATION_REQUIRED_TAG_KEYS", "OPTIMIZATION_UNTAGGED_MAX_SHARE")
+    setting_names = ("OPTIMIZATION_REQUIRED_TAG_KEYS", "OPTIMIZATION_UNTAGGED_MAX_SHARE")
     group = None
     reports_saving = False
 
@@ -1029,7 +1029,7 @@ class CommitmentCoverage(Rule):
     )
     closed_reason = "on-demand compute is no longer steady (or is now covered by a commitment)"
     saving = "daily on-demand floor × 30.4375 × OPTIMIZATION_COMMITMENT_DISCOUNT_RATE"
-    settings = ("OPTIMIZATION_COMMITMENT_DISCOUNT_RATE", "OPTIMIZATION_LOOKBACK_DAYS")
+    setting_names = ("OPTIMIZATION_COMMITMENT_DISCOUNT_RATE", "OPTIMIZATION_LOOKBACK_DAYS")
     group = None
 
     # Daily on-demand compute spend per account × service × region; the floor counts only when every

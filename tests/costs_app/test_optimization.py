@@ -102,7 +102,7 @@ def test_catalogue_has_every_rule_of_the_issue_with_description_thresholds_and_s
     }
     for rule in RULES:
         assert rule.description and rule.closed_reason and rule.saving
-        for name in rule.settings:
+        for name in rule.setting_names:
             assert name in rule.description or name in rule.saving or name.endswith("_DAYS"), (rule.name, name)
     catalogue = {entry["name"]: entry for entry in rules_catalogue()}
     assert catalogue["idle_instances"]["thresholds"]["OPTIMIZATION_IDLE_CPU_P95"] == 5.0
@@ -493,6 +493,38 @@ def test_billed_after_termination_flags_terminated_and_stale_resources_still_bil
     assert "web-1" in found["i-gone"].title and "terminated 2024-09-21" in found["i-gone"].title
     assert found["vol-stale"].resource_id == stale.id
     assert found["vol-stale"].estimated_monthly_saving == cents(4 * MONTH)
+
+
+def test_billed_after_termination_staleness_comes_from_settings(settings, tmp_path):
+    # given: a resource discovery has not seen for 30 days, still billed
+    account = CloudAccountFactory()
+    ResourceFactory(account=account, resource_id="vol-stale", last_seen=NOW - timedelta(days=30))
+    load(account, daily("vol-stale", SEPTEMBER, "4", service_category="Storage"), tmp_path)
+    settings.OPTIMIZATION_STALE_RESOURCE_DAYS = 45
+    # when
+    result = recommendations_refresh(now=NOW)
+    # then
+    assert result.found["billed_after_termination"] == 0
+
+
+def test_idle_resources_window_comes_from_settings(settings, tmp_path):
+    # given: a disk used until ten days ago, idle since
+    account = CloudAccountFactory()
+    cols = {"service_category": "Storage", "consumed_unit": "GB-Mo"}
+    load(
+        account,
+        [
+            *daily("vol-1", SEPTEMBER[:20], "1", consumed_quantity="3", **cols),
+            *daily("vol-1", SEPTEMBER[20:], "1", consumed_quantity="0", **cols),
+        ],
+        tmp_path,
+    )
+    # when: 30 days see its use; 10 days see only idleness
+    over_30 = recommendations_refresh(now=NOW).found["idle_resources"]
+    settings.OPTIMIZATION_LOOKBACK_DAYS = 10
+    over_10 = recommendations_refresh(now=NOW).found["idle_resources"]
+    # then
+    assert (over_30, over_10) == (0, 1)
 
 
 def test_idle_resources_flags_cost_without_consumption_only(tmp_path):
