@@ -32,6 +32,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property
 from typing import ClassVar
 
+import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 
@@ -270,35 +271,46 @@ class Context:
         found = self._costs.get((account_id, resource_id))
         return found if found is not None and found.total > 0 else None
 
-    @cached_property
-    def _cpu(self) -> dict[int, CpuStats]:
-        days = settings.OPTIMIZATION_CPU_DAYS
-        since = self.now - timedelta(days=days)
-        # Sample i (1-based) of n covers the hour ending at cpu_hourly_end - (n - i) hours.
-        rows = _query(
-            r"""
-            SELECT r.id, COUNT(s.v), percentile_cont(0.95) WITHIN GROUP (ORDER BY s.v), MAX(s.v)
-            FROM providers_app_resource r
-            LEFT JOIN LATERAL (
-                SELECT (e.v #>> '{}')::float8 AS v
-                FROM jsonb_array_elements(r.attributes -> 'cpu_hourly') WITH ORDINALITY AS e(v, i)
-                WHERE jsonb_typeof(e.v) = 'number'
-                  AND (r.attributes ->> 'cpu_hourly_end')::timestamptz
-                      - (jsonb_array_length(r.attributes -> 'cpu_hourly') - e.i) * interval '1 hour'
-                      BETWEEN %(since)s + interval '1 microsecond' AND %(now)s
-            ) s ON true
-            WHERE r.account_id = ANY(%(accounts)s) AND NOT r.is_terminated
-              AND r.resource_type IN ('instance', 'database')
-              AND jsonb_typeof(r.attributes -> 'cpu_hourly') = 'array'
-              AND r.attributes ->> 'cpu_hourly_end' ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}'
-            GROUP BY r.id
-            """,
-            {"since": since, "now": self.now, "accounts": self.windows.account_ids},
-        )
-        return {rid: CpuStats(n, days * 24, p95, peak) for rid, n, p95, peak in rows}
-
     def cpu(self, resource: ResourceRow) -> CpuStats | None:
-        return self._cpu.get(resource.id)
+        """CPU statistics of the resource's hourly samples whose hour ends in (now - OPTIMIZATION_CPU_DAYS, now]."""
+        if resource.id not in self._cpu:
+            self._cpu[resource.id] = cpu_stats(resource.attributes, now=self.now, days=settings.OPTIMIZATION_CPU_DAYS)
+        return self._cpu[resource.id]
+
+    @cached_property
+    def _cpu(self) -> dict[int, CpuStats | None]:
+        return {}
+
+
+def cpu_stats(attributes: dict, *, now: datetime, days: int) -> CpuStats | None:
+    """p95 (linear interpolation, as PostgreSQL's percentile_cont) and max of the in-window samples, with NumPy.
+
+    Sample i of n (oldest first) covers the hour ending at cpu_hourly_end - (n - 1 - i) hours; null or
+    non-numeric samples are missing hours.
+    """
+    values = attributes.get("cpu_hourly")
+    end = _parse_time(attributes.get("cpu_hourly_end"))
+    if not isinstance(values, list) or end is None:
+        return None
+    try:
+        samples = np.array(values, dtype=float)  # nulls become NaN
+    except (TypeError, ValueError):  # something not a number in the list: keep the numbers only
+        samples = np.array([v if isinstance(v, int | float) and not isinstance(v, bool) else np.nan for v in values])
+    if samples.ndim != 1:
+        return None
+    hours_before_end = np.arange(len(samples) - 1, -1, -1, dtype=float)
+    hour = 3600.0
+    newest = (end - now).total_seconds() / hour  # samples ending after now are ignored (clock skew)
+    oldest = (end - (now - timedelta(days=days))).total_seconds() / hour
+    kept = samples[(hours_before_end >= newest) & (hours_before_end < oldest) & ~np.isnan(samples)]
+    if kept.size == 0:
+        return CpuStats(0, days * 24, None, None)
+    ordered = np.sort(kept)
+    position = 0.95 * (ordered.size - 1)  # linear interpolation between the closest ranks, as percentile_cont
+    below = int(position)
+    above = min(below + 1, ordered.size - 1)
+    p95 = ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+    return CpuStats(int(kept.size), days * 24, float(p95), float(ordered[-1]))
 
 
 def _cost_or_list_price(
