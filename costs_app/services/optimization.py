@@ -78,11 +78,15 @@ class Windows:
     def params(self) -> list:
         return [self.account_ids, self.starts, self.ends]
 
-    def end(self, account_id: int) -> datetime:
-        return self.ends[self.account_ids.index(account_id)]
+    @cached_property
+    def _by_account(self) -> dict[int, tuple[datetime, datetime]]:
+        return {acct: (ws, we) for acct, ws, we in zip(self.account_ids, self.starts, self.ends, strict=True)}
 
     def start(self, account_id: int) -> datetime:
-        return self.starts[self.account_ids.index(account_id)]
+        return self._by_account[account_id][0]
+
+    def end(self, account_id: int) -> datetime:
+        return self._by_account[account_id][1]
 
 
 # Every cost-line query starts from this: the accounts in scope and their windows.
@@ -235,6 +239,18 @@ class Context:
                 ResourceRow(*row[:8], attributes=_json_object(row[8]), first_seen=row[9]) for row in rows
             ]
         return self._resources[kind]
+
+    def volumes_attached_to(self, account_id: int, instance_id: str) -> list[str]:
+        return self._attachments.get((account_id, instance_id), [])
+
+    @cached_property
+    def _attachments(self) -> dict[tuple[int, str], list[str]]:
+        found = defaultdict(list)
+        for v in self.resources("volume"):
+            for instance_id in v.attributes.get("attached_to") or []:
+                if isinstance(instance_id, str):
+                    found[(v.account_id, instance_id)].append(v.resource_id)
+        return found
 
     def volume(self, account_id: int, resource_id: str) -> ResourceRow | None:
         return self._volumes.get((account_id, resource_id))
@@ -512,6 +528,8 @@ class StoppedInstances(Rule):
             stopped_at = _parse_time(r.attributes.get("stopped_at"))
             if r.state in STOPPED_STATES and stopped_at is not None and stopped_at <= stopped_before:
                 volumes = [v for v in r.attributes.get("attached_volume_ids") or [] if isinstance(v, str)]
+                # a connector may fill only the volumes' side of the attachment
+                volumes += [v for v in ctx.volumes_attached_to(r.account_id, r.resource_id) if v not in volumes]
                 since = max(stopped_at, ctx.windows.start(r.account_id))
                 candidates.append((r, stopped_at, volumes, since, ctx.windows.end(r.account_id)))
         if not candidates:

@@ -168,8 +168,8 @@ def test_stopped_instances_with_storage_still_billed(aws, tmp_path):
     resource(aws, "volume", "vol-b", state="in-use", size_gb=100, volume_type="gp3", attached_to=["i-recent"])
     resource(aws, "instance", "i-bare", state="stopped", instance_type="m5.large", stopped_at=iso(stopped_at),
              attached_volume_ids=[])  # fmt: skip
-    resource(aws, "instance", "i-listed", state="stopped", instance_type="m5.large", stopped_at=iso(stopped_at),
-             attached_volume_ids=["vol-c"])  # fmt: skip
+    # this connector fills only the volume's side of the attachment
+    resource(aws, "instance", "i-listed", state="stopped", instance_type="m5.large", stopped_at=iso(stopped_at))
     resource(aws, "volume", "vol-c", state="in-use", size_gb=200, volume_type="gp2", attached_to=["i-listed"])
     storage = {"service_category": "Storage", "service_name": "Amazon Elastic Block Store"}
     load(aws, [*daily("vol-a", SEPTEMBER, "0.27", **storage), *daily("vol-b", SEPTEMBER, "0.27", **storage)], tmp_path)
