@@ -10,6 +10,7 @@ Account settings (`CloudAccount.settings`, JSON):
       "export_name": "finops",           # the Data Exports export name / legacy CUR report name
       "layout": "auto",                  # "data_exports" | "legacy_cur" | "auto" (Data Exports first)
       "table": "auto",                   # "cur" | "focus" | "auto" (from the manifest's columns)
+      "format": "auto",                  # "csv" (CSV, CSV.gz) | "parquet" | "auto" (by each file's name)
       "regions": ["us-east-1", "eu-west-1"],   # inventory regions
       "region": "us-east-1",             # bucket / STS region (default: the first inventory region)
       "cpu_lookback_days": 14,           # CloudWatch look-back for cpu_hourly and request_count_daily

@@ -698,7 +698,14 @@ class S3ExportSource(ExportCostSource):
                         f"s3://{self.settings.bucket}/{key} lists {data_key}, which is not in the bucket "
                         "(a delivery still being written?)"
                     )
-                files.append(ExportFile(data_key, obj.etag, obj.size))
+                file = ExportFile(data_key, obj.etag, obj.size)
+                wanted = self.settings.format
+                if wanted != "auto" and not file.format.startswith(wanted):
+                    raise PermanentError(
+                        f"s3://{self.settings.bucket}/{data_key} is {file.format}, but settings.format is {wanted!r}: "
+                        "change the setting or the export's format"
+                    )
+                files.append(file)
             out.append(Delivery(period, files, self.mapping_for(manifest), label=key))
         return out
 

@@ -18,6 +18,7 @@ from finops.errors import PermanentError, TransientError
 SOURCES = ("export", "cost_explorer")
 LAYOUTS = ("auto", "data_exports", "legacy_cur")
 TABLES = ("auto", "cur", "focus")
+FORMATS = ("auto", "csv", "parquet")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
 
@@ -32,6 +33,7 @@ class AwsSettings:
     export_name: str = ""
     layout: str = "auto"
     table: str = "auto"
+    format: str = "auto"  # what the export's files must be: "csv" (CSV / CSV.gz), "parquet", or "auto" (either)
     regions: tuple[str, ...] = ("us-east-1",)
     region: str = "us-east-1"  # the bucket's / STS / Cost Explorer's region
     endpoint_url: str = ""  # one endpoint for every service (moto, LocalStack, an S3-compatible store)
@@ -53,6 +55,11 @@ class AwsSettings:
         table = raw.get("table", raw.get("format_table", "auto"))
         if table not in TABLES:
             raise PermanentError(f"aws account {name!r}: settings.table {table!r} is not one of {', '.join(TABLES)}")
+        file_format = str(raw.get("format") or "auto").lower()
+        if file_format not in FORMATS:
+            raise PermanentError(
+                f"aws account {name!r}: settings.format {file_format!r} is not one of {', '.join(FORMATS)}"
+            )
         if source == "export":
             for key in ("bucket", "export_name"):
                 if not str(raw.get(key) or "").strip():
@@ -89,6 +96,7 @@ class AwsSettings:
             export_name=str(raw.get("export_name") or raw.get("report_name") or "").strip(),
             layout=layout,
             table=table,
+            format=file_format,
             regions=tuple(regions),
             region=raw.get("region") or regions[0],
             endpoint_url=str(raw.get("endpoint_url") or ""),

@@ -160,6 +160,10 @@ def test_cur2_parquet_with_map_columns_and_double_money(moto, s3):
     line = CostLineItem.objects.get(account=account, source_row=1)
     assert line.tags == {"team": "data", "Name": "web-0"}
     assert line.service_name == "Amazon Elastic Compute Cloud"
+    account.settings["format"] = "csv"
+    account.save()
+    with pytest.raises(PermanentError, match=r"finops-00001.snappy.parquet is parquet, but settings.format is 'csv'"):
+        account_cost_sync(account_id=account.id, force=True)
     assert line.charge_period_start.isoformat() == "2024-09-01T00:00:00+00:00"
 
 
