@@ -50,7 +50,6 @@ the platform's retry policy (backoff, max retries, dead letter) decides, as for 
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import json
 import re
@@ -393,7 +392,8 @@ BIGQUERY_EXPORT = ColumnMapping(
         Rule("AvailabilityZone", "location.zone"),
         Rule("ResourceId", "resource.global_name",
              how="resource.global_name as written (detailed export; empty in the standard one)"),
-        Rule("ResourceName", ("resource.name", "resource.global_name"), fn=coalesce, how="resource.name, else global_name"),
+        Rule("ResourceName", ("resource.name", "resource.global_name"), fn=coalesce,
+             how="resource.name, else global_name"),
         Rule("ResourceType", "resource.global_name", fn=_resource_type,
              how="the collection in resource.global_name: instances, disks, addresses, snapshots, buckets …"),
         Rule("ServiceName", "service.description", required=True),
@@ -706,7 +706,8 @@ class GcsExportSource(ExportCostSource):
 
 
 def _id_path(self_link: str, numeric_id) -> str:
-    """'https://…/compute/v1/projects/p/zones/z/instances/web-1' + 123 -> '//compute.googleapis.com/projects/p/zones/z/instances/123'."""
+    """'https://…/compute/v1/projects/p/zones/z/instances/web-1' + 123
+    -> '//compute.googleapis.com/projects/p/zones/z/instances/123'."""
     path = self_link.split("/compute/v1/", 1)[-1] if "/compute/v1/" in self_link else self_link.lstrip("/")
     head = path.rsplit("/", 1)[0]
     return f"//compute.googleapis.com/{head}/{numeric_id}"

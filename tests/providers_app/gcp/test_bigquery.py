@@ -34,9 +34,7 @@ def source_sums(rows) -> Decimal:
     return total
 
 
-def test_detailed_export_loads_per_month_skips_unchanged_and_replaces_exactly_the_changed_month(
-    api, service_account
-):
+def test_detailed_export_loads_per_month_skips_unchanged_and_replaces_exactly_the_changed_month(api, service_account):
     # given: two invoice months, 90 and 25 lines (every other one with a credit), read 40 rows a page
     september, october = billing_rows("202409", 90), billing_rows("202410", 25, cost="2.10")
     api.table_put(DETAILED_TABLE, "billing_export_resource_v1_schema.json", september + october)
@@ -93,7 +91,10 @@ def test_mapping_of_a_detailed_line_and_its_credit(api, service_account):
     assert usage.billing_account_id == "01A2B3-C4D5E6-F7G8H9"
     assert (usage.sub_account_id, usage.sub_account_name) == ("acme-prod", "Acme Prod")
     assert (usage.region_id, usage.availability_zone) == ("us-central1", "us-central1-a")
-    assert usage.resource_id == "//compute.googleapis.com/projects/acme-prod/zones/us-central1-a/instances/4121876543210987654"
+    assert (
+        usage.resource_id
+        == "//compute.googleapis.com/projects/acme-prod/zones/us-central1-a/instances/4121876543210987654"
+    )
     assert usage.resource_type == "instances"
     assert (usage.service_name, usage.service_category) == ("Compute Engine", "Compute")
     assert (usage.pricing_quantity, usage.pricing_unit) == (Decimal(1), "hour")

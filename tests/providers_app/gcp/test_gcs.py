@@ -1,4 +1,4 @@
-"""Billing files in a GCS bucket (FOCUS CSV, CSV.gz, Parquet), read by google-cloud-storage from gcp-storage-emulator."""
+"""Billing files in a GCS bucket (FOCUS CSV, CSV.gz, Parquet): google-cloud-storage on gcp-storage-emulator."""
 
 import csv
 import gzip
@@ -25,7 +25,9 @@ BUCKET = "acme-billing-exports"
 def focus_rows(period: str) -> tuple[list[str], list[dict]]:
     """The FOCUS sample's rows of one billing period, nulls written as empty values (as BigQuery exports them)."""
     header, rows = sample_rows()
-    rows = [{k: ("" if v == "NULL" else v) for k, v in r.items()} for r in rows if r["BillingPeriodStart"][:7] == period]
+    rows = [
+        {k: ("" if v == "NULL" else v) for k, v in r.items()} for r in rows if r["BillingPeriodStart"][:7] == period
+    ]
     return header, rows
 
 
@@ -92,7 +94,11 @@ def test_focus_files_load_per_period_skip_unchanged_and_replace_the_changed_peri
     first = account_cost_sync(account_id=account.id)
     # then
     assert first.periods == {"2024-09": 999, "2024-10": 1}
-    assert first.files == ["focus/2024-09/part-00001.csv.gz", "focus/2024-09/part-00002.parquet", "focus/2024-10/part-00001.csv"]
+    assert first.files == [
+        "focus/2024-09/part-00001.csv.gz",
+        "focus/2024-09/part-00002.parquet",
+        "focus/2024-10/part-00001.csv",
+    ]
     lines = CostLineItem.objects.filter(account=account)
     assert lines.aggregate(t=Sum("billed_cost"))["t"] == total(september) + total(october)
 
@@ -125,7 +131,9 @@ def test_a_truncated_object_fails_naming_it_and_keeps_the_data(api, gcs_emulator
     with pytest.raises(FocusRulesError) as failure:
         account_cost_sync(account_id=account.id)
     # then
-    assert str(failure.value).startswith("focus/2024-10/part-00001.csv row 1 column BilledCost: '12,5' is not a decimal")
+    assert str(failure.value).startswith(
+        "focus/2024-10/part-00001.csv row 1 column BilledCost: '12,5' is not a decimal"
+    )
     assert CostLineItem.objects.filter(account=account).count() == 1
     assert ExportState.objects.get(account=account).fingerprint == fingerprint
 

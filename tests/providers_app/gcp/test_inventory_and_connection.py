@@ -20,7 +20,9 @@ ORPHAN = "//compute.googleapis.com/projects/acme-prod/zones/us-central1-a/disks/
 WEB_1_DISK = "//compute.googleapis.com/projects/acme-prod/zones/us-central1-a/disks/5550001112223334445"
 
 
-def test_discovery_lists_every_kind_with_the_contract_attributes_and_marks_deleted_ones_terminated(api, service_account):
+def test_discovery_lists_every_kind_with_the_contract_attributes_and_marks_deleted_ones_terminated(
+    api, service_account
+):
     # given: the recorded project, listed two items a page (so every aggregatedList is paged)
     account = gcp_account(api, service_account[0])
     # when
@@ -54,7 +56,7 @@ def test_discovery_lists_every_kind_with_the_contract_attributes_and_marks_delet
     assert ips["web-ip"].attributes["associated_with"] == WEB_1 and ips["web-ip"].state == "in_use"
     assert ips["spare-ip"].attributes["associated_with"] == "" and ips["spare-ip"].state == "reserved"
     # the ids join the detailed export's resource.global_name
-    assert WEB_1 == billing_rows("202409", 1)[0]["resource"]["global_name"]
+    assert billing_rows("202409", 1)[0]["resource"]["global_name"] == WEB_1
 
     # when: the orphan disk is deleted and a new instance created
     data = api.compute[INVENTORY_PROJECT]
@@ -66,9 +68,12 @@ def test_discovery_lists_every_kind_with_the_contract_attributes_and_marks_delet
     assert (again.created, again.terminated) == (1, 1)
     gone = Resource.objects.get(account=account, resource_id=ORPHAN)
     assert gone.is_terminated and gone.state == "terminated"
-    assert Resource.objects.get(
-        account=account, resource_id="//compute.googleapis.com/projects/acme-prod/zones/us-central1-a/instances/999"
-    ).name == "web-2"
+    assert (
+        Resource.objects.get(
+            account=account, resource_id="//compute.googleapis.com/projects/acme-prod/zones/us-central1-a/instances/999"
+        ).name
+        == "web-2"
+    )
 
 
 def test_a_listing_that_fails_changes_nothing(api, service_account):

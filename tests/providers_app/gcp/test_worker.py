@@ -11,6 +11,7 @@ from providers_app.models import CloudAccount, Resource
 from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
 from tasks_app.services.runs import task_enqueue
 from tests.celery_procs import child_env, flush_broker, start_worker, wait_for
+
 from .conftest import (
     BILLING_ACCOUNT,
     DATASET,
