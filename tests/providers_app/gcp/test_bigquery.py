@@ -1,6 +1,7 @@
 """The Cloud Billing export to BigQuery, read by the real google-cloud-bigquery client from the local REST API."""
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.db.models import Sum
@@ -205,3 +206,5 @@ def test_mapping_table_documents_every_derived_rule():
     text = gcp.BIGQUERY_EXPORT.markdown()
     assert "| ChargeCategory | `cost_type`: regular -> Usage, tax -> Tax" in text
     assert "| BillingPeriodStart | `invoice.month`: invoice.month YYYYMM" in text
+    docs = Path(__file__).resolve().parents[3] / "docs" / "mappings" / "gcp.md"
+    assert text in docs.read_text(), "docs/mappings/gcp.md is out of date: regenerate its table"
