@@ -20,8 +20,11 @@ Account settings (`CloudAccount.settings`, JSON):
     # inventory
     projects            project ids to list Compute Engine resources of (default: [project])
     zones               only these zones (and their regions), optional
+    cpu_days            days of hourly CPU utilisation read from Cloud Monitoring per running instance
+                        (default 14; 0 turns it off)
     # tests and compatible services
-    endpoints           {"bigquery": url, "storage": url, "compute": url}: API endpoints instead of Google's
+    endpoints           {"bigquery": url, "storage": url, "compute": url, "monitoring": url}: API endpoints
+                        instead of Google's
 
 Credentials (`Credential`, JSON): the service account key file as Google issues it — type
 "service_account", project_id, private_key_id, private_key, client_email, token_uri. The token_uri is
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,6 +73,7 @@ from .exports import Delivery, ExportCostSource, ExportFile
 from .focus import normalise
 from .mapping import ColumnMapping, Rule, as_text, coalesce, lookup
 
+logger = logging.getLogger(__name__)
 PROVIDER = "Google Cloud"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 SOURCES = ("bigquery", "gcs")
@@ -99,6 +104,7 @@ class GcpSettings:
     format: str = "focus"
     projects: list[str] = field(default_factory=list)
     zones: list[str] = field(default_factory=list)
+    cpu_days: int = 14
     endpoints: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -132,10 +138,11 @@ def gcp_settings(account, *, for_costs: bool = True) -> GcpSettings:
         zones=_str_list(raw.get("zones"), "zones", name),
         endpoints={str(k): str(v) for k, v in endpoints.items()},
     )
-    try:
-        settings.page_size = int(raw.get("page_size") or 10_000)
-    except (TypeError, ValueError):
-        raise PermanentError(f"GCP account {name!r}: settings.page_size must be a number") from None
+    for key, default in (("page_size", 10_000), ("cpu_days", 14)):
+        try:
+            setattr(settings, key, int(raw.get(key) if raw.get(key) is not None else default))
+        except (TypeError, ValueError):
+            raise PermanentError(f"GCP account {name!r}: settings.{key} must be a number") from None
     if not for_costs:
         return settings
     if source == "bigquery":
@@ -790,14 +797,74 @@ class ComputeResourceSource(ResourceSource):
                 _raise(exc, f"compute.snapshots.list on project {project}")
             ids = {_link_path(i.self_link): _id_path(i.self_link, i.id) for i in instances}
             ids.update({_link_path(d.self_link): _id_path(d.self_link, d.id) for d in disks})
+            running = any(i.status == "RUNNING" for i in instances)
+            cpu = self.cpu_hourly(project) if running and self.settings.cpu_days > 0 else {}
             for instance in instances:
-                yield self._instance(instance, ids)
+                row = self._instance(instance, ids)
+                hours = cpu.get(str(instance.id))
+                if hours:
+                    row["attributes"]["cpu_hourly"], row["attributes"]["cpu_hourly_end"] = hours
+                yield row
             for disk in disks:
                 yield self._disk(disk, ids)
             for snapshot in snapshots:
                 yield self._snapshot(snapshot, ids)
             for address in addresses:
                 yield self._address(address, ids)
+
+    def cpu_hourly(self, project: str, now: datetime | None = None) -> dict[str, tuple[list[float], str]]:
+        """instance id -> (hourly mean CPU utilisation in percent, oldest first; end of the last hour), from
+        Cloud Monitoring's compute.googleapis.com/instance/cpu/utilization (timeSeries.list over REST).
+
+        Without monitoring.timeSeries.list the inventory is still listed, without CPU (logged)."""
+        from datetime import timedelta
+
+        import requests
+        from google.auth.transport.requests import AuthorizedSession
+
+        end = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
+        start = end - timedelta(days=self.settings.cpu_days)
+        base = self.settings.endpoints.get("monitoring") or "https://monitoring.googleapis.com"
+        params = {
+            "filter": 'metric.type = "compute.googleapis.com/instance/cpu/utilization" '
+            'AND resource.type = "gce_instance"',
+            "interval.startTime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "interval.endTime": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "aggregation.alignmentPeriod": "3600s",
+            "aggregation.perSeriesAligner": "ALIGN_MEAN",
+            "view": "FULL",
+        }
+        session = AuthorizedSession(gcp_credentials(self.account))
+        what = f"monitoring.timeSeries.list on project {project}"
+        out: dict[str, tuple[list[float], str]] = {}
+        token = None
+        while True:
+            try:
+                response = session.get(
+                    f"{base.rstrip('/')}/v3/projects/{project}/timeSeries",
+                    params={**params, **({"pageToken": token} if token else {})},
+                    timeout=60,
+                )
+            except (requests.RequestException, Exception) as exc:  # noqa: BLE001
+                _raise(exc, what)
+            if response.status_code == 403:
+                logger.warning("%s: permission denied; instances listed without CPU utilisation", what)
+                return {}
+            if response.status_code >= 400:
+                from google.api_core import exceptions as gexc
+
+                _raise(gexc.from_http_response(response), what)
+            body = response.json()
+            for series in body.get("timeSeries", []):
+                instance_id = (series.get("resource", {}).get("labels", {}) or {}).get("instance_id")
+                points = sorted(series.get("points", []), key=lambda p: p["interval"]["endTime"])
+                if not instance_id or not points:
+                    continue
+                values = [round(float(p["value"].get("doubleValue", 0.0)) * 100, 2) for p in points]
+                out[instance_id] = (values, _time(points[-1]["interval"]["endTime"]))
+            token = body.get("nextPageToken")
+            if not token:
+                return out
 
     @staticmethod
     def _base(item, kind: str, service: str, region: str, state: str) -> dict:

@@ -50,6 +50,7 @@ def api(google_api):
     google_api.reset_faults()
     google_api.tables.clear()
     google_api.compute_load(INVENTORY_PROJECT)
+    google_api.cpu.clear()
     yield google_api
     google_api.reset_faults()
 
@@ -180,7 +181,7 @@ def bigquery_settings(api, **overrides) -> dict:
         "project": PROJECT,
         "dataset": DATASET,
         "projects": [INVENTORY_PROJECT],
-        "endpoints": {"bigquery": api.url, "compute": api.url},
+        "endpoints": {"bigquery": api.url, "compute": api.url, "monitoring": api.url},
         "page_size": 40,
         **overrides,
     }

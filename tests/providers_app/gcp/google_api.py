@@ -97,6 +97,7 @@ class GoogleApi:
         self.tables: dict[str, dict] = {}  # "project.dataset.table" -> {"schema", "rows", "modified"}
         self.jobs: dict[str, dict] = {}
         self.compute: dict[str, dict] = {}  # project -> {"instances": [...], ...}
+        self.cpu: dict[str, dict[str, list[float]]] = {}  # project -> instance id -> hourly utilisation, oldest first
         self.denied: set[str] = set()
         self.faults: list[list] = []  # [path part, remaining, status]
         self.requests: list[tuple[str, str]] = []
@@ -246,6 +247,9 @@ class GoogleApi:
         m = re.fullmatch(r"/bigquery/v2/projects/([^/]+)/(.*)", path)
         if m:
             return self.bigquery(method, m.group(1), m.group(2), query, payload)
+        m = re.fullmatch(r"/v3/projects/([^/]+)/timeSeries", path)
+        if m and method == "GET":
+            return self.time_series(m.group(1), query)
         m = re.fullmatch(
             r"/compute/v1/projects/([^/]+)/(aggregated/(instances|disks|addresses)|global/snapshots)", path
         )
@@ -423,6 +427,53 @@ class GoogleApi:
         if not body["rows"]:
             del body["rows"]
         return body
+
+    # --- Cloud Monitoring ---
+
+    def time_series(self, project: str, query: dict) -> tuple[int, dict]:
+        """timeSeries.list of compute.googleapis.com/instance/cpu/utilization, ALIGN_MEAN over 3600s: one
+        series per page, points newest first (as the API returns them)."""
+        from datetime import timedelta
+
+        if "monitoring.timeSeries.list" in self.denied:
+            return 403, _error(
+                403, "Permission monitoring.timeSeries.list denied (or the resource may not exist).",
+                "forbidden", "PERMISSION_DENIED",
+            )  # fmt: skip
+        assert "compute.googleapis.com/instance/cpu/utilization" in query["filter"], query
+        assert query["aggregation.alignmentPeriod"] == "3600s", query
+        end = datetime.fromisoformat(query["interval.endTime"].replace("Z", "+00:00"))
+        series = sorted((self.cpu.get(project) or {}).items())
+        index = int(query.get("pageToken") or 0)
+        body: dict = {"timeSeries": [], "unit": "10^2.%"}
+        if index < len(series):
+            instance_id, values = series[index]
+            points = []
+            for k, value in enumerate(reversed(values)):
+                stop = end - timedelta(hours=k)
+                points.append(
+                    {
+                        "interval": {
+                            "startTime": (stop - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "endTime": stop.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        },
+                        "value": {"doubleValue": value},
+                    }
+                )
+            body["timeSeries"].append(
+                {
+                    "metric": {"labels": {"instance_name": instance_id},
+                               "type": "compute.googleapis.com/instance/cpu/utilization"},
+                    "resource": {"type": "gce_instance",
+                                 "labels": {"instance_id": instance_id, "project_id": project}},
+                    "metricKind": "GAUGE",
+                    "valueType": "DOUBLE",
+                    "points": points,
+                }
+            )  # fmt: skip
+            if index + 1 < len(series):
+                body["nextPageToken"] = str(index + 1)
+        return 200, body
 
     # --- Compute Engine ---
 

@@ -23,7 +23,9 @@ WEB_1_DISK = "//compute.googleapis.com/projects/acme-prod/zones/us-central1-a/di
 def test_discovery_lists_every_kind_with_the_contract_attributes_and_marks_deleted_ones_terminated(
     api, service_account
 ):
-    # given: the recorded project, listed two items a page (so every aggregatedList is paged)
+    # given: the recorded project, listed two items a page (so every aggregatedList is paged), and web-1's
+    # hourly CPU utilisation in Cloud Monitoring (a fraction, as the metric is)
+    api.cpu[INVENTORY_PROJECT] = {"4121876543210987654": [0.05, 0.5, 0.123456], "999": [0.9]}
     account = gcp_account(api, service_account[0])
     # when
     result = account_resources_discover(account_id=account.id, now=timezone.now())
@@ -39,6 +41,8 @@ def test_discovery_lists_every_kind_with_the_contract_attributes_and_marks_delet
     assert web.attributes["attached_volume_ids"] == [WEB_1_DISK]
     assert web.attributes["created_at"] == "2024-06-03T16:15:22.512000+00:00"
     assert "stopped_at" not in web.attributes
+    assert web.attributes["cpu_hourly"] == [5.0, 50.0, 12.35]
+    assert web.attributes["cpu_hourly_end"].endswith(":00:00+00:00")
     batch = by_id[BATCH]
     assert batch.state == "terminated" and batch.attributes["stopped_at"] == "2024-08-03T00:45:10.333000+00:00"
     orphan = by_id[ORPHAN]
@@ -74,6 +78,14 @@ def test_discovery_lists_every_kind_with_the_contract_attributes_and_marks_delet
         ).name
         == "web-2"
     )
+
+
+def test_without_the_monitoring_permission_instances_are_listed_without_cpu(api, service_account):
+    api.cpu[INVENTORY_PROJECT] = {"4121876543210987654": [0.5]}
+    api.deny("monitoring.timeSeries.list")
+    account = gcp_account(api, service_account[0])
+    account_resources_discover(account_id=account.id, now=timezone.now())
+    assert "cpu_hourly" not in Resource.objects.get(account=account, resource_id=WEB_1).attributes
 
 
 def test_a_listing_that_fails_changes_nothing(api, service_account):
