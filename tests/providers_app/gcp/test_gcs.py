@@ -12,7 +12,7 @@ from django.db.models import Sum
 
 from costs_app.models import CostLineItem
 from costs_app.services.ingest import FocusRulesError, account_cost_sync
-from finops.errors import PermanentError
+from finops.errors import PermanentError, TransientError
 from providers_app.models import Credential, ExportState
 from tests.factories import CloudAccountFactory
 from tests.providers_app.focus_files import sample_rows
@@ -153,4 +153,12 @@ def test_missing_bucket_and_a_file_without_period_are_named(api, gcs_emulator, b
     bucket.blob("focus/latest.csv").upload_from_string(csv_bytes(header, october))
     account = gcs_account(api, gcs_emulator, service_account[0])
     with pytest.raises(PermanentError, match=r"gs://acme-billing-exports/focus/latest\.csv: no billing period"):
+        account_cost_sync(account_id=account.id)
+
+
+def test_an_unreachable_storage_endpoint_is_transient(api, service_account):
+    from .conftest import free_port
+
+    account = gcs_account(api, f"http://127.0.0.1:{free_port()}", service_account[0], name="unreachable")
+    with pytest.raises(TransientError, match=r"listing gs://acme-billing-exports/focus/: network error"):
         account_cost_sync(account_id=account.id)

@@ -60,7 +60,7 @@ def test_gcp_account_through_the_worker(worker, api, service_account, admin_clie
             "project": PROJECT,
             "dataset": DATASET,
             "projects": [INVENTORY_PROJECT],
-            "endpoints": {"bigquery": api.url, "compute": api.url},
+            "endpoints": {"bigquery": api.url, "compute": api.url, "monitoring": api.url},
             "page_size": 25,
         },
         "credentials": service_account[0],
@@ -97,6 +97,7 @@ def test_gcp_account_through_the_worker(worker, api, service_account, admin_clie
     assert lines.count() == 126
 
     # when: discovery, then the orphan disk is deleted and discovery runs again
+    api.cpu[INVENTORY_PROJECT] = {"4121876543210987654": [0.02, 0.03]}
     found = run("discover_provider_resources", account_id=account.id)
     assert found.state == RunState.SUCCESS, found.error
     assert found.result["created"] == 9
@@ -110,14 +111,18 @@ def test_gcp_account_through_the_worker(worker, api, service_account, admin_clie
     # the inventory joins the cost lines on the instance ids
     web = Resource.objects.get(account=account, name="web-1", resource_type="instance")
     assert lines.filter(resource_id=web.resource_id).exists()
+    assert web.attributes["cpu_hourly"] == [2.0, 3.0]
 
-    # when: throttled twice (429 on jobs.insert), then answered
-    api.fail("/jobs", 2, status=429)
+    # when: throttled (429 on jobs.insert), then unavailable (503 on getQueryResults), then answered
+    api.fail("/jobs", 1, status=429)
+    api.fail("/queries/", 1, status=503)
     throttled = run("sync_provider_cost_data", account_id=account.id, force=True)
-    # then: retried by the platform's policy and succeeded
+    # then: retried by the platform's policy (0.2 s, then 0.4 s) and succeeded
     assert throttled.state == RunState.SUCCESS, throttled.error
     assert throttled.retries == 2
-    assert "retry 1 in 0.2s" in worker.log and "TooManyRequests" in worker.log
+    assert "retry 1 in 0.2s" in worker.log and "retry 2 in 0.4s" in worker.log
+    assert "TooManyRequests" in worker.log and "ServiceUnavailable" in worker.log
+    assert lines.count() == 126
 
     # when: the role lacks bigquery.jobs.create
     api.deny("bigquery.jobs.create")
