@@ -82,7 +82,7 @@ SUFFIXES = (".csv", ".csv.gz", ".parquet")
 PERIOD_IN_KEY = re.compile(r"(?<!\d)(20\d\d)-?(0[1-9]|1[0-2])(?!\d)")
 # "Permission 'compute.instances.list' denied", "Required 'compute.disks.list' permission", "bigquery.jobs.create"
 PERMISSION_RE = re.compile(
-    r"\b((?:bigquery|storage|compute|monitoring|resourcemanager|billing)\.[A-Za-z]+\.[A-Za-z]+)\b"
+    r"\b((?:bigquery|storage|compute|monitoring|resourcemanager|billing)\.(?!googleapis\b)[A-Za-z]+\.[A-Za-z]+)\b"
 )
 SERVICE_ACCOUNT_KEYS = ("type", "project_id", "private_key_id", "private_key", "client_email", "token_uri")
 
@@ -259,6 +259,8 @@ def gcp_error(exc: Exception, what: str) -> Exception:
     if isinstance(exc, gexc.Forbidden | gexc.PermissionDenied):
         if "rateLimitExceeded" in message or "quotaExceeded" in message or _reason(exc) in {"rateLimitExceeded"}:
             return TransientError(f"{what}: Google Cloud rate limit ({message}); will retry")
+        if "has not been used in project" in message or "SERVICE_DISABLED" in message:
+            return PermanentError(f"{what}: the API is not enabled in the project ({message}); enable it")
         permission = PERMISSION_RE.search(message)
         missing = f"missing permission {permission.group(1)}" if permission else "permission denied"
         return PermanentError(f"{what}: {missing} ({message}); grant it to the service account")

@@ -208,3 +208,48 @@ def test_mapping_table_documents_every_derived_rule():
     assert "| BillingPeriodStart | `invoice.month`: invoice.month YYYYMM" in text
     docs = Path(__file__).resolve().parents[3] / "docs" / "mappings" / "gcp.md"
     assert text in docs.read_text(), "docs/mappings/gcp.md is out of date: regenerate its table"
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "text"),
+    [
+        ("TooManyRequests('Quota exceeded')", TransientError, "TooManyRequests"),
+        ("InternalServerError('backendError')", TransientError, "InternalServerError"),
+        ("DeadlineExceeded('deadline')", TransientError, "DeadlineExceeded"),
+        (
+            "Forbidden(\"Required 'compute.instances.list' permission for 'projects/p'\")",
+            PermanentError,
+            "missing permission compute.instances.list",
+        ),
+        (
+            "Forbidden('Compute Engine API has not been used in project 123 before or it is disabled. Enable it by "
+            "visiting https://console.developers.google.com/apis/api/compute.googleapis.com/overview?project=123')",
+            PermanentError,
+            "the API is not enabled",
+        ),
+        (
+            "Forbidden('Exceeded rate limits: too many api requests', errors=[{'reason': 'rateLimitExceeded'}])",
+            TransientError,
+            "rate limit",
+        ),
+        ("NotFound('Not found: Dataset p:d')", PermanentError, "not found"),
+        ("Unauthenticated('Request had invalid authentication credentials')", PermanentError, "not authenticated"),
+    ],
+)
+def test_sdk_errors_are_translated(exc, kind, text):
+    from google.api_core import exceptions  # noqa: F401  (used by eval)
+
+    translated = gcp.gcp_error(eval(f"exceptions.{exc}"), "doing it")  # noqa: S307
+    assert isinstance(translated, kind)
+    assert text in str(translated)
+    assert str(translated).startswith("doing it: ")
+
+
+def test_network_errors_are_transient():
+    import requests
+    from google.auth.exceptions import RefreshError, TransportError
+
+    assert isinstance(gcp.gcp_error(requests.ConnectionError("refused"), "x"), TransientError)
+    assert isinstance(gcp.gcp_error(TransportError("reset"), "x"), TransientError)
+    refused = gcp.gcp_error(RefreshError("invalid_grant: Invalid JWT Signature.", {"error": "invalid_grant"}), "x")
+    assert isinstance(refused, PermanentError) and "invalid_grant: Invalid JWT Signature." in str(refused)
