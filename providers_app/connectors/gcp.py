@@ -746,11 +746,14 @@ class ComputeResourceSource(ResourceSource):
     def __init__(self, account, settings: GcpSettings | None = None):
         super().__init__(account)
         self.settings = settings or gcp_settings(account, for_costs=False)
+        self._credentials = None
         if not self.settings.projects:
             raise PermanentError(f"GCP account {account.name!r}: settings.projects (for the inventory) is missing")
 
     def _client(self, cls):
-        return cls(credentials=gcp_credentials(self.account), client_options=_options(self.settings, "compute"))
+        if self._credentials is None:  # one key parse (and one token) for all of the listing's clients
+            self._credentials = gcp_credentials(self.account)
+        return cls(credentials=self._credentials, client_options=_options(self.settings, "compute"))
 
     def _zone_ok(self, scope: str) -> bool:
         if not self.settings.zones:
@@ -836,7 +839,7 @@ class ComputeResourceSource(ResourceSource):
             "aggregation.perSeriesAligner": "ALIGN_MEAN",
             "view": "FULL",
         }
-        session = AuthorizedSession(gcp_credentials(self.account))
+        session = AuthorizedSession(self._credentials or gcp_credentials(self.account))
         what = f"monitoring.timeSeries.list on project {project}"
         out: dict[str, tuple[list[float], str]] = {}
         token = None
