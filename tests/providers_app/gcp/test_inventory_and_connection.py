@@ -139,3 +139,12 @@ def test_connection_check_of_a_bucket(api, gcs_emulator, service_account):
     report = connection_check(gcs_account(api, gcs_emulator, service_account[0], bucket="nope", name="nope"))
     assert not report.ok
     assert "bucket gs://nope not found" in report.summary()
+
+
+def test_zones_setting_limits_the_listing(api, service_account):
+    account = gcp_account(api, service_account[0], zones=["us-central1-a"])
+    account_resources_discover(account_id=account.id, now=timezone.now())
+    names = set(Resource.objects.filter(account=account).values_list("resource_type", "name"))
+    assert ("instance", "web-1") in names and ("volume", "orphan-data") in names
+    assert ("ip_address", "spare-ip") in names  # us-central1: the zone's region
+    assert ("instance", "batch-old") not in names and ("volume", "batch-old") not in names
