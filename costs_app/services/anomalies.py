@@ -59,6 +59,7 @@ ROOT_CAUSE_MIN_SHARE = 0.1
 # Resources are compared with their average day of the week before the anomaly.
 RESOURCE_REFERENCE_DAYS = 7
 NOTIFY_MAX_ATTEMPTS = 3
+NOTIFY_WITHIN = timedelta(days=1)
 # pg_advisory_xact_lock key for the write phase ("anom").
 STORE_LOCK = 0x616E6F6D
 CLOSED = (AnomalyStatus.RESOLVED, AnomalyStatus.FALSE_POSITIVE)
@@ -360,7 +361,7 @@ def _plans(series, evaluation, flags, windows, start: date, records_by_series) -
         flagged_rows[int(row)].append(int(col))
     row_of = {s.key: i for i, s in enumerate(series)}
     plans = []
-    for key in set(records_by_series) | {series[r].key for r in flagged_rows}:
+    for key in sorted(set(records_by_series) | {series[r].key for r in flagged_rows}):
         row = row_of.get(key)
         records = records_by_series.get(key, [])
         account_id = key[1]
@@ -508,8 +509,8 @@ def _root_causes_attach(plans: list[_Plan], series: list[_Series], matrix: np.nd
         """,
         [start, sorted(wanted_keys), accounts, start, end],
     )
-    daily_facts = dict(zip(DAILY_FACTS, daily, strict=True)) if daily else None
-    tag_facts = dict(zip(TAG_FACTS, tags, strict=True)) if tags else None
+    daily_facts = _facts_by_account(DAILY_FACTS, daily)
+    tag_facts = _facts_by_account(TAG_FACTS, tags)
 
     rows: list[tuple[int, dict]] = []  # (plan index, {"dimension", "key"?, "value"})
     blocks: list[np.ndarray] = []
@@ -520,7 +521,8 @@ def _root_causes_attach(plans: list[_Plan], series: list[_Series], matrix: np.nd
         day_cols.append(cols)
         if not len(cols):
             continue
-        for meta, block in _candidate_series(s, daily_facts, tag_facts, n_days):
+        daily, tags = daily_facts.get(s.account_id), tag_facts.get(s.account_id)
+        for meta, block in _candidate_series(s, daily, tags, n_days):
             rows.append((i, meta))
             blocks.append(block)
     contributions: dict[int, list[dict]] = defaultdict(list)
@@ -546,6 +548,20 @@ def _root_causes_attach(plans: list[_Plan], series: list[_Series], matrix: np.nd
         plan.root_causes = _ranked(contributions.get(i, []), impact)
 
 
+def _facts_by_account(names: tuple[str, ...], columns: list[np.ndarray]) -> dict[int, dict[str, np.ndarray]]:
+    """Rows of a facts query split per account, each a dict of columns (the per-anomaly filters stay small)."""
+    if not columns:
+        return {}
+    order = np.argsort(columns[names.index("account")].astype(np.int64), kind="stable")
+    facts = {name: column[order] for name, column in zip(names, columns, strict=True)}
+    accounts, starts = np.unique(facts["account"].astype(np.int64), return_index=True)
+    ends = [*starts[1:], len(order)]
+    return {
+        int(account): {name: column[start:end] for name, column in facts.items()}
+        for account, start, end in zip(accounts, starts, ends, strict=True)
+    }
+
+
 def _sums(facts: dict, mine: np.ndarray, names: list[str], n_days: int):
     """The facts selected by `mine`, summed per value of the `names` columns and day."""
     keys = [facts[name][mine] for name in names]
@@ -553,17 +569,12 @@ def _sums(facts: dict, mine: np.ndarray, names: list[str], n_days: int):
 
 
 def _candidate_series(s: _Series, daily: dict | None, tags: dict | None, n_days: int):
-    """(description, daily spend) of each sub-series of `s` that could explain its anomaly."""
+    """(description, daily spend) of each sub-series of `s` that could explain its anomaly (facts: its account's)."""
     dimension = s.monitor.dimension
     if dimension == AnomalyDimension.TAG:
         if tags is None:
             return
-        mine = (
-            (tags["key"] == s.monitor.tag_key)
-            & (tags["account"] == s.account_id)
-            & (tags["currency"] == s.currency)
-            & (tags["value"] == s.value)
-        )
+        mine = (tags["key"] == s.monitor.tag_key) & (tags["currency"] == s.currency) & (tags["value"] == s.value)
         for name in ("service", "region", "sub_account"):
             keys, matrix = _sums(tags, mine, [name], n_days)
             for (value,), row in zip(keys, matrix, strict=True):
@@ -571,7 +582,7 @@ def _candidate_series(s: _Series, daily: dict | None, tags: dict | None, n_days:
         return
     by_service = dimension == AnomalyDimension.SERVICE
     if daily is not None:
-        mine = (daily["account"] == s.account_id) & (daily["currency"] == s.currency)
+        mine = daily["currency"] == s.currency
         if by_service:
             mine &= daily["service"] == s.value
         for name in ("region", "sub_account") if by_service else ("service", "region", "sub_account"):
@@ -579,7 +590,7 @@ def _candidate_series(s: _Series, daily: dict | None, tags: dict | None, n_days:
             for (value,), row in zip(keys, matrix, strict=True):
                 yield {"dimension": name, "value": value}, row
     if tags is not None:
-        mine = (tags["account"] == s.account_id) & (tags["currency"] == s.currency)
+        mine = tags["currency"] == s.currency
         if by_service:
             mine &= tags["service"] == s.value
         keys, matrix = _sums(tags, mine, ["key", "value"], n_days)
@@ -749,6 +760,8 @@ def _notify_pending(*, account_id: int | None, now: datetime, result: AnomalyRes
             status=AnomalyStatus.OPEN,
             notified_at__isnull=True,
             notification_attempts__lt=NOTIFY_MAX_ATTEMPTS,
+            # Only recent ones: a channel added to a monitor later is not flooded with its old anomalies.
+            detected_at__gte=now - NOTIFY_WITHIN,
             monitor__channels__is_active=True,
         )
         .select_related("monitor", "account")

@@ -8,14 +8,15 @@ The baseline of day t is the `baseline_days` (B, a multiple of 7) days before it
 - plain model: expected = median of the B days; spread = their MAD;
 - weekly model: the B days as B/7 weeks; expected = the median of the same weekday (t-7, t-14, ...);
   spread = the MAD of every day's residual from its weekday's median.
-The weekly model is used when its spread is below WEEKLY_GAIN × the plain one, i.e. when the series
-really has a weekly pattern; otherwise the plain median is the steadier estimate. (Weekday offsets are
-taken from each week's own median, so a level change between weeks does not bend the weekly profile.)
+The weekly model is used when its fit (trimmed mean absolute residual) is below WEEKLY_GAIN × the plain one,
+i.e. when the series really has a weekly pattern; otherwise the plain median is the steadier estimate.
+(Weekday offsets are taken from each week's own median, so a level change between weeks does not bend
+the weekly profile.)
 
 Spreads become standard deviations of the prediction error: × 1.4826 (MAD → sigma for normal noise),
 × a finite-sample factor (a median of only B/7 values both moves with the noise and hugs its own
 samples, so the in-sample residuals understate how far a new day lands; the factor is measured once by
-simulation, see `_prediction_sigma_factor`), and floored at MIN_RELATIVE_SIGMA of the expected value.
+simulation, see `_calibration`), and floored at MIN_RELATIVE_SIGMA of the expected value.
 
 A day is anomalous when it is above the band (score = (actual − expected) / sigma ≥ score_threshold)
 AND its impact passes both floors: impact ≥ min_impact and impact ≥ min_impact_percent % of expected
@@ -35,6 +36,8 @@ WEEKLY_GAIN = 0.8
 # A flat series still needs a real move to score: sigma is at least this share of the expected value.
 MIN_RELATIVE_SIGMA = 0.02
 ABSOLUTE_SIGMA_FLOOR = 1e-6
+# Share of the largest residuals left out of the mean that decides between the plain and weekly models.
+TRIM = 0.1
 # Work on this many (series × evaluated day × baseline day) cells at a time: ~64 MB per float64 array.
 CHUNK_CELLS = 8_000_000
 
@@ -56,11 +59,12 @@ class SeriesEvaluation:
 
 
 @lru_cache(maxsize=16)
-def _prediction_sigma_factor(baseline_days: int, weekly: bool) -> float:
-    """sd(new day − expected) / (1.4826 × in-sample MAD) for Gaussian noise, measured by simulation.
+def _calibration(baseline_days: int, weekly: bool) -> tuple[float, float]:
+    """sd(new day − expected) per unit of in-sample spread, for Gaussian noise, measured by simulation.
 
-    Deterministic (fixed seed), computed once per window shape. About 1.03 for a plain 28-day median and
-    1.3 for a 4-week weekday median: the latter's expected value carries more of the noise.
+    Returns (for 1.4826 × MAD, for the trimmed mean absolute deviation). Deterministic (fixed seed), computed once
+    per window shape. The MAD factor is about 1.06 for a plain 28-day median and 1.43 for the weekly
+    model: the latter's expected value carries more of the noise, and its residuals hug its own fit.
     """
     rng = np.random.default_rng(20240901)
     samples = rng.standard_normal((40_000, baseline_days + 1))
@@ -70,12 +74,14 @@ def _prediction_sigma_factor(baseline_days: int, weekly: bool) -> float:
         offset = np.median(weeks - np.median(weeks, axis=2, keepdims=True), axis=1)
         deseasoned = (weeks - offset[:, None, :]).reshape(len(window), -1)
         level = np.median(deseasoned, axis=1)
-        mad = np.median(np.abs(deseasoned - level[:, None]), axis=1)
+        residuals = np.abs(deseasoned - level[:, None])
         expected = level + offset[:, 0]
     else:
         expected = np.median(window, axis=1)
-        mad = np.median(np.abs(window - expected[:, None]), axis=1)
-    return float(np.std(new - expected) / np.median(MAD_TO_SIGMA * mad))
+        residuals = np.abs(window - expected[:, None])
+    sd = float(np.std(new - expected))
+    mad, trimmed_mean = _median_and_trimmed_mean(residuals)
+    return sd / float(np.median(MAD_TO_SIGMA * mad)), sd / float(np.median(trimmed_mean))
 
 
 def _median(values: np.ndarray, axis: int = -1, *, scratch: bool = False) -> np.ndarray:
@@ -97,6 +103,17 @@ def _median(values: np.ndarray, axis: int = -1, *, scratch: bool = False) -> np.
     return (part[..., half - 1] + part[..., half]) * 0.5
 
 
+def _median_and_trimmed_mean(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and mean without the largest TRIM share, along the last axis, from ONE partition (in place)."""
+    n = values.shape[-1]
+    half = n // 2
+    keep = n - max(1, round(TRIM * n))
+    kth = sorted({half - 1, half, keep - 1} if n % 2 == 0 else {half, keep - 1})
+    values.partition(kth, axis=-1)
+    median = values[..., half] if n % 2 else (values[..., half - 1] + values[..., half]) * 0.5
+    return median, values[..., :keep].mean(axis=-1)
+
+
 def _evaluate_chunk(costs: np.ndarray, first_column: int, baseline_days: int) -> tuple[np.ndarray, ...]:
     n_series, n_days = costs.shape
     weeks = baseline_days // 7
@@ -105,28 +122,34 @@ def _evaluate_chunk(costs: np.ndarray, first_column: int, baseline_days: int) ->
     n_eval = windows.shape[1]
 
     plain = _median(windows)
-    plain_mad = _median(np.abs(windows - plain[..., None]), scratch=True)
+    plain_mad, plain_mean = _median_and_trimmed_mean(np.abs(windows - plain[..., None]))
 
     by_week = windows.reshape(n_series, n_eval, weeks, 7)
     # Each weekday's offset from its own week's median, then the median offset over the weeks: a level
     # change between weeks moves the week medians, not the offsets.
     offset = _median(by_week - _median(by_week)[..., None], axis=2)  # (S, E, 7)
-    deseasoned = (by_week - offset[:, :, None, :]).reshape(n_series, n_eval, -1)
-    level = _median(deseasoned)
-    deseasoned -= level[..., None]
-    weekly_mad = _median(np.abs(deseasoned, out=deseasoned), scratch=True)
+    residuals = (by_week - offset[:, :, None, :]).reshape(n_series, n_eval, -1)
+    level = _median(residuals)
+    residuals -= level[..., None]
+    weekly_mad, weekly_mean = _median_and_trimmed_mean(np.abs(residuals, out=residuals))
     weekly_expected = level + offset[:, :, 0]
 
-    plain_sigma = _floored(MAD_TO_SIGMA * _prediction_sigma_factor(baseline_days, False) * plain_mad, plain)
-    weekly_sigma = _floored(MAD_TO_SIGMA * _prediction_sigma_factor(baseline_days, True) * weekly_mad, weekly_expected)
-    use_weekly = weekly_sigma < WEEKLY_GAIN * plain_sigma
+    # Which model fits: judged on the mean absolute residual, which sees that the weekends (2 days in 7)
+    # sit far from a plain median when the MAD, robust to any minority, would not. Trimmed (the largest
+    # TRIM of the residuals left out) so a recent spike does not blur the comparison.
+    plain_mad_k, plain_mean_k = _calibration(baseline_days, False)
+    weekly_mad_k, weekly_mean_k = _calibration(baseline_days, True)
+    use_weekly = _floored(weekly_mean_k * weekly_mean, weekly_expected) < WEEKLY_GAIN * _floored(
+        plain_mean_k * plain_mean, plain
+    )
     expected = np.where(use_weekly, weekly_expected, plain)
-    sigma = np.where(use_weekly, weekly_sigma, plain_sigma)
-    return expected, sigma, use_weekly
+    # The band: robust (MAD) spread of the chosen model, so past spikes do not widen it.
+    sigma = np.where(use_weekly, weekly_mad_k * weekly_mad, plain_mad_k * plain_mad) * MAD_TO_SIGMA
+    return expected, _floored(sigma, expected), use_weekly
 
 
 def _floored(sigma: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    # Also decides between the models when both fit exactly (MAD 0): the one expecting less spread wins.
+    # Also decides between the models when both fit exactly: the one expecting less spread wins.
     return np.maximum(sigma, np.maximum(MIN_RELATIVE_SIGMA * np.abs(expected), ABSOLUTE_SIGMA_FLOOR))
 
 
