@@ -67,7 +67,9 @@ TRANSITIONS = {
     AnomalyStatus.OPEN: {AnomalyStatus.ACKNOWLEDGED, AnomalyStatus.RESOLVED, AnomalyStatus.FALSE_POSITIVE},
     AnomalyStatus.ACKNOWLEDGED: {AnomalyStatus.RESOLVED, AnomalyStatus.FALSE_POSITIVE},
 }
-AUTO_RESOLVED_NOTE = "Resolved automatically: after the cost data changed, none of its days is anomalous any more."
+AUTO_RESOLVED_NOTE = (
+    "Resolved automatically: none of its days is anomalous any more (the cost data or the monitor's floors changed)."
+)
 
 
 class AnomalyStatusError(ValueError):
@@ -181,17 +183,21 @@ def _monitors(*, account_id: int | None, result: AnomalyResult) -> list[AnomalyM
 def _windows(*, account_id: int | None, today: date) -> dict[int, _Window]:
     lookback = settings.ANOMALY_LOOKBACK_DAYS
     baseline = settings.ANOMALY_BASELINE_DAYS
+    # Two index probes per account on the rollups' (account, day, ...) key, not a scan of all its history.
     sql = """
-        SELECT r.account_id, MIN(r.day), MAX(r.day)
-        FROM costs_app_costdailyrollup r JOIN providers_app_cloudaccount a ON a.id = r.account_id
-        WHERE a.is_active AND r.day <= %s AND (%s::bigint IS NULL OR r.account_id = %s)
-        GROUP BY r.account_id
+        SELECT a.id,
+               (SELECT MIN(r.day) FROM costs_app_costdailyrollup r WHERE r.account_id = a.id),
+               (SELECT MAX(r.day) FROM costs_app_costdailyrollup r WHERE r.account_id = a.id AND r.day <= %s)
+        FROM providers_app_cloudaccount a
+        WHERE a.is_active AND (%s::bigint IS NULL OR a.id = %s)
     """
     with connection.cursor() as cursor:
         cursor.execute(sql, [today, account_id, account_id])
         rows = cursor.fetchall()
     windows = {}
     for acct, first, latest in rows:
+        if latest is None:
+            continue
         # A day is judged only with a whole baseline of history before it.
         start = max(latest - timedelta(days=lookback - 1), first + timedelta(days=baseline))
         if start <= latest:
@@ -200,14 +206,19 @@ def _windows(*, account_id: int | None, today: date) -> dict[int, _Window]:
 
 
 def _grouped(keys: list[np.ndarray], cols: np.ndarray, costs: np.ndarray, n_days: int):
-    """Dense (unique key × day) sums; days without a row are zero spend. Returns (key tuples, matrix)."""
+    """Dense (unique key × day) sums; days without a row are zero spend. Returns (key tuples, matrix).
+
+    Each key column is factorised on its own (a C-level sort), the codes combined into one integer.
+    """
     if not len(cols):
         return [], np.zeros((0, n_days))
-    joined = keys[0].astype(str).astype(object)
-    for part in keys[1:]:
-        joined = joined + "\x1f" + part.astype(str).astype(object)
-    unique, first, inverse = np.unique(joined.astype(str), return_index=True, return_inverse=True)
-    matrix = np.zeros((len(unique), n_days))
+    combined = np.zeros(len(cols), dtype=np.int64)
+    for part in keys:
+        values = part.astype(np.int64) if isinstance(part[0], int) else part.astype(str)
+        uniques, codes = np.unique(values, return_inverse=True)
+        combined = combined * len(uniques) + codes.ravel()
+    _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    matrix = np.zeros((len(first), n_days))
     np.add.at(matrix, (inverse.ravel(), cols), costs)
     return [tuple(part[i] for part in keys) for i in first], matrix
 

@@ -126,8 +126,13 @@ def _evaluate_chunk(costs: np.ndarray, first_column: int, baseline_days: int) ->
 
     by_week = windows.reshape(n_series, n_eval, weeks, 7)
     # Each weekday's offset from its own week's median, then the median offset over the weeks: a level
-    # change between weeks moves the week medians, not the offsets.
-    offset = _median(by_week - _median(by_week)[..., None], axis=2)  # (S, E, 7)
+    # change between weeks moves the week medians, not the offsets. A week of the window of day t starts
+    # at t − B + 7k: its median is a 7-day rolling median computed once per day, not once per window.
+    rolling_week = _median(sliding_window_view(costs, 7, axis=1))  # (S, days − 6): median of days j..j+6
+    starts = first_column - baseline_days + np.arange(n_eval)[:, None] + 7 * np.arange(weeks)[None, :]
+    centered = np.empty((n_series, n_eval, 7, weeks))  # weeks last, contiguous: partitioned in place
+    np.subtract(by_week.transpose(0, 1, 3, 2), rolling_week[:, starts][:, :, None, :], out=centered)
+    offset = _median(centered, scratch=True)  # (S, E, 7)
     residuals = (by_week - offset[:, :, None, :]).reshape(n_series, n_eval, -1)
     level = _median(residuals)
     residuals -= level[..., None]
