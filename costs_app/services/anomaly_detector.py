@@ -85,32 +85,30 @@ def _calibration(baseline_days: int, weekly: bool) -> tuple[float, float]:
 
 
 def _median(values: np.ndarray, axis: int = -1, *, scratch: bool = False) -> np.ndarray:
-    """np.median along one axis without its NaN check and extra copies (the inputs never hold NaN).
+    """np.median along one axis, faster: rows are sorted (NumPy's vectorised sort of short rows beats its
+    partition several times over), no NaN check (the inputs never hold NaN).
 
-    scratch=True lets it partition `values` in place (a temporary the caller no longer needs).
+    scratch=True lets it sort `values` in place (a temporary the caller no longer needs).
     """
     values = np.moveaxis(values, axis, -1)
+    if scratch and values.flags.c_contiguous:
+        values.sort(axis=-1)
+    else:
+        values = np.sort(values, axis=-1)
     n = values.shape[-1]
     half = n // 2
-    kth = [half - 1, half] if n % 2 == 0 else [half]
-    if scratch and values.flags.c_contiguous:
-        values.partition(kth, axis=-1)
-        part = values
-    else:
-        part = np.partition(values, kth, axis=-1)
     if n % 2:
-        return part[..., half].copy()
-    return (part[..., half - 1] + part[..., half]) * 0.5
+        return values[..., half].copy()
+    return (values[..., half - 1] + values[..., half]) * 0.5
 
 
 def _median_and_trimmed_mean(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and mean without the largest TRIM share, along the last axis, from ONE partition (in place)."""
+    """Median and mean without the largest TRIM share, along the last axis, from one in-place sort."""
+    values.sort(axis=-1)
     n = values.shape[-1]
     half = n // 2
     keep = n - max(1, round(TRIM * n))
-    kth = sorted({half - 1, half, keep - 1} if n % 2 == 0 else {half, keep - 1})
-    values.partition(kth, axis=-1)
-    median = values[..., half] if n % 2 else (values[..., half - 1] + values[..., half]) * 0.5
+    median = values[..., half].copy() if n % 2 else (values[..., half - 1] + values[..., half]) * 0.5
     return median, values[..., :keep].mean(axis=-1)
 
 
