@@ -395,6 +395,10 @@ class AnomalyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # The record of what was found and what people said about it (deleting its monitor removes it).
+        return False
+
     @admin.display(description="series", ordering="dimension_value")
     def series(self, obj):
         return obj.series_label
