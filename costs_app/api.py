@@ -151,10 +151,16 @@ class AnomalySerializer(serializers.ModelSerializer):
         return user.get_username() if user is not None else None
 
 
+# The statuses a user may set (named in SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]).
+STATUS_CHANGES = [
+    (AnomalyStatus.ACKNOWLEDGED.value, AnomalyStatus.ACKNOWLEDGED.label),
+    (AnomalyStatus.RESOLVED.value, AnomalyStatus.RESOLVED.label),
+    (AnomalyStatus.FALSE_POSITIVE.value, AnomalyStatus.FALSE_POSITIVE.label),
+]
+
+
 class AnomalyStatusRequest(serializers.Serializer):
-    status = serializers.ChoiceField(
-        choices=[AnomalyStatus.ACKNOWLEDGED, AnomalyStatus.RESOLVED, AnomalyStatus.FALSE_POSITIVE]
-    )
+    status = serializers.ChoiceField(choices=STATUS_CHANGES)
     note = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
 
 

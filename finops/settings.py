@@ -139,6 +139,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Trigger, watch and cancel the FinOps background tasks.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Several serializers have a field named "status"; their enums get names of their own.
+    "ENUM_NAME_OVERRIDES": {
+        "AnomalyStatusEnum": "costs_app.models.AnomalyStatus",
+        "AnomalyStatusChangeEnum": "costs_app.api.STATUS_CHANGES",
+        "CheckStatusEnum": [("ok", "ok"), ("fail", "fail")],
+    },
 }
 
 # --- Celery (settings namespace CELERY_) ---
