@@ -3,7 +3,7 @@
 One run (`anomalies_detect`, called by the task `detect_cost_anomalies`):
 1. Windows. Per active account, the days judged are the last ANOMALY_LOOKBACK_DAYS up to its latest day
    with data (not the wall clock: data arrives late), and only days with a whole baseline
-   (ANOMALY_BASELINE_DAYS) of history before them.
+   (ANOMALY_BASELINE_DAYS) of history before them and within NEWS_DAYS of today.
 2. Series. Every active monitor contributes its series — per account, per account × service, or per
    account × value of a tag key (untagged spend is the value "") — daily EffectiveCost from the rollups
    (CostDailyRollup, CostTagRollup), never the raw lines. EffectiveCost, not BilledCost, so an upfront
@@ -58,6 +58,8 @@ TAG_FACTS = ("key", "account", "currency", "value", "service", "region", "sub_ac
 ROOT_CAUSE_MIN_SHARE = 0.1
 # Resources are compared with their average day of the week before the anomaly.
 RESOURCE_REFERENCE_DAYS = 7
+# Days before today whose data can still be judged; older days are history.
+NEWS_DAYS = 14
 NOTIFY_MAX_ATTEMPTS = 3
 NOTIFY_WITHIN = timedelta(days=1)
 # pg_advisory_xact_lock key for the write phase ("anom").
@@ -198,8 +200,13 @@ def _windows(*, account_id: int | None, today: date) -> dict[int, _Window]:
     for acct, first, latest in rows:
         if latest is None:
             continue
-        # A day is judged only with a whole baseline of history before it.
-        start = max(latest - timedelta(days=lookback - 1), first + timedelta(days=baseline))
+        # A day is judged only with a whole baseline of history before it, and only while it is news: an
+        # account whose data stopped is not re-judged forever (retention may have removed what was closed).
+        start = max(
+            latest - timedelta(days=lookback - 1),
+            first + timedelta(days=baseline),
+            today - timedelta(days=NEWS_DAYS - 1),
+        )
         if start <= latest:
             windows[acct] = _Window(acct, first, start, latest)
     return windows

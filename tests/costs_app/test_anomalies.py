@@ -282,6 +282,17 @@ def test_only_days_up_to_now_count(monitors):
     assert result.anomalous_days == 0
 
 
+def test_an_account_whose_data_stopped_weeks_ago_is_not_judged(monitors):
+    # given: the spike is the account's last data, and that was three weeks before the run
+    account = CloudAccountFactory()
+    series(account, [*noisy(100, 40, seed=19), 400.0])
+    # when
+    result = anomalies_detect(now=NOW + timedelta(days=16))
+    # then: history, not news
+    assert (result.accounts, result.anomalous_days) == (0, 0)
+    assert not Anomaly.objects.exists()
+
+
 def test_inactive_monitor_and_monitor_on_an_inactive_tag_are_skipped(monitors):
     # given
     account = CloudAccountFactory()
