@@ -199,6 +199,12 @@ TASK_LEASE_GRACE = env.int("TASK_LEASE_GRACE", default=60)
 TASK_RECONCILE_INTERVAL = env.int("TASK_RECONCILE_INTERVAL", default=60)
 BEAT_HEARTBEAT_MAX_AGE = env.int("BEAT_HEARTBEAT_MAX_AGE", default=120)
 
+# --- Cloud connectors ---
+# AWS SDK attempts per request (first try included): few, so the platform's retry policy is what retries.
+AWS_SDK_MAX_ATTEMPTS = env.int("AWS_SDK_MAX_ATTEMPTS", default=2)
+# Connect and read timeout of one AWS SDK request, seconds.
+AWS_SDK_TIMEOUT = env.int("AWS_SDK_TIMEOUT", default=30)
+
 # --- Retention (days) for cleanup_old_data ---
 # The defaults of the RetentionPolicy rows (edited in the admin): a data migration creates one row per class
 # from these, and a class with no row gets one from them at the next cleanup. 0 creates the policy disabled.
