@@ -8,8 +8,11 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.validators import URLValidator, validate_email
 from django.db import transaction
+from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from finops.admin_mixins import ReadOnlyAdminMixin
 from providers_app import focus_schema as focus
@@ -17,6 +20,8 @@ from providers_app.admin import TRIGGER_PERMISSION, WriteOnlyField
 
 from .models import (
     Anomaly,
+    AnomalyDimension,
+    AnomalyMonitor,
     AnomalyStatus,
     Budget,
     BudgetAlert,
@@ -26,6 +31,7 @@ from .models import (
     NotificationChannel,
     Recommendation,
 )
+from .services.anomalies import anomalies_status_set, anomaly_monitor_save
 
 
 def fixed_values_filter(title: str, field: str, values) -> type[admin.SimpleListFilter]:
@@ -199,66 +205,275 @@ class BudgetAlertAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 # --- Anomalies and recommendations ---
 
 
-def _set_status(modeladmin, request, queryset, status: str, label: str) -> None:
-    # update() skips auto_now, so updated_at is set here.
-    count = queryset.update(status=status, updated_at=timezone.now())
-    modeladmin.message_user(request, f"{count} marked {label}")
+class AnomalyMonitorForm(forms.ModelForm):
+    class Meta:
+        model = AnomalyMonitor
+        fields = (
+            "name",
+            "dimension",
+            "tag_key",
+            "account",
+            "min_impact",
+            "min_impact_percent",
+            "channels",
+            "is_active",
+        )
+        help_texts = {
+            "tag_key": "For the tag dimension: the key whose values are the series (e.g. team). Saving activates "
+            "it as a cost allocation tag and backfills its rollups from the stored cost lines.",
+        }
+
+    def clean(self):
+        cleaned = super().clean()
+        dimension, tag_key = cleaned.get("dimension"), (cleaned.get("tag_key") or "").strip()
+        if dimension == AnomalyDimension.TAG and not tag_key:
+            self.add_error("tag_key", "a tag monitor needs the tag key whose values are its series")
+        elif dimension and dimension != AnomalyDimension.TAG and tag_key:
+            self.add_error("tag_key", "only tag monitors have a tag key; clear it or choose the tag dimension")
+        cleaned["tag_key"] = tag_key
+        return cleaned
+
+
+@admin.register(AnomalyMonitor)
+class AnomalyMonitorAdmin(admin.ModelAdmin):
+    form = AnomalyMonitorForm
+    list_display = (
+        "name",
+        "dimension_label",
+        "account",
+        "min_impact",
+        "min_impact_percent",
+        "is_active",
+        "open_anomalies",
+        "updated_at",
+    )
+    list_filter = ("dimension", "is_active", "account")
+    search_fields = ("name", "tag_key")
+    list_select_related = ("account",)
+    filter_horizontal = ("channels",)
+    readonly_fields = ("created_at", "updated_at")
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(open_count=Count("anomalies", filter=Q(anomalies__status=AnomalyStatus.OPEN)))
+        )
+
+    @admin.display(description="series")
+    def dimension_label(self, obj):
+        return obj.dimension_label
+
+    @admin.display(description="open anomalies", ordering="open_count")
+    def open_anomalies(self, obj):
+        return obj.open_count
+
+    def save_model(self, request, obj, form, change):
+        # The service activates a tag monitor's key and backfills its rollups; channels follow in save_related.
+        anomaly_monitor_save(monitor=obj)
+
+
+class AnomalyStatusNoteForm(forms.Form):
+    note = forms.CharField(
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+        help_text="Why (kept with the anomaly, with your name and the time).",
+    )
+
+
+def _status_action(modeladmin, request, queryset, *, action: str, status: str, label: str):
+    """First a page asking for a note, then the change through the lifecycle service."""
+    if "apply" in request.POST:
+        form = AnomalyStatusNoteForm(request.POST)
+        if form.is_valid():
+            changed, refused = anomalies_status_set(
+                anomaly_ids=list(queryset.values_list("pk", flat=True)),
+                status=status,
+                user=request.user,
+                note=form.cleaned_data["note"],
+            )
+            modeladmin.message_user(request, f"{changed} anomal{'y' if changed == 1 else 'ies'} marked {label}")
+            for reason in refused:
+                modeladmin.message_user(request, reason, level=messages.WARNING)
+            return None
+    else:
+        form = AnomalyStatusNoteForm()
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": f"Mark as {label}",
+        "anomalies": queryset.select_related("monitor", "account"),
+        "form": form,
+        "action": action,
+        "label": label,
+        "opts": modeladmin.model._meta,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/costs_app/anomaly/status_note.html", context)
 
 
 @admin.register(Anomaly)
 class AnomalyAdmin(admin.ModelAdmin):
     list_display = (
-        "day",
+        "end_day",
+        "start_day",
+        "account",
+        "monitor",
+        "series",
+        "day_count",
+        "expected",
+        "actual",
+        "impact",
+        "impact_percent",
+        "score",
+        "status",
+    )
+    list_filter = ("status", "monitor", "account", "currency")
+    search_fields = ("dimension_value",)
+    list_select_related = ("account", "monitor")
+    date_hierarchy = "end_day"
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "monitor",
+                    "account",
+                    "series",
+                    "currency",
+                    ("start_day", "end_day", "day_count"),
+                    ("expected", "actual", "impact", "impact_percent", "score"),
+                    "days_table",
+                    "root_causes_table",
+                )
+            },
+        ),
+        (
+            "Status",
+            {"fields": ("status", "status_note", "status_changed_by", "status_changed_at", "history_table")},
+        ),
+        (
+            "Detection and delivery",
+            {"fields": ("detected_at", "updated_at", "notified_at", "notification_attempts", "notification_errors")},
+        ),
+    )
+    readonly_fields = (
+        "monitor",
         "account",
         "series",
-        "expected",
-        "actual",
-        "impact",
-        "impact_percent",
-        "score",
-        "status",
-        "detected_at",
-    )
-    list_filter = ("status", "day", "account", "currency")
-    search_fields = ("service_name",)
-    list_select_related = ("account",)
-    date_hierarchy = "day"
-    fields = (
-        "account",
-        "service_name",
-        "day",
         "currency",
+        "start_day",
+        "end_day",
+        "day_count",
         "expected",
         "actual",
         "impact",
         "impact_percent",
         "score",
-        "root_causes",
+        "days_table",
+        "root_causes_table",
         "status",
+        "status_note",
+        "status_changed_by",
+        "status_changed_at",
+        "history_table",
         "detected_at",
         "updated_at",
+        "notified_at",
+        "notification_attempts",
+        "notification_errors",
     )
-    readonly_fields = tuple(f for f in fields if f != "status")
     actions = ("acknowledge", "resolve", "false_positive")
 
     def has_add_permission(self, request):
         return False
 
-    @admin.display(description="series", ordering="service_name")
+    def has_delete_permission(self, request, obj=None):
+        # The record of what was found and what people said about it (deleting its monitor removes it).
+        return False
+
+    @admin.display(description="series", ordering="dimension_value")
     def series(self, obj):
-        return obj.service_name or "(whole account)"
+        return obj.series_label
 
-    @admin.action(description="Acknowledge", permissions=["change"])
+    @admin.display(description="days (expected, band, actual)")
+    def days_table(self, obj):
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{} – {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    d["day"],
+                    d["expected"],
+                    d.get("lower", ""),
+                    d.get("upper", ""),
+                    d["actual"],
+                    d["impact"],
+                    "" if d.get("impact_percent") is None else f"{d['impact_percent']}%",
+                    d["score"],
+                )
+                for d in obj.days
+            ),
+        )
+        return format_html(
+            "<table><tr><th>day</th><th>expected</th><th>band</th><th>actual</th><th>impact</th><th>%</th>"
+            "<th>score</th></tr>{}</table>",
+            rows,
+        )
+
+    @admin.display(description="root causes")
+    def root_causes_table(self, obj):
+        if not obj.root_causes:
+            return "—"
+        return format_html(
+            "<table><tr><th>dimension</th><th>value</th><th>expected</th><th>actual</th><th>impact</th>"
+            "<th>share</th></tr>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        f"tag {c['key']}" if c.get("key") else c["dimension"],
+                        c["value"] or "(none)",
+                        c["expected"],
+                        c["actual"],
+                        c["impact"],
+                        f"{c['share']:.0%}",
+                    )
+                    for c in obj.root_causes
+                ),
+            ),
+        )
+
+    @admin.display(description="history")
+    def history_table(self, obj):
+        if not obj.status_history:
+            return "—"
+        return format_html_join(
+            mark_safe("<br>"),  # constant markup
+            "{}: {} → {} by {} {}",
+            (
+                (h["at"], h["from"], h["to"], h["by"] or "the detector", f"— {h['note']}" if h["note"] else "")
+                for h in obj.status_history
+            ),
+        )
+
+    @admin.action(description="Acknowledge…", permissions=["change"])
     def acknowledge(self, request, queryset):
-        _set_status(self, request, queryset, AnomalyStatus.ACKNOWLEDGED, "acknowledged")
+        return _status_action(
+            self, request, queryset, action="acknowledge", status=AnomalyStatus.ACKNOWLEDGED, label="acknowledged"
+        )
 
-    @admin.action(description="Resolve", permissions=["change"])
+    @admin.action(description="Resolve…", permissions=["change"])
     def resolve(self, request, queryset):
-        _set_status(self, request, queryset, AnomalyStatus.RESOLVED, "resolved")
+        return _status_action(
+            self, request, queryset, action="resolve", status=AnomalyStatus.RESOLVED, label="resolved"
+        )
 
-    @admin.action(description="Mark as false positive", permissions=["change"])
+    @admin.action(description="Mark as false positive…", permissions=["change"])
     def false_positive(self, request, queryset):
-        _set_status(self, request, queryset, AnomalyStatus.FALSE_POSITIVE, "false positive")
+        status, label = AnomalyStatus.FALSE_POSITIVE, "false positive"
+        return _status_action(self, request, queryset, action="false_positive", status=status, label=label)
 
 
 class DismissForm(forms.Form):

@@ -220,6 +220,83 @@ class BudgetAlert(models.Model):
         return f"{self.budget.name}: {self.threshold}% of {self.period_start:%Y-%m} reached ({self.percentage}%)"
 
 
+class AnomalyDimension(models.TextChoices):
+    ACCOUNT = "account", "Account"
+    SERVICE = "service", "Account × service"
+    TAG = "tag", "Account × tag value"
+
+
+def default_min_impact() -> Decimal:
+    return Decimal(str(settings.ANOMALY_MIN_IMPACT)).quantize(Decimal("0.01"))
+
+
+def default_min_impact_percent() -> Decimal:
+    return Decimal(str(settings.ANOMALY_MIN_IMPACT_PERCENT)).quantize(Decimal("0.01"))
+
+
+class AnomalyMonitor(models.Model):
+    """What is watched for anomalies: one daily series per account (and per service or tag value), with floors.
+
+    A day is an anomaly only when it is above the baseline's band AND its impact passes both floors
+    (AWS Cost Anomaly Detection's ANOMALY_TOTAL_IMPACT_ABSOLUTE and ANOMALY_TOTAL_IMPACT_PERCENTAGE).
+    A tag monitor makes its key a cost allocation tag (activated and backfilled when the monitor is saved
+    through costs_app.services.anomalies.anomaly_monitor_save).
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    dimension = models.CharField(max_length=16, choices=AnomalyDimension.choices, default=AnomalyDimension.ACCOUNT)
+    tag_key = models.CharField(
+        max_length=256, blank=True, default="", help_text="The tag key whose values are the series (tag monitors)."
+    )
+    account = models.ForeignKey(
+        CloudAccount,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="anomaly_monitors",
+        help_text="Watch one account only; empty watches every active account.",
+    )
+    min_impact = models.DecimalField(
+        max_digits=20,
+        decimal_places=2,
+        default=default_min_impact,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Absolute floor: a day's impact (actual − expected, billing currency) must be at least this.",
+    )
+    min_impact_percent = models.DecimalField(
+        max_digits=9,
+        decimal_places=2,
+        default=default_min_impact_percent,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Percentage floor: a day's impact must be at least this % of the expected spend.",
+    )
+    channels = models.ManyToManyField(
+        NotificationChannel, blank=True, related_name="anomaly_monitors", help_text="Told about each new anomaly."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(dimension="tag") & ~models.Q(tag_key=""))
+                | (~models.Q(dimension="tag") & models.Q(tag_key="")),
+                name="anomaly_monitor_tag_key_iff_tag",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def dimension_label(self) -> str:
+        if self.dimension == AnomalyDimension.TAG:
+            return f"tag {self.tag_key}"
+        return self.get_dimension_display()
+
+
 class AnomalyStatus(models.TextChoices):
     OPEN = "open", "Open"
     ACKNOWLEDGED = "acknowledged", "Acknowledged"
@@ -228,28 +305,73 @@ class AnomalyStatus(models.TextChoices):
 
 
 class Anomaly(models.Model):
+    """One anomaly of one series: consecutive anomalous days, grown by later runs while it goes on.
+
+    Money fields are totals over `days`; `days` holds each day's expected value, band, actual, impact
+    and score. Closed anomalies (resolved, false positive) never change again; a recurrence is a new row.
+    """
+
+    monitor = models.ForeignKey(AnomalyMonitor, on_delete=models.CASCADE, related_name="anomalies")
     account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="anomalies")
-    service_name = models.TextField(blank=True, default="", help_text="Empty for the account-level series.")
-    day = models.DateField()
+    dimension_value = models.TextField(
+        blank=True, default="", help_text="The service or tag value of the series; empty for an account series."
+    )
     currency = models.CharField(max_length=3)
+    start_day = models.DateField()
+    end_day = models.DateField(help_text="The latest anomalous day.")
+    day_count = models.PositiveIntegerField(default=1)
     expected = models.DecimalField(**MONEY)
     actual = models.DecimalField(**MONEY)
     impact = models.DecimalField(**MONEY)
-    impact_percent = models.DecimalField(max_digits=12, decimal_places=2, null=True)
-    score = models.FloatField()
+    impact_percent = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    score = models.FloatField(help_text="The highest score of its days (distance above expected, in sigmas).")
+    days = models.JSONField(default=list, blank=True)
     root_causes = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=16, choices=AnomalyStatus.choices, default=AnomalyStatus.OPEN)
+    status_note = models.TextField(blank=True, default="")
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    status_changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status_history = models.JSONField(default=list, blank=True)
     detected_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
+    notified_channels = models.JSONField(default=list, blank=True)
+    notification_errors = models.JSONField(default=list, blank=True)
+    notification_attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["account", "service_name", "day"], name="anomaly_series_day_uniq")
+            models.UniqueConstraint(
+                fields=["monitor", "account", "dimension_value", "currency", "start_day"],
+                name="anomaly_series_start_uniq",
+            )
         ]
-        ordering = ["-day"]
+        indexes = [
+            models.Index(
+                fields=["monitor", "account", "dimension_value", "currency", "end_day"], name="anomaly_series_end_idx"
+            ),
+            models.Index(fields=["status", "end_day"], name="anomaly_status_end_idx"),
+        ]
+        ordering = ["-end_day", "-impact"]
+        verbose_name_plural = "anomalies"
 
     def __str__(self) -> str:
-        return f"{self.day} {self.service_name or '(account)'}: {self.actual} vs {self.expected} {self.currency}"
+        span = f"{self.start_day}" if self.start_day == self.end_day else f"{self.start_day}…{self.end_day}"
+        return f"{span} {self.series_label}: +{self.impact:.2f} {self.currency}"
+
+    @property
+    def series_label(self) -> str:
+        if self.monitor.dimension == AnomalyDimension.ACCOUNT:
+            return "(whole account)"
+        if self.monitor.dimension == AnomalyDimension.TAG:
+            return f"{self.monitor.tag_key}={self.dimension_value or '(untagged)'}"
+        return self.dimension_value or "(no service)"
+
+    @property
+    def is_closed(self) -> bool:
+        return self.status in (AnomalyStatus.RESOLVED, AnomalyStatus.FALSE_POSITIVE)
 
 
 class RecommendationStatus(models.TextChoices):

@@ -2,9 +2,12 @@
 
 from rest_framework.routers import SimpleRouter
 
+from .anomalies_api import AnomalyMonitorViewSet, AnomalyViewSet
 from .api import RecommendationViewSet
 
 router = SimpleRouter()
 router.register("recommendations", RecommendationViewSet, basename="recommendations")
+router.register("anomalies", AnomalyViewSet, basename="anomalies")
+router.register("anomaly-monitors", AnomalyMonitorViewSet, basename="anomaly-monitors")
 
 urlpatterns = router.urls

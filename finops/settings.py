@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -138,9 +139,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Trigger, watch and cancel the FinOps background tasks.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    # Several serializers have a "status" field with different choices: name the recommendations' one.
+    # Several serializers have a "status" field with different choices: each set gets a name of its own.
     "ENUM_NAME_OVERRIDES": {
         "RecommendationStatusEnum": "costs_app.models.RecommendationStatus",
+        "AnomalyStatusEnum": "costs_app.models.AnomalyStatus",
+        "AnomalyStatusChangeEnum": "costs_app.anomalies_api.ANOMALY_STATUS_CHANGES",
         "HealthStatusEnum": ["ok", "fail"],
     },
 }
@@ -229,14 +232,21 @@ EMAIL_PORT = env.int("EMAIL_PORT", default=25)
 NOTIFICATION_TIMEOUT = env.float("NOTIFICATION_TIMEOUT", default=10.0)
 
 # --- Analysis ---
+# Anomalies (costs_app/services/anomalies.py). Baseline: whole weeks, so every weekday is in it equally often.
 ANOMALY_BASELINE_DAYS = env.int("ANOMALY_BASELINE_DAYS", default=28)
+if ANOMALY_BASELINE_DAYS < 14 or ANOMALY_BASELINE_DAYS % 7:
+    raise ImproperlyConfigured(
+        f"ANOMALY_BASELINE_DAYS must be a multiple of 7, at least 14 (got {ANOMALY_BASELINE_DAYS})"
+    )
+# Floors given to new monitors (each monitor keeps its own): impact in billing currency and in % of expected.
 ANOMALY_MIN_IMPACT = env.float("ANOMALY_MIN_IMPACT", default=10.0)
 ANOMALY_MIN_IMPACT_PERCENT = env.float("ANOMALY_MIN_IMPACT_PERCENT", default=20.0)
-# Robust z-score (median/MAD) a day must pass to be an anomaly; days re-evaluated before the latest data day.
+# Width of the band in robust standard deviations of the prediction error.
 ANOMALY_SCORE_THRESHOLD = env.float("ANOMALY_SCORE_THRESHOLD", default=3.5)
-ANOMALY_LOOKBACK_DAYS = env.int("ANOMALY_LOOKBACK_DAYS", default=3)
-# A series needs this many days of history before its first evaluated day, or it is not judged yet.
-ANOMALY_MIN_HISTORY_DAYS = env.int("ANOMALY_MIN_HISTORY_DAYS", default=7)
+# Days up to each account's latest data day that every run (re)judges.
+ANOMALY_LOOKBACK_DAYS = env.int("ANOMALY_LOOKBACK_DAYS", default=7)
+# Anomalous days of a series separated by at most this many normal days are one anomaly (0 = strictly consecutive).
+ANOMALY_MERGE_GAP_DAYS = env.int("ANOMALY_MERGE_GAP_DAYS", default=2)
 # Optimisation rules (costs_app/services/optimization.py; the README has the catalogue).
 OPTIMIZATION_STALE_RESOURCE_DAYS = env.int("OPTIMIZATION_STALE_RESOURCE_DAYS", default=7)
 OPTIMIZATION_LOOKBACK_DAYS = env.int("OPTIMIZATION_LOOKBACK_DAYS", default=30)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from django.utils import timezone
 
-from costs_app.models import Anomaly, BudgetAlert, CostDailyRollup, CostLineItem, Recommendation
+from costs_app.models import Anomaly, AnomalyMonitor, BudgetAlert, CostDailyRollup, CostLineItem, Recommendation
 from tasks_app.models import RunState, TaskRun, TriggerKind
 from tasks_app.services.runs import task_enqueue
 from tests.celery_procs import wait_for
@@ -33,6 +33,9 @@ def finished(run: TaskRun) -> TaskRun:
 @pytest.fixture
 def analysis_data():
     today = timezone.now().date()
+    # The data migration's default monitors (a transactional test elsewhere may have flushed them).
+    AnomalyMonitor.objects.get_or_create(name="Accounts", defaults={"dimension": "account"})
+    AnomalyMonitor.objects.get_or_create(name="Services per account", defaults={"dimension": "service"})
     # Account with a steady ~100/day that spikes to 500 on its latest data day (yesterday).
     spiky = CloudAccountFactory(name="spiky")
     values = [*(100 * (1 + np.random.default_rng(3).uniform(-0.03, 0.03, 40))), 500.0]
@@ -110,7 +113,7 @@ def test_analysis_task_runs_through_its_queue_and_records_counts(
         assert Recommendation.objects.get(rule="idle_resources").provider_resource_id == "vol-idle"
     elif task_name == "detect_cost_anomalies":
         assert result["accounts"] == 1 and result["created"] == 2
-        assert set(Anomaly.objects.values_list("service_name", flat=True)) == {"", "Amazon EC2"}
+        assert set(Anomaly.objects.values_list("dimension_value", flat=True)) == {"", "Amazon EC2"}
     else:
         assert result["dry_run"] is False and result["deleted"]["cost_lines"] == 1
         assert CostLineItem.objects.count() == 30

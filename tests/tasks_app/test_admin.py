@@ -14,6 +14,7 @@ from django_celery_beat.models import PeriodicTask
 
 from costs_app.models import (
     Anomaly,
+    AnomalyMonitor,
     AnomalyStatus,
     BudgetAlert,
     ChannelKind,
@@ -115,15 +116,42 @@ def every_kind_of_row(db):
     BudgetAlert.objects.create(
         budget=budget, period_start=date(2024, 9, 1), threshold=50, spend=Decimal("600"), percentage=60
     )
+    monitor = AnomalyMonitor.objects.create(name="S3 per account", dimension="service")
     Anomaly.objects.create(
+        monitor=monitor,
         account=account,
-        service_name="Amazon S3",
-        day=date(2024, 9, 14),
+        dimension_value="Amazon S3",
+        start_day=date(2024, 9, 14),
+        end_day=date(2024, 9, 14),
         currency="USD",
         expected=Decimal("10"),
         actual=Decimal("90"),
         impact=Decimal("80"),
+        impact_percent=Decimal("800"),
         score=5.0,
+        days=[
+            {
+                "day": "2024-09-14",
+                "expected": "10",
+                "lower": "8",
+                "upper": "12",
+                "actual": "90",
+                "impact": "80",
+                "impact_percent": 800.0,
+                "score": 5.0,
+            }
+        ],
+        root_causes=[
+            {
+                "dimension": "tag",
+                "key": "team",
+                "value": "data",
+                "expected": "10",
+                "actual": "90",
+                "impact": "80",
+                "share": 1.0,
+            }
+        ],
     )
     Recommendation.objects.create(
         account=account,
@@ -447,14 +475,33 @@ def test_anomaly_and_recommendation_status_actions(admin_client, every_kind_of_r
     anomaly = Anomaly.objects.get()
     recommendation = Recommendation.objects.get()
     # when / then
+    # the action first asks for a note; nothing changes until it is applied
+    page = action(admin_client, "costs_app.anomaly", "acknowledge", [anomaly.pk])
+    anomaly.refresh_from_db()
+    assert 'name="note"' in page.content.decode() and anomaly.status == AnomalyStatus.OPEN
     for name, expected in (
         ("acknowledge", AnomalyStatus.ACKNOWLEDGED),
         ("false_positive", AnomalyStatus.FALSE_POSITIVE),
-        ("resolve", AnomalyStatus.RESOLVED),
     ):
-        action(admin_client, "costs_app.anomaly", name, [anomaly.pk])
+        url = reverse("admin:costs_app_anomaly_changelist")
+        admin_client.post(
+            url, {"action": name, "_selected_action": [anomaly.pk], "apply": "1", "note": f"{name} it"}, follow=True
+        )
         anomaly.refresh_from_db()
         assert anomaly.status == expected
+    assert [(h["to"], h["by"], h["note"]) for h in anomaly.status_history] == [
+        ("acknowledged", "admin", "acknowledge it"),
+        ("false_positive", "admin", "false_positive it"),
+    ]
+    # a closed anomaly stays closed, and the page says why
+    refused = admin_client.post(
+        reverse("admin:costs_app_anomaly_changelist"),
+        {"action": "resolve", "_selected_action": [anomaly.pk], "apply": "1", "note": ""},
+        follow=True,
+    )
+    anomaly.refresh_from_db()
+    assert anomaly.status == AnomalyStatus.FALSE_POSITIVE
+    assert "closed anomaly does not change again" in refused.content.decode()
     # dismissing asks for a reason first (tests/costs_app/test_recommendations.py covers the form)
     admin_client.post(
         reverse("admin:costs_app_recommendation_changelist"),

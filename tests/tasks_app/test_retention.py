@@ -18,6 +18,7 @@ from django_celery_results.models import TaskResult
 
 from costs_app.models import (
     Anomaly,
+    AnomalyMonitor,
     AnomalyStatus,
     BudgetAlert,
     CostAllocationTag,
@@ -154,7 +155,16 @@ def build_data(tmp_path, now: datetime) -> dict:
         (date(2024, 1, 4), AnomalyStatus.OPEN, 300),
     ]:
         found = Anomaly.objects.create(
-            account=account, day=day, currency="USD", expected=1, actual=5, impact=4, score=9.0, status=status
+            monitor=AnomalyMonitor.objects.get_or_create(name="Accounts")[0],
+            account=account,
+            start_day=day,
+            end_day=day,
+            currency="USD",
+            expected=1,
+            actual=5,
+            impact=4,
+            score=9.0,
+            status=status,
         )
         Anomaly.objects.filter(pk=found.pk).update(updated_at=ago(updated_age, now))  # updated_at is auto_now
     return {"account": account, "old_runs": old_runs, "kept_runs": kept_runs}
@@ -187,7 +197,7 @@ def test_deletes_only_rows_past_retention_per_class_in_batches(data):
     assert set(Recommendation.objects.values_list("provider_resource_id", flat=True)) == {"r3", "r4", "r5", "r6"}
     assert Recommendation.objects.get(provider_resource_id="r6").resource is None  # its resource went
     assert set(Resource.objects.values_list("resource_id", flat=True)) == {"i-recently-gone", "i-live"}
-    assert set(Anomaly.objects.values_list("day", flat=True)) == {date(2024, 1, 3), date(2024, 1, 4)}
+    assert set(Anomaly.objects.values_list("start_day", flat=True)) == {date(2024, 1, 3), date(2024, 1, 4)}
     # the policies remember the outcome for the admin list
     policy = RetentionPolicy.objects.get(data_class="cost_lines")
     assert (policy.last_deleted_rows, policy.last_cleanup_at) == (8, NOW)

@@ -1,0 +1,230 @@
+"""Anomalies and anomaly monitors over the REST API: read when signed in; writes need the model permissions."""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import BasePermission, DjangoModelPermissions, IsAuthenticated
+from rest_framework.response import Response
+
+from .models import Anomaly, AnomalyDimension, AnomalyMonitor, AnomalyStatus, NotificationChannel
+from .services.anomalies import AnomalyMonitorError, AnomalyStatusError, anomaly_monitor_save, anomaly_status_set
+
+CHANGE_ANOMALY = "costs_app.change_anomaly"
+
+
+class CanChangeAnomalies(BasePermission):
+    message = "You need the 'Can change anomaly' permission (costs_app.change_anomaly)."
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and user.has_perm(CHANGE_ANOMALY))
+
+
+# --- monitors ----------------------------------------------------------------------------------------------
+
+
+class AnomalyMonitorSerializer(serializers.ModelSerializer):
+    channels = serializers.PrimaryKeyRelatedField(
+        many=True, required=False, queryset=NotificationChannel.objects.all(), help_text="Channel ids."
+    )
+
+    class Meta:
+        model = AnomalyMonitor
+        fields = [
+            "id",
+            "name",
+            "dimension",
+            "tag_key",
+            "account",
+            "min_impact",
+            "min_impact_percent",
+            "channels",
+            "is_active",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "created_at", "updated_at"]
+        extra_kwargs = {"tag_key": {"required": False}}
+
+    def validate(self, attrs):
+        dimension = attrs.get("dimension", getattr(self.instance, "dimension", AnomalyDimension.ACCOUNT))
+        tag_key = (attrs.get("tag_key", getattr(self.instance, "tag_key", "")) or "").strip()
+        if dimension == AnomalyDimension.TAG and not tag_key:
+            raise serializers.ValidationError({"tag_key": "A tag monitor needs the key whose values are its series."})
+        if dimension != AnomalyDimension.TAG and tag_key:
+            raise serializers.ValidationError({"tag_key": "Only tag monitors have a tag key."})
+        attrs["tag_key"] = tag_key
+        return attrs
+
+    def _save(self, monitor: AnomalyMonitor, validated_data: dict) -> AnomalyMonitor:
+        channels = validated_data.pop("channels", None)
+        for name, value in validated_data.items():
+            setattr(monitor, name, value)
+        try:
+            return anomaly_monitor_save(monitor=monitor, channels=channels)
+        except AnomalyMonitorError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def create(self, validated_data):
+        return self._save(AnomalyMonitor(), validated_data)
+
+    def update(self, instance, validated_data):
+        return self._save(instance, validated_data)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List anomaly monitors"),
+    retrieve=extend_schema(summary="One anomaly monitor"),
+    create=extend_schema(
+        summary="Add an anomaly monitor",
+        description="A tag monitor (dimension `tag`) activates its key as a cost allocation tag and backfills that "
+        "key's rollups from the stored cost lines before answering.",
+    ),
+    partial_update=extend_schema(summary="Change an anomaly monitor (floors, channels, scope, active)"),
+    destroy=extend_schema(summary="Delete an anomaly monitor and its anomalies (deactivate it to keep them)"),
+)
+@extend_schema(tags=["anomalies"])
+class AnomalyMonitorViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Any signed-in user reads; adding, changing and deleting need costs_app.add/change/delete_anomalymonitor."""
+
+    serializer_class = AnomalyMonitorSerializer
+    queryset = AnomalyMonitor.objects.prefetch_related("channels").order_by("name")
+    permission_classes = [IsAuthenticated, DjangoModelPermissions]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+
+# --- anomalies ---------------------------------------------------------------------------------------------
+
+
+class AnomalySerializer(serializers.ModelSerializer):
+    monitor_name = serializers.CharField(source="monitor.name", read_only=True)
+    dimension = serializers.CharField(source="monitor.dimension", read_only=True)
+    tag_key = serializers.CharField(source="monitor.tag_key", read_only=True)
+    account_name = serializers.CharField(source="account.name", read_only=True)
+    series = serializers.CharField(source="series_label", read_only=True)
+    status_changed_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Anomaly
+        fields = [
+            "id",
+            "monitor",
+            "monitor_name",
+            "dimension",
+            "tag_key",
+            "account",
+            "account_name",
+            "dimension_value",
+            "series",
+            "currency",
+            "start_day",
+            "end_day",
+            "day_count",
+            "expected",
+            "actual",
+            "impact",
+            "impact_percent",
+            "score",
+            "days",
+            "root_causes",
+            "status",
+            "status_note",
+            "status_changed_at",
+            "status_changed_by",
+            "status_history",
+            "detected_at",
+            "updated_at",
+            "notified_at",
+        ]
+        read_only_fields = fields
+
+    def get_status_changed_by(self, anomaly: Anomaly) -> str | None:
+        user = anomaly.status_changed_by
+        return user.get_username() if user is not None else None
+
+
+# The statuses a user may set (named in SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]).
+ANOMALY_STATUS_CHANGES = [
+    (AnomalyStatus.ACKNOWLEDGED.value, AnomalyStatus.ACKNOWLEDGED.label),
+    (AnomalyStatus.RESOLVED.value, AnomalyStatus.RESOLVED.label),
+    (AnomalyStatus.FALSE_POSITIVE.value, AnomalyStatus.FALSE_POSITIVE.label),
+]
+
+
+class AnomalyStatusRequest(serializers.Serializer):
+    status = serializers.ChoiceField(choices=ANOMALY_STATUS_CHANGES)
+    note = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+
+FILTERS = [
+    OpenApiParameter("status", OpenApiTypes.STR, description="open, acknowledged, resolved or false_positive"),
+    OpenApiParameter("monitor", OpenApiTypes.INT, description="A monitor id."),
+    OpenApiParameter("account", OpenApiTypes.INT, description="A cloud account id."),
+    OpenApiParameter("since", OpenApiTypes.DATE, description="Only anomalies whose latest day is on or after."),
+]
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List anomalies (newest first)", parameters=FILTERS),
+    retrieve=extend_schema(summary="One anomaly: its days (expected, band, actual), root causes, status history"),
+)
+@extend_schema(tags=["anomalies"])
+class AnomalyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = AnomalySerializer
+    permission_classes = [IsAuthenticated]
+
+    def get_queryset(self):
+        queryset = Anomaly.objects.select_related("monitor", "account", "status_changed_by")
+        params = self.request.query_params
+        if self.action == "list":
+            if params.get("status"):
+                if params["status"] not in AnomalyStatus.values:
+                    raise serializers.ValidationError({"status": f"One of {', '.join(AnomalyStatus.values)}."})
+                queryset = queryset.filter(status=params["status"])
+            for name in ("monitor", "account"):
+                if params.get(name):
+                    if not params[name].isdigit():
+                        raise serializers.ValidationError({name: "An id (a whole number)."})
+                    queryset = queryset.filter(**{f"{name}_id": int(params[name])})
+            if params.get("since"):
+                since = serializers.DateField().to_internal_value(params["since"])
+                queryset = queryset.filter(end_day__gte=since)
+        return queryset.order_by("-end_day", "-impact", "-id")
+
+    @extend_schema(
+        summary="Acknowledge, resolve or mark an anomaly a false positive",
+        description="open → acknowledged → resolved / false_positive; the user, time and note are recorded. "
+        "A closed anomaly (resolved, false positive) does not change again (409); if the spend comes back, a new "
+        "anomaly is recorded. A false positive changes no baseline.",
+        request=AnomalyStatusRequest,
+        responses={
+            200: AnomalySerializer,
+            400: OpenApiResponse(description="Unknown status or bad note."),
+            403: OpenApiResponse(description="Lacks costs_app.change_anomaly."),
+            409: OpenApiResponse(description="The lifecycle does not allow this change."),
+        },
+    )
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanChangeAnomalies])
+    def status(self, request, pk=None):
+        anomaly = self.get_object()
+        params = AnomalyStatusRequest(data=request.data)
+        params.is_valid(raise_exception=True)
+        try:
+            anomaly = anomaly_status_set(
+                anomaly_id=anomaly.pk,
+                status=params.validated_data["status"],
+                user=request.user,
+                note=params.validated_data["note"],
+            )
+        except AnomalyStatusError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        anomaly = self.get_queryset().get(pk=anomaly.pk)
+        return Response(AnomalySerializer(anomaly).data)
