@@ -189,6 +189,9 @@ class BudgetForm(forms.ModelForm):
             "channels",
         )
         widgets = {"thresholds": forms.Textarea(attrs={"rows": 6, "cols": 80})}
+        error_messages = {
+            "thresholds": {"required": 'a non-empty list, e.g. [50, 80, 100, {"value": 100, "basis": "forecasted"}]'}
+        }
 
 
 class BudgetAlertInline(admin.TabularInline):
