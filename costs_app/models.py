@@ -193,6 +193,8 @@ class SpendBasis(models.TextChoices):
     FORECASTED = "forecasted", "Forecasted spend"
 
 
+_THRESHOLD_TYPES = frozenset(ThresholdType.values)
+_SPEND_BASES = frozenset(SpendBasis.values)
 CENT = Decimal("0.01")
 THRESHOLD_MAX_PERCENT = Decimal(10_000)
 THRESHOLD_MAX_AMOUNT = Decimal(10) ** 18
@@ -272,10 +274,10 @@ def _threshold_parse(item) -> Threshold:
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: type, value, basis")
     kind = item.get("type", ThresholdType.PERCENTAGE)
-    if kind not in ThresholdType.values:
+    if kind not in _THRESHOLD_TYPES:
         raise ValueError(f'type must be "percentage" or "absolute", not {kind!r}')
     basis = item.get("basis", SpendBasis.ACTUAL)
-    if basis not in SpendBasis.values:
+    if basis not in _SPEND_BASES:
         raise ValueError(f'basis must be "actual" or "forecasted", not {basis!r}')
     if "value" not in item or isinstance(item["value"], bool):
         raise ValueError("a numeric value is required")
@@ -325,12 +327,16 @@ class Budget(models.Model):
     sub_account_ids = ArrayField(
         models.TextField(blank=True), default=list, blank=True, help_text="FOCUS SubAccountId values; empty: all."
     )
-    service_names = ArrayField(models.TextField(blank=True), default=list, blank=True, help_text="FOCUS ServiceName values.")
+    service_names = ArrayField(
+        models.TextField(blank=True), default=list, blank=True, help_text="FOCUS ServiceName values."
+    )
     region_ids = ArrayField(models.TextField(blank=True), default=list, blank=True, help_text="FOCUS RegionId values.")
     tag_key = models.CharField(
         max_length=256, blank=True, help_text="Filter by this tag (made a cost allocation tag and backfilled)."
     )
-    tag_values = ArrayField(models.TextField(blank=True), default=list, blank=True, help_text="Values of the tag that count.")
+    tag_values = ArrayField(
+        models.TextField(blank=True), default=list, blank=True, help_text="Values of the tag that count."
+    )
     thresholds = models.JSONField(default=default_thresholds, help_text=THRESHOLDS_HELP)
     channels = models.ManyToManyField(NotificationChannel, blank=True, related_name="budgets")
     is_active = models.BooleanField(default=True)

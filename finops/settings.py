@@ -221,6 +221,8 @@ BUDGET_FORECAST_MIN_DAYS = env.int("BUDGET_FORECAST_MIN_DAYS", default=7)
 # Cost data arrives a day or two late: a period that ended fewer than this many days ago is still checked
 # against its actual spend, and its alerts are resolved only afterwards.
 BUDGET_LATE_DATA_DAYS = env.int("BUDGET_LATE_DATA_DAYS", default=3)
+# PostgreSQL work_mem for the check's one aggregate statement (sorts and hashes of the rollups stay in memory).
+BUDGET_CHECK_WORK_MEM = env("BUDGET_CHECK_WORK_MEM", default="64MB")
 
 # --- Analysis ---
 ANOMALY_BASELINE_DAYS = env.int("ANOMALY_BASELINE_DAYS", default=28)

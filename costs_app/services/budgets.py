@@ -45,6 +45,7 @@ The forecast (the period-end projection, AWS Budgets' FORECASTED spend):
 """
 
 import itertools
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Count
 
@@ -219,15 +221,13 @@ def spend_forecast(spend: PeriodSpend, *, min_days: int) -> Decimal | None:
 # forecast window), else the start of the segment between period boundaries that holds it.
 _SPEND_SQL = """
 WITH ev AS (
-    SELECT * FROM unnest(%(ev_id)s::int[], %(ev_budget)s::bigint[], %(ev_currency)s::text[], %(ev_lo)s::date[],
-                         %(ev_from)s::date[], %(ev_to)s::date[], %(ev_window)s::date[], %(ev_recent)s::date[],
-                         %(ev_as_of)s::date[])
-        AS ev(eval_id, budget_id, currency, lo, actual_from, actual_to, window_from, recent_from, as_of)
+    SELECT * FROM jsonb_to_recordset(%(ev)s::jsonb)
+        AS ev(eval_id int, budget_id bigint, currency text, lo date, actual_from date, actual_to date,
+              window_from date, recent_from date, as_of date)
 ), tu AS (
-    SELECT * FROM unnest(%(tu_budget)s::bigint[], %(tu_mask)s::int[], %(tu_account)s::bigint[], %(tu_sub)s::text[],
-                         %(tu_service)s::text[], %(tu_region)s::text[], %(tu_tag_key)s::text[],
-                         %(tu_tag_value)s::text[])
-        AS tu(budget_id, mask, account_id, sub_account_id, service_name, region_id, tag_key, tag_value)
+    SELECT * FROM jsonb_to_recordset(%(tu)s::jsonb)
+        AS tu(budget_id bigint, mask int, account_id bigint, sub_account_id text, service_name text, region_id text,
+              tag_key text, tag_value text)
 ), buckets AS (
     SELECT d::date AS day,
            CASE WHEN d BETWEEN %(daily_from)s::date AND %(daily_to)s::date THEN d::date
@@ -255,7 +255,7 @@ _DATA_SQL = """
            SUM(r.billed_cost) AS cost
     FROM {table} r JOIN buckets b ON b.day = r.day
     WHERE r.day BETWEEN %(span_from)s AND %(span_to)s AND r.billing_currency = ANY(%(currencies)s) {tag_filter}
-    GROUP BY r.billing_currency, b.bucket, {tag_group} GROUPING SETS ({sets})
+    GROUP BY r.billing_currency, b.bucket, {tag_select} GROUPING SETS ({sets})
 """
 
 _WEEKDAY_SQL = (
@@ -290,7 +290,7 @@ def _source_sql(masks: set[int], *, tags: bool) -> str:
         tag_columns="r.tag_key, r.tag_value" if tags else "''::text AS tag_key, ''::text AS tag_value",
         table=(CostTagRollup if tags else CostDailyRollup)._meta.db_table,
         tag_filter="AND r.tag_key = ANY(%(tag_keys)s) AND r.tag_value = ANY(%(tag_values)s)" if tags else "",
-        tag_group="r.tag_key, r.tag_value," if tags else "",
+        tag_select="r.tag_key, r.tag_value," if tags else "",
         sets=", ".join(sets),
     )
 
@@ -304,13 +304,12 @@ def _data_sql(plain_masks: set[int], tag_masks: set[int]) -> str:
     return "\n    UNION ALL\n".join(parts)
 
 
-def _scope_tuples(budget: Budget) -> tuple[int, list[tuple]]:
+def _scope_tuples(budget: Budget, account_ids: list[int]) -> tuple[int, list[tuple]]:
     """The budget's scope as (mask, [(account, sub-account, service, region, tag key, tag value)]).
 
     Values of one filter are OR-ed and filters AND-ed, so the scope is the cross product of the filter
     values; the combinations are disjoint, so summing their spend counts every cost once.
     """
-    account_ids = sorted(account.id for account in budget.accounts.all())
     filters = (account_ids, budget.sub_account_ids, budget.service_names, budget.region_ids)
     mask = sum(1 << (len(DIMENSIONS) - 1 - i) for i, values in enumerate(filters) if not values)
     tag_values = budget.tag_values if budget.tag_key else [""]
@@ -357,79 +356,93 @@ def budgets_spend(budgets: list[Budget], *, today: date) -> list[PeriodSpend]:
     if not periods:
         return []
     per_account, overall = _data_days(today, lookback)
+    accounts = {budget.id: sorted(account.id for account in budget.accounts.all()) for budget in budgets}
     for spend in periods:
-        days = [per_account[a.id] for a in spend.budget.accounts.all() if a.id in per_account]
-        if not spend.budget.accounts.all():
-            days = [overall] if overall else []
+        scoped = accounts[spend.budget.id]
+        days = [per_account[a] for a in scoped if a in per_account] if scoped else [overall] if overall else []
         as_of = max((last for _, last in days), default=None)
         if as_of is None or as_of < today - timedelta(days=lookback - 1):
             continue  # no recent data: no forecast
         spend.as_of = as_of
         spend.window_start = max(as_of - timedelta(days=lookback - 1), min(first for first, _ in days))
         spend.recent_start = max(spend.window_start, as_of - timedelta(days=RECENT_DAYS - 1))
-    _spend_sum(periods, today=today)
+    _spend_sum(periods, accounts)
     for spend in periods:
         spend.forecast = spend_forecast(spend, min_days=settings.BUDGET_FORECAST_MIN_DAYS)
     return periods
 
 
-def _spend_sum(periods: list[PeriodSpend], *, today: date) -> None:
+def _json(rows: list[dict]) -> str:
+    """Rows for jsonb_to_recordset: one parameter, however many rows (Decimals as exact strings, dates ISO)."""
+    return json.dumps(rows, cls=DjangoJSONEncoder, separators=(",", ":"))
+
+
+def _spend_sum(periods: list[PeriodSpend], accounts: dict[int, list[int]]) -> None:
     """Fill actual, recent and weekday sums of `periods` from the rollups, in one statement."""
-    ev = defaultdict(list)
-    for index, spend in enumerate(periods):
-        actual_to = spend.last_day
-        ev["ev_id"].append(index)
-        ev["ev_budget"].append(spend.budget.id)
-        ev["ev_currency"].append(spend.budget.currency)
-        ev["ev_lo"].append(min(spend.period_start, spend.window_start or spend.period_start))
-        ev["ev_from"].append(spend.period_start)
-        ev["ev_to"].append(actual_to)
-        ev["ev_window"].append(spend.window_start)
-        ev["ev_recent"].append(spend.recent_start)
-        ev["ev_as_of"].append(spend.as_of)
-    tu = defaultdict(list)
+    ev = [
+        {
+            "eval_id": index,
+            "budget_id": spend.budget.id,
+            "currency": spend.budget.currency,
+            "lo": min(spend.period_start, spend.window_start or spend.period_start),
+            "actual_from": spend.period_start,
+            "actual_to": spend.last_day,
+            "window_from": spend.window_start,
+            "recent_from": spend.recent_start,
+            "as_of": spend.as_of,
+        }
+        for index, spend in enumerate(periods)
+    ]
+    tu = []
     plain_masks, tag_masks, tag_keys, tag_values = set(), set(), set(), set()
     for budget in {spend.budget.id: spend.budget for spend in periods}.values():
-        mask, tuples = _scope_tuples(budget)
+        mask, tuples = _scope_tuples(budget, accounts[budget.id])
         (tag_masks if budget.tag_key else plain_masks).add(mask)
         if budget.tag_key:
             tag_keys.add(budget.tag_key)
             tag_values.update(budget.tag_values)
-        for account, sub, service, region, tag_key, tag_value in tuples:
-            for name, value in (
-                ("tu_budget", budget.id),
-                ("tu_mask", mask),
-                ("tu_account", account),
-                ("tu_sub", sub),
-                ("tu_service", service),
-                ("tu_region", region),
-                ("tu_tag_key", tag_key),
-                ("tu_tag_value", tag_value),
-            ):
-                tu[name].append(value)
-    span_from = min(ev["ev_lo"])
-    span_to = max(ev["ev_to"])
-    windows = [w for w in ev["ev_window"] if w is not None]
+        tu.extend(
+            {
+                "budget_id": budget.id,
+                "mask": mask,
+                "account_id": account,
+                "sub_account_id": sub,
+                "service_name": service,
+                "region_id": region,
+                "tag_key": tag_key,
+                "tag_value": tag_value,
+            }
+            for account, sub, service, region, tag_key, tag_value in tuples
+        )
+    span_from = min(row["lo"] for row in ev)
+    span_to = max(spend.last_day for spend in periods)
+    windows = [spend.window_start for spend in periods if spend.window_start is not None]
     daily_from = min(windows) if windows else span_to + ONE_DAY
-    daily_to = max((d for d in ev["ev_as_of"] if d is not None), default=span_to)
-    breaks = {span_from, daily_to + ONE_DAY, *ev["ev_from"], *(d + ONE_DAY for d in ev["ev_to"])}
+    daily_to = max((spend.as_of for spend in periods if spend.as_of is not None), default=span_to)
+    breaks = {span_from, daily_to + ONE_DAY}
+    for spend in periods:
+        breaks.update((spend.period_start, spend.period_end))
     sql = _SPEND_SQL.format(
         data=_data_sql(plain_masks, tag_masks),
         weekdays=",\n       ".join(_WEEKDAY_SQL.format(n=n) for n in range(1, 8)),
     )
     params = {
-        **ev,
-        **tu,
+        "ev": _json(ev),
+        "tu": _json(tu),
         "daily_from": daily_from,
         "daily_to": daily_to,
         "breaks": sorted(b for b in breaks if b <= span_to),
         "span_from": span_from,
         "span_to": span_to,
-        "currencies": sorted(set(ev["ev_currency"])),
+        "currencies": sorted({spend.budget.currency for spend in periods}),
         "tag_keys": sorted(tag_keys),
         "tag_values": sorted(tag_values),
     }
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        # One big analytical statement an hour: memory to sort and hash in RAM, and no JIT (its compile time
+        # is seconds, more than the query itself takes; the planner's row estimates for unnest() trigger it).
+        cursor.execute("SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)",
+                       [settings.BUDGET_CHECK_WORK_MEM])  # fmt: skip
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     for eval_id, actual, recent, *weekdays in rows:
@@ -446,10 +459,16 @@ INSERT INTO costs_app_budgetalert
     (budget_id, period_start, period_end, threshold_type, basis, threshold, threshold_amount, budget_amount,
      currency, spend, forecast, percentage, forecast_percentage, created_at)
 SELECT a.*, %(now)s
-FROM unnest(%(budget)s::bigint[], %(start)s::date[], %(end)s::date[], %(type)s::text[], %(basis)s::text[],
-            %(threshold)s::numeric[], %(threshold_amount)s::numeric[], %(amount)s::numeric[], %(currency)s::text[],
-            %(spend)s::numeric[], %(forecast)s::numeric[], %(percentage)s::numeric[], %(forecast_pct)s::numeric[])
-     AS a
+FROM jsonb_to_recordset(%(rows)s::jsonb)
+     AS a(budget_id bigint, period_start date, period_end date, threshold_type text, basis text, threshold numeric,
+          threshold_amount numeric, budget_amount numeric, currency text, spend numeric, forecast numeric,
+          percentage numeric, forecast_percentage numeric)
+-- Skips the alerts that exist (every hourly run after the first) without a speculative insert each;
+-- ON CONFLICT settles the race with a concurrent run.
+WHERE NOT EXISTS (
+    SELECT 1 FROM costs_app_budgetalert x
+    WHERE x.budget_id = a.budget_id AND x.period_start = a.period_start AND x.basis = a.basis
+      AND x.threshold_type = a.threshold_type AND x.threshold = a.threshold)
 ON CONFLICT (budget_id, period_start, basis, threshold_type, threshold) DO NOTHING
 RETURNING id
 """
@@ -499,8 +518,8 @@ def _valid(budgets: list[Budget], result: BudgetCheckResult) -> list[tuple[Budge
     return checked
 
 
-def _alert_rows(spends: list[PeriodSpend], thresholds: dict[int, list[Threshold]]) -> dict[str, list]:
-    rows = defaultdict(list)
+def _alert_rows(spends: list[PeriodSpend], thresholds: dict[int, list[Threshold]]) -> list[dict]:
+    rows = []
     for spend in spends:
         budget = spend.budget
         for threshold in thresholds[budget.id]:
@@ -508,22 +527,23 @@ def _alert_rows(spends: list[PeriodSpend], thresholds: dict[int, list[Threshold]
             value = spend.actual if threshold.basis == SpendBasis.ACTUAL else spend.forecast
             if value is None or value < limit:
                 continue
-            for name, cell in (
-                ("budget", budget.id),
-                ("start", spend.period_start),
-                ("end", spend.last_day),
-                ("type", threshold.type),
-                ("basis", threshold.basis),
-                ("threshold", threshold.value),
-                ("threshold_amount", limit),
-                ("amount", budget.amount),
-                ("currency", budget.currency),
-                ("spend", spend.actual),
-                ("forecast", spend.forecast),
-                ("percentage", spend.percentage),
-                ("forecast_pct", spend.percent_of_budget(spend.forecast)),
-            ):
-                rows[name].append(cell)
+            rows.append(
+                {
+                    "budget_id": budget.id,
+                    "period_start": spend.period_start,
+                    "period_end": spend.last_day,
+                    "threshold_type": threshold.type,
+                    "basis": threshold.basis,
+                    "threshold": threshold.value,
+                    "threshold_amount": limit,
+                    "budget_amount": budget.amount,
+                    "currency": budget.currency,
+                    "spend": spend.actual,
+                    "forecast": spend.forecast,
+                    "percentage": spend.percentage,
+                    "forecast_percentage": spend.percent_of_budget(spend.forecast),
+                }
+            )
     return rows
 
 
@@ -549,7 +569,7 @@ def budgets_check(*, account_id: int | None = None, budget_id: int | None = None
         budget_ids = [budget.id for budget, _ in checked]
         with transaction.atomic(), connection.cursor() as cursor:
             if rows:
-                cursor.execute(_INSERT_ALERTS_SQL, {"now": now, **rows})
+                cursor.execute(_INSERT_ALERTS_SQL, {"now": now, "rows": _json(rows)})
                 result.alerts_created = len(cursor.fetchall())
             cursor.execute(_INSERT_DELIVERIES_SQL, {"now": now, "budgets": budget_ids})
             cursor.execute(
