@@ -1,5 +1,6 @@
 """Admin for the money: budgets and their alerts, channels (write-only targets), anomalies, recommendations, costs."""
 
+import math
 from datetime import UTC, datetime
 
 from django import forms
@@ -163,6 +164,9 @@ class LinesField(forms.CharField):
         return self.to_python(initial) != self.to_python(data)
 
 
+MAX_SCOPE_COMBINATIONS = 10_000
+
+
 class BudgetForm(forms.ModelForm):
     sub_account_ids = LinesField(label="Sub-accounts", help_text="FOCUS SubAccountId values, one per line; empty: all.")
     service_names = LinesField(label="Services", help_text="FOCUS ServiceName values, one per line; empty: all.")
@@ -192,6 +196,24 @@ class BudgetForm(forms.ModelForm):
         error_messages = {
             "thresholds": {"required": 'a non-empty list, e.g. [50, 80, 100, {"value": 100, "basis": "forecasted"}]'}
         }
+
+    def clean(self):
+        cleaned = super().clean()
+        # The check expands a scope into every combination of its filter values; keep that a sane number.
+        sizes = [
+            len(cleaned.get("accounts") or []),
+            len(cleaned.get("sub_account_ids") or []),
+            len(cleaned.get("service_names") or []),
+            len(cleaned.get("region_ids") or []),
+            len(cleaned.get("tag_values") or []),
+        ]
+        combinations = math.prod(size or 1 for size in sizes)
+        if combinations > MAX_SCOPE_COMBINATIONS:
+            raise forms.ValidationError(
+                f"this scope has {combinations:,} combinations of accounts × sub-accounts × services × regions × "
+                f"tag values; at most {MAX_SCOPE_COMBINATIONS:,}: split the budget, or leave a filter empty"
+            )
+        return cleaned
 
 
 class BudgetAlertInline(admin.TabularInline):

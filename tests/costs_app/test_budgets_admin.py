@@ -101,6 +101,20 @@ def test_a_bad_budget_is_refused_with_a_clear_error(admin_client, fields, messag
     assert not Budget.objects.exists()
 
 
+def test_a_scope_with_too_many_combinations_is_refused(admin_client):
+    # when: 101 services × 100 regions
+    response = admin_client.post(
+        reverse("admin:costs_app_budget_add"),
+        budget_form(
+            service_names="\n".join(f"service-{i}" for i in range(101)),
+            region_ids="\n".join(f"region-{i}" for i in range(100)),
+        ),
+    )
+    # then
+    assert "this scope has 10,100 combinations" in response.content.decode()
+    assert not Budget.objects.exists()
+
+
 def test_budget_list_shows_scope_and_thresholds(admin_client):
     # given
     BudgetFactory(
