@@ -619,3 +619,6 @@ class CostDailyRollupAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "day"
     list_select_related = ("account",)
     show_full_result_count = False
+
+
+from . import admin_tags  # noqa: E402,F401  (cost allocation tags and their rollups)

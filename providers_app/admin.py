@@ -1,10 +1,14 @@
 """Admin for the clouds: accounts with their write-only credential, and the read-mostly resource inventory."""
 
 import json
+import time
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path, reverse
 
 from .models import CloudAccount, Credential, Resource
 
@@ -84,7 +88,10 @@ class CloudAccountAdmin(admin.ModelAdmin):
     readonly_fields = ("created_at", "updated_at", "last_synced_at")
     fields = ("name", "provider", "external_id", "is_active", "settings", *readonly_fields)
     inlines = (CredentialInline,)
-    actions = ("sync_cost_data_now", "discover_resources_now")
+    actions = ("test_connection_now", "sync_cost_data_now", "discover_resources_now")
+    change_form_template = "admin/providers_app/cloudaccount/change_form.html"
+    # How long "Test connection" waits for the worker's answer before pointing at the run instead.
+    connection_wait_s = 20.0
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("credential")
@@ -113,6 +120,62 @@ class CloudAccountAdmin(admin.ModelAdmin):
                 for account in queryset
             ]
         self.message_user(request, f"Enqueued {task_name} for {len(ids)} account(s): {', '.join(ids)}")
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.test_connection_view)
+        name = f"{self.model._meta.app_label}_{self.model._meta.model_name}_test_connection"
+        return [path("<int:object_id>/test-connection/", view, name=name), *super().get_urls()]
+
+    def test_connection_view(self, request, object_id: int):
+        if request.method != "POST":
+            return redirect(reverse("admin:providers_app_cloudaccount_change", args=[object_id]))
+        if not self.has_trigger_permission(request):
+            raise PermissionDenied
+        account = get_object_or_404(CloudAccount, pk=object_id)
+        self._test_connections(request, [account])
+        return redirect(reverse("admin:providers_app_cloudaccount_change", args=[object_id]))
+
+    @admin.action(description="Test connection", permissions=["trigger"])
+    def test_connection_now(self, request, queryset):
+        self._test_connections(request, list(queryset))
+
+    def _test_connections(self, request, accounts: list[CloudAccount]) -> None:
+        """Enqueue check_provider_connection per account (the worker does it) and show the answers."""
+        from tasks_app.models import FINAL_STATES, RunState, TaskRun, TriggerKind
+        from tasks_app.services.runs import task_enqueue
+
+        with transaction.atomic():
+            runs = [
+                task_enqueue(
+                    task_name="check_provider_connection",
+                    kwargs={"account_id": account.id},
+                    triggered_by=TriggerKind.ADMIN,
+                    user=request.user,
+                    trigger_detail=f"test connection of {account.name}",
+                )
+                for account in accounts
+            ]
+        deadline = time.monotonic() + self.connection_wait_s
+        pending = {run.pk for run in runs}
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pending -= set(TaskRun.objects.filter(pk__in=pending, state__in=FINAL_STATES).values_list("pk", flat=True))
+        for run in TaskRun.objects.filter(pk__in=[r.pk for r in runs]):
+            result = run.result if isinstance(run.result, dict) else {}
+            if run.state == RunState.SUCCESS and result.get("ok"):
+                self.message_user(request, result.get("summary", "connection OK"), messages.SUCCESS)
+            elif run.state == RunState.SUCCESS:
+                self.message_user(request, result.get("summary", "connection failed"), messages.ERROR)
+            elif run.state in FINAL_STATES:
+                self.message_user(request, f"connection test {run.state}: {run.error}", messages.ERROR)
+            else:
+                url = reverse("admin:tasks_app_taskrun_change", args=[run.pk])
+                self.message_user(
+                    request,
+                    f"connection test still {run.state} after {self.connection_wait_s:.0f}s (is a worker consuming "
+                    f"queue {run.queue!r}?); its answer will be on run {url}",
+                    messages.WARNING,
+                )
 
     @admin.action(description="Sync cost data now", permissions=["trigger"])
     def sync_cost_data_now(self, request, queryset):

@@ -4,6 +4,7 @@ import json
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, viewsets
+from rest_framework.decorators import action
 from rest_framework.permissions import DjangoModelPermissions, IsAuthenticated
 
 from .models import CloudAccount, Credential
@@ -104,3 +105,38 @@ class CloudAccountViewSet(
     queryset = CloudAccount.objects.select_related("credential").order_by("name")
     permission_classes = [IsAuthenticated, DjangoModelPermissions]
     http_method_names = ["get", "post", "patch", "head", "options"]
+
+    @extend_schema(
+        summary="Test the account's connection (credentials, export location, inventory access)",
+        request=None,
+        responses={
+            202: OpenApiResponse(
+                description="Enqueued check_provider_connection; its result (GET status_url) has ok, summary and "
+                "each check, naming the bad key, missing permission, bucket or export."
+            ),
+            403: OpenApiResponse(description="Lacks the tasks_app.trigger_tasks permission."),
+            404: OpenApiResponse(description="No such account."),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="test-connection")
+    def test_connection(self, request, pk=None):
+        from tasks_app.api.views import accepted_response
+        from tasks_app.models import TriggerKind
+        from tasks_app.services.runs import task_enqueue
+
+        account = self.get_object()
+        run = task_enqueue(
+            task_name="check_provider_connection",
+            kwargs={"account_id": account.pk},
+            triggered_by=TriggerKind.API,
+            user=request.user,
+            correlation_id=getattr(request, "correlation_id", None),
+        )
+        return accepted_response(request, run)
+
+    def get_permissions(self):
+        if self.action == "test_connection":
+            from tasks_app.api.permissions import CanTriggerTasks
+
+            return [IsAuthenticated(), CanTriggerTasks()]
+        return super().get_permissions()

@@ -84,3 +84,23 @@ class Resource(models.Model):
 
     def __str__(self) -> str:
         return self.name or self.resource_id
+
+
+class ExportState(models.Model):
+    """The export last loaded for an account's billing period: its fingerprint (the files' ETags), so an
+    unchanged export is not downloaded and loaded again."""
+
+    account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="export_states")
+    billing_period = models.CharField(max_length=7, help_text="YYYY-MM")
+    fingerprint = models.CharField(max_length=128)
+    rows = models.IntegerField(default=0)
+    loaded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "billing_period"], name="export_state_account_period_uniq")
+        ]
+        ordering = ["account", "-billing_period"]
+
+    def __str__(self) -> str:
+        return f"{self.account.name} {self.billing_period} loaded {self.loaded_at:%Y-%m-%d %H:%M}"

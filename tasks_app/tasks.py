@@ -6,6 +6,7 @@ from django.utils import timezone
 from costs_app.services import anomalies, budgets, ingest, inventory, optimization
 from finops import correlation
 from providers_app.models import CloudAccount
+from providers_app.services.accounts import account_connection_check
 
 from .models import TriggerKind
 from .platform import FinOpsTask
@@ -29,10 +30,12 @@ def _fan_out(task: FinOpsTask, **kwargs) -> dict:
 
 
 @shared_task(name="sync_provider_cost_data", base=FinOpsTask, bind=True, lock_on="account_id")
-def sync_provider_cost_data(self, account_id: int | None = None, billing_period: str | None = None) -> dict:
+def sync_provider_cost_data(
+    self, account_id: int | None = None, billing_period: str | None = None, force: bool = False
+) -> dict:
     if account_id is None:
-        return _fan_out(self, billing_period=billing_period)
-    return ingest.account_cost_sync(account_id=account_id, billing_period=billing_period).as_dict()
+        return _fan_out(self, billing_period=billing_period, force=force)
+    return ingest.account_cost_sync(account_id=account_id, billing_period=billing_period, force=force).as_dict()
 
 
 @shared_task(name="discover_provider_resources", base=FinOpsTask, bind=True, lock_on="account_id")
@@ -93,6 +96,13 @@ def detect_cost_anomalies(self, account_id: int | None = None) -> dict:
 @shared_task(name="cleanup_old_data", base=FinOpsTask, bind=True)
 def cleanup_old_data(self, dry_run: bool = False) -> dict:
     return retention.old_data_cleanup(now=timezone.now(), dry_run=dry_run).as_dict()
+
+
+@shared_task(name="check_provider_connection", base=FinOpsTask, bind=True)
+def check_provider_connection(self, account_id: int) -> dict:
+    """ "Test connection": succeeds with {"ok": false, "summary": …} when the connection is bad (a finding,
+    not a failure of the task); fails only when the account does not exist."""
+    return account_connection_check(account_id=account_id)
 
 
 @shared_task(name="platform_noop", base=FinOpsTask, bind=True)

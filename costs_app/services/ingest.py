@@ -24,7 +24,7 @@ from costs_app.models import CostAllocationTag, CostDailyRollup, CostLineItem, C
 from finops.errors import PermanentError
 from providers_app import focus_schema as focus
 from providers_app.connectors import CostBatch, CostSource, RuleReport, get_cost_source
-from providers_app.models import CloudAccount
+from providers_app.models import CloudAccount, ExportState
 
 PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 LINES = CostLineItem._meta.db_table
@@ -54,6 +54,8 @@ class IngestResult:
     periods: dict[str, int] = field(default_factory=dict)
     billed_cost: dict[str, Decimal] = field(default_factory=dict)  # currency -> sum over the loaded periods
     rollup_days: int = 0
+    # Periods whose export files had not changed since they were last loaded: left as they are.
+    unchanged_periods: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     report: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -69,6 +71,7 @@ class IngestResult:
             "periods": dict(sorted(self.periods.items())),
             "billed_cost": {currency: str(total) for currency, total in sorted(self.billed_cost.items())},
             "rollup_days": self.rollup_days,
+            "unchanged_periods": list(self.unchanged_periods),
             "files": list(self.files),
             "report": self.report,
             "warnings": list(self.warnings),
@@ -76,14 +79,25 @@ class IngestResult:
         }
 
 
-def account_cost_sync(*, account_id: int, billing_period: str | None = None) -> IngestResult:
-    """The sync task's work: fetch the account's cost export through its connector and replace its periods."""
+def account_cost_sync(*, account_id: int, billing_period: str | None = None, force: bool = False) -> IngestResult:
+    """The sync task's work: fetch the account's cost export through its connector and replace its periods.
+
+    Periods whose export has not changed since their last load are skipped, unless `force`.
+    """
     account = CloudAccount.objects.filter(id=account_id).first()
     if account is None:
         raise PermanentError(f"cloud account {account_id} does not exist")
     if billing_period is not None and not PERIOD_RE.match(billing_period):
         raise PermanentError(f"billing period {billing_period!r} is not of the form YYYY-MM")
-    return cost_period_replace(account=account, source=get_cost_source(account), billing_period=billing_period)
+    source = get_cost_source(account)
+    if not force:
+        source.known_fingerprints = loaded_fingerprints(account)
+    return cost_period_replace(account=account, source=source, billing_period=billing_period)
+
+
+def loaded_fingerprints(account: CloudAccount) -> dict[str, str]:
+    """Billing period -> fingerprint of the export last loaded for it (what a source may skip as unchanged)."""
+    return dict(ExportState.objects.filter(account=account).values_list("billing_period", "fingerprint"))
 
 
 def focus_file_import(*, account: CloudAccount, path: str) -> IngestResult:
@@ -113,6 +127,7 @@ def cost_period_replace(
                     result.periods[period] = result.periods.get(period, 0) + rows
         result.rows_read, result.rows_skipped = source.rows_read, source.rows_skipped
         result.files = source.files
+        result.unchanged_periods = sorted(source.unchanged_periods)
         if source.report.has_errors:
             raise FocusRulesError(source.report)  # the atomic block rolls the COPY back
         if result.rows_read != result.rows_loaded + result.rows_skipped:  # a bug, never a data problem
@@ -125,11 +140,23 @@ def cost_period_replace(
             [account.pk, boundary],
         )
         result.billed_cost = {currency: total.normalize() for currency, total in cursor.fetchall()}
+    _export_states_record(account, source.fingerprints, result.periods)
     result.report = source.report.as_dict()
     result.warnings = list(source.report.warnings)
     CloudAccount.objects.filter(pk=account.pk).update(last_synced_at=timezone.now())
     result.duration_ms = int((time.monotonic() - started) * 1000)
     return result
+
+
+def _export_states_record(account: CloudAccount, fingerprints: dict[str, str], periods: dict[str, int]) -> None:
+    """Inside the load's transaction: the fingerprints become "known" only if the load commits."""
+    now = timezone.now()
+    for period, fingerprint in fingerprints.items():
+        ExportState.objects.update_or_create(
+            account=account,
+            billing_period=period,
+            defaults={"fingerprint": fingerprint, "rows": periods.get(period, 0), "loaded_at": now},
+        )
 
 
 def _replace_and_roll_up(cursor, account_id: int, boundary: int) -> tuple[int, int]:

@@ -1,4 +1,9 @@
-"""Resource inventory of an account: for focus accounts, derived from its cost lines in one set-based upsert.
+"""Resource inventory of an account: listed from the cloud's APIs by its connector, or, for focus accounts,
+derived from its cost lines; either way one set-based upsert, and what is no longer there is marked terminated.
+
+Cloud accounts: the connector lists every resource (see providers_app.connectors.base RESOURCE_ATTRIBUTES);
+a resource is terminated when a complete listing no longer has it. A listing that fails part-way raises,
+so nothing is marked terminated because of an error.
 
 A resource is what the cost data names by ResourceId. Its attributes (type, region, name, service, tags)
 come from its latest cost line; last_seen is its latest ChargePeriodEnd. "Recent" is measured against
@@ -8,6 +13,7 @@ lag by days, and an account whose export stopped must not see every resource dec
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,7 +22,8 @@ from django.db import connection, transaction
 
 from costs_app.models import CostLineItem
 from finops.errors import PermanentError
-from providers_app.connectors import get_resource_source
+from providers_app.connectors import ResourceSource, get_resource_source
+from providers_app.connectors.base import RESOURCE_KINDS
 from providers_app.models import CloudAccount, Resource
 
 LINES = CostLineItem._meta.db_table
@@ -54,9 +61,73 @@ def account_resources_discover(*, account_id: int, now: datetime) -> DiscoveryRe
     account = CloudAccount.objects.select_for_update().filter(id=account_id).first()
     if account is None:
         raise PermanentError(f"cloud account {account_id} does not exist")
-    if get_resource_source(account) is not None:  # cloud connectors: listed from their APIs (a later issue)
-        raise PermanentError(f"{account.provider} connector not available yet")
+    source = get_resource_source(account)
+    if source is not None:
+        return _resources_from_source(account, source, now)
     return _resources_from_cost_lines(account, now)
+
+
+FIELDS = ("resource_id", "resource_type", "service_name", "region", "name", "state")
+LIMITS = {"resource_id": 1024, "resource_type": 200, "service_name": 200, "region": 100, "name": 500, "state": 50}
+
+
+def _listed(source: ResourceSource) -> list[dict]:
+    """The connector's complete listing, checked against the resource contract; duplicates are one resource."""
+    by_id: dict[str, dict] = {}
+    for item in source.resources():
+        rid = item.get("resource_id")
+        if not rid or not isinstance(rid, str):
+            raise PermanentError(f"{source.account.provider} connector listed a resource without an id: {item!r}")
+        if item.get("resource_type") not in RESOURCE_KINDS:
+            raise PermanentError(f"resource {rid}: unknown kind {item.get('resource_type')!r}")
+        row = {name: str(item.get(name) or "")[: LIMITS[name]] for name in FIELDS}
+        if len(rid) > LIMITS["resource_id"]:
+            raise PermanentError(f"resource id longer than {LIMITS['resource_id']} characters: {rid[:80]}…")
+        row["tags"] = {str(k): "" if v is None else str(v) for k, v in (item.get("tags") or {}).items()}
+        row["attributes"] = item.get("attributes") or {}
+        by_id[rid] = row
+    return list(by_id.values())
+
+
+def _resources_from_source(account: CloudAccount, source: ResourceSource, now: datetime) -> DiscoveryResult:
+    result = DiscoveryResult(account_id=account.pk, horizon=now)
+    listed = _listed(source)  # raises before anything is written when the listing fails
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {RESOURCES} WHERE account_id = %s AND is_terminated", [account.pk])  # noqa: S608
+        was_terminated = {row[0] for row in cursor.fetchall()}
+        cursor.execute(
+            f"""
+            INSERT INTO {RESOURCES} AS r (account_id, resource_id, resource_type, service_name, region, name, state,
+                                          tags, attributes, first_seen, last_seen, is_terminated, terminated_at)
+            SELECT %(account)s, x.resource_id, x.resource_type, x.service_name, x.region, x.name, x.state,
+                   x.tags, x.attributes, %(now)s, %(now)s, false, NULL
+            FROM jsonb_to_recordset(%(listed)s::jsonb) AS x(resource_id text, resource_type text, service_name text,
+                                                           region text, name text, state text, tags jsonb,
+                                                           attributes jsonb)
+            ON CONFLICT (account_id, resource_id) DO UPDATE SET
+                resource_type = EXCLUDED.resource_type, service_name = EXCLUDED.service_name,
+                region = EXCLUDED.region, name = EXCLUDED.name, state = EXCLUDED.state, tags = EXCLUDED.tags,
+                attributes = EXCLUDED.attributes, last_seen = EXCLUDED.last_seen,
+                is_terminated = false, terminated_at = NULL
+            RETURNING id, (xmax = 0) AS inserted
+            """,  # noqa: S608
+            {"account": account.pk, "now": now, "listed": json.dumps(listed)},
+        )
+        rows = cursor.fetchall()
+        seen_ids = [row[0] for row in rows]
+        result.resources_seen = len(rows)
+        result.created = sum(1 for _, inserted in rows if inserted)
+        result.updated = result.resources_seen - result.created
+        result.reactivated = sum(1 for rid, _ in rows if rid in was_terminated)
+        cursor.execute(
+            f"""
+            UPDATE {RESOURCES} SET is_terminated = true, state = 'terminated', terminated_at = %s
+            WHERE account_id = %s AND NOT is_terminated AND NOT (id = ANY(%s))
+            """,  # noqa: S608
+            [now, account.pk, seen_ids],
+        )
+        result.terminated = cursor.rowcount
+    return result
 
 
 def _resources_from_cost_lines(account: CloudAccount, now: datetime) -> DiscoveryResult:

@@ -144,6 +144,13 @@ class CostSource(ABC):
         self.files: list[str] = []
         self.rows_read = 0
         self.rows_skipped = 0  # outside the requested billing period; counted, never silently lost
+        # Change detection: billing period -> fingerprint (e.g. the export files' ETags) of what was loaded last
+        # time, set by ingestion before `batches()`. A source skips a period whose fingerprint is unchanged,
+        # lists it in `unchanged_periods`, and puts the fingerprint of every period it yields in `fingerprints`
+        # (ingestion stores them once the load has committed).
+        self.known_fingerprints: dict[str, str] = {}
+        self.fingerprints: dict[str, str] = {}
+        self.unchanged_periods: list[str] = []
 
     @abstractmethod
     def batches(self, *, billing_period: str | None = None) -> Iterator[CostBatch]: ...
@@ -198,8 +205,60 @@ class ResourceSource(ABC):
     def resources(self) -> Iterator[dict]: ...
 
 
-def _not_available(account: CloudAccount) -> PermanentError:
-    return PermanentError(f"{account.provider} connector not available yet (account {account.name!r})")
+@dataclass
+class ConnectionCheck:
+    name: str  # what was tried, e.g. "credentials", "s3:ListBucket on finops-exports", "export manifest"
+    ok: bool
+    detail: str = ""  # on failure: what is wrong and what to do, naming the key, permission, bucket or path
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class ConnectionReport:
+    """The outcome of "test connection": each check in order; the first failure says what is wrong."""
+
+    provider: str
+    account: str
+    checks: list[ConnectionCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(check.ok for check in self.checks)
+
+    def passed(self, name: str, detail: str = "") -> None:
+        self.checks.append(ConnectionCheck(name, True, detail))
+
+    def failed(self, name: str, detail: str) -> None:
+        self.checks.append(ConnectionCheck(name, False, detail))
+
+    def summary(self) -> str:
+        failed = [check for check in self.checks if not check.ok]
+        if not failed:
+            return f"{self.account}: connection OK ({', '.join(check.name for check in self.checks)})"
+        return f"{self.account}: {failed[0].name} failed: {failed[0].detail}"
+
+    def as_dict(self) -> dict:
+        return {
+            "provider": self.provider,
+            "account": self.account,
+            "ok": self.ok,
+            "summary": self.summary(),
+            "checks": [check.as_dict() for check in self.checks],
+        }
+
+
+def _provider_module(account: CloudAccount):
+    """providers_app.connectors.<provider>: defines cost_source(), resource_source() and connection_check()."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"providers_app.connectors.{account.provider}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"providers_app.connectors.{account.provider}":
+            raise  # the connector exists but one of its SDKs is missing: say so, don't hide it
+        raise PermanentError(f"{account.provider} connector not available (account {account.name!r})") from None
 
 
 def get_cost_source(account: CloudAccount) -> CostSource:
@@ -207,11 +266,20 @@ def get_cost_source(account: CloudAccount) -> CostSource:
         from .focus import FocusFileSource
 
         return FocusFileSource(account)
-    raise _not_available(account)
+    return _provider_module(account).cost_source(account)
 
 
 def get_resource_source(account: CloudAccount) -> ResourceSource | None:
     """None for focus accounts: their inventory is derived from the cost lines (costs_app.services.inventory)."""
     if account.provider == "focus":
         return None
-    raise _not_available(account)
+    return _provider_module(account).resource_source(account)
+
+
+def connection_check(account: CloudAccount) -> ConnectionReport:
+    """Try the account's credentials and settings the way sync and discovery will use them; never raises."""
+    if account.provider == "focus":
+        from .focus import connection_check as focus_check
+
+        return focus_check(account)
+    return _provider_module(account).connection_check(account)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from finops.errors import PermanentError
 from providers_app import focus_schema as focus
 
-from .base import ERROR, WARNING, CostBatch, CostSource, RuleReport
+from .base import ERROR, WARNING, ConnectionReport, CostBatch, CostSource, RuleReport
 
 CSV_BLOCK_SIZE = 4 << 20  # bytes per CSV batch
 PARQUET_BATCH_ROWS = 50_000
@@ -413,3 +413,35 @@ def _jsonable(scalar: pa.Scalar):
 def _mapping(value) -> dict:
     # pyarrow gives map<string, string> as a list of (key, value) pairs.
     return dict(value) if isinstance(value, list) else value
+
+
+def connection_check(account) -> ConnectionReport:
+    """A focus account's "connection": its path exists, holds exports, and the first one has the FOCUS columns."""
+    report = ConnectionReport(provider=account.provider, account=account.name)
+    path = (account.settings or {}).get("path")
+    if not path:
+        report.failed("settings.path", "the account has no settings.path to read FOCUS exports from")
+        return report
+    try:
+        files = source_files(path)
+    except PermanentError as exc:
+        report.failed("export files", str(exc))
+        return report
+    report.passed("export files", f"{len(files)} file(s) in {path}")
+    source = FocusFileSource(account, path=files[0])
+    try:
+        if files[0].name.lower().endswith(".parquet"):
+            names = pq.ParquetFile(files[0]).schema_arrow.names
+        else:
+            opener = gzip.open if files[0].name.lower().endswith(".gz") else open
+            with opener(files[0], "rt", encoding="utf-8-sig", newline="") as fh:
+                names = next(csv.reader(fh), [])
+        source._header(files[0].name, names)
+    except _HeaderRefused:
+        report.failed(f"FOCUS columns of {files[0].name}", source.report.error_message())
+        return report
+    except (OSError, EOFError, pa.ArrowInvalid, gzip.BadGzipFile) as exc:
+        report.failed(f"reading {files[0].name}", str(exc).splitlines()[0][:300])
+        return report
+    report.passed(f"FOCUS columns of {files[0].name}", f"FOCUS {source.report.versions.get(files[0].name, '?')}")
+    return report

@@ -2,6 +2,7 @@
 
 from django.db import transaction
 
+from ..connectors import connection_check
 from ..models import CloudAccount, Credential
 
 
@@ -57,3 +58,13 @@ def account_update(
         account.credential.kind = credential_kind
         account.credential.save(update_fields=["kind", "updated_at"])
     return account
+
+
+def account_connection_check(*, account_id: int) -> dict:
+    """Try the account's credentials and export/inventory access as sync and discovery will; say what is wrong."""
+    account = CloudAccount.objects.select_related("credential").filter(id=account_id).first()
+    if account is None:
+        from finops.errors import PermanentError
+
+        raise PermanentError(f"cloud account {account_id} does not exist")
+    return connection_check(account).as_dict()

@@ -58,6 +58,10 @@ class CostSyncRequest(AccountTaskRequest):
         validators=[validate_period],
         help_text="Billing period YYYY-MM to (re)load; omit for the open periods.",
     )
+    force = serializers.BooleanField(
+        required=False,
+        help_text="Reload periods whose export files have not changed since their last load.",
+    )
 
 
 class BudgetMonitorRequest(AccountTaskRequest):

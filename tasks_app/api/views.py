@@ -27,7 +27,7 @@ FORBIDDEN = OpenApiResponse(s.ErrorSerializer, description="Lacks the tasks_app.
 TASK_ID = OpenApiParameter("task_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="The Celery task id.")
 
 
-def _accepted(request, run: TaskRun) -> Response:
+def accepted_response(request, run: TaskRun) -> Response:
     payload = {
         "task_id": run.celery_task_id,
         "run_id": run.id,
@@ -69,7 +69,7 @@ class TaskTriggerViewSet(viewsets.GenericViewSet):
             user=request.user,
             correlation_id=request.correlation_id,
         )
-        return _accepted(request, run)
+        return accepted_response(request, run)
 
 
 class CostDataSyncViewSet(TaskTriggerViewSet):
@@ -300,7 +300,7 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
                 {"detail": f"replay {letter.replay_run.celery_task_id} is still {letter.replay_run.state.lower()}"},
                 status=status.HTTP_409_CONFLICT,
             )
-        return _accepted(request, dead_letter_replay(dead_letter_id=letter.id, user=request.user))
+        return accepted_response(request, dead_letter_replay(dead_letter_id=letter.id, user=request.user))
 
 
 # --- FOCUS export -------------------------------------------------------------------------------

@@ -363,12 +363,12 @@ def test_a_bad_file_in_a_folder_fails_the_good_ones_too(tmp_path):
 def test_missing_path_and_other_providers_are_permanent_errors(tmp_path):
     # given
     nowhere = CloudAccountFactory(settings={"path": str(tmp_path / "missing")})
-    aws = CloudAccountFactory(provider="aws")
+    unknown = CloudAccountFactory(provider="oracle")  # no such connector (yet)
     # when / then
     with pytest.raises(PermanentError, match="does not exist"):
         account_cost_sync(account_id=nowhere.id)
-    with pytest.raises(PermanentError, match="connector not available yet"):
-        account_cost_sync(account_id=aws.id)
+    with pytest.raises(PermanentError, match="oracle connector not available"):
+        account_cost_sync(account_id=unknown.id)
     with pytest.raises(PermanentError, match="YYYY-MM"):
         account_cost_sync(account_id=nowhere.id, billing_period="2024-13")
 

@@ -95,9 +95,9 @@ def test_stale_and_vanished_resources_are_marked_terminated_and_can_come_back(se
     assert (old.is_terminated, old.terminated_at, again.reactivated) == (False, None, 1)
 
 
-def test_other_providers_have_no_connector_yet():
+def test_a_provider_without_a_connector_is_a_permanent_error():
     # given
-    account = CloudAccountFactory(provider="gcp")
+    account = CloudAccountFactory(provider="oracle")
     # when / then
-    with pytest.raises(PermanentError, match="connector not available yet"):
+    with pytest.raises(PermanentError, match="oracle connector not available"):
         account_resources_discover(account_id=account.id, now=NOW)

@@ -37,9 +37,7 @@ def test_ingest_rolls_up_active_keys_per_value_and_untagged():
     account = CloudAccountFactory(provider="focus", name="sample")
     focus_file_import(account=account, path=str(SAMPLE))
 
-    assert rollup_spend_by(account, "environment") == {
-        value: total for value, total in sample_spend_by("environment").items()
-    }
+    assert rollup_spend_by(account, "environment") == sample_spend_by("environment")
     assert "" in rollup_spend_by(account, "environment")  # the sample has untagged rows
     assert not CostTagRollup.objects.filter(tag_key="org").exists()
     # Every key's values add up to the day's whole spend.
@@ -65,3 +63,17 @@ def test_activating_a_key_backfills_and_reimport_replaces():
 
     focus_file_import(account=account, path=str(SAMPLE))  # the same export again: same rollups, not doubled
     assert rollup_spend_by(account, "business_unit") == expected
+
+
+def test_admin_activation_backfills_and_deactivation_removes(admin_client):
+    account = CloudAccountFactory(provider="focus", name="sample")
+    focus_file_import(account=account, path=str(SAMPLE))
+
+    page = admin_client.post("/admin/costs_app/costallocationtag/add/", {"key": "application", "is_active": "on"})
+    assert page.status_code == 302
+    assert rollup_spend_by(account, "application") == sample_spend_by("application")
+
+    tag = CostAllocationTag.objects.get(key="application")
+    page = admin_client.post(f"/admin/costs_app/costallocationtag/{tag.pk}/change/", {"key": "application"})
+    assert page.status_code == 302
+    assert not CostTagRollup.objects.filter(tag_key="application").exists()

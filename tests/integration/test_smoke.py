@@ -11,8 +11,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 def test_enqueued_task_runs_on_real_worker_and_is_recorded(celery_worker_proc):
     # given
-    run = task_enqueue(task_name="platform_noop", kwargs={"value": 7}, triggered_by=TriggerKind.COMMAND,
-                       correlation_id="smoke-corr")
+    run = task_enqueue(
+        task_name="platform_noop", kwargs={"value": 7}, triggered_by=TriggerKind.COMMAND, correlation_id="smoke-corr"
+    )
     # when
     done = wait_for(lambda: TaskRun.objects.filter(id=run.id, state=RunState.SUCCESS).first(), what="run to succeed")
     # then

@@ -16,17 +16,25 @@ PER_ACCOUNT = {
     "monitor_budget",
     "analyze_optimization_opportunities",
     "detect_cost_anomalies",
+    "check_provider_connection",
 }
+TASKS = (*SCHEDULED_TASKS, "check_provider_connection")
 POLL_INTERVAL = 0.25
 
 
 class Command(BaseCommand):
-    help = "Enqueue one of the six FinOps tasks (recorded in the ledger as triggered by a command)."
+    help = (
+        "Enqueue one of the six FinOps tasks, or check_provider_connection (a connection test; needs --account), "
+        "recorded in the ledger as triggered by a command."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("name", choices=SCHEDULED_TASKS, metavar="NAME", help=", ".join(SCHEDULED_TASKS))
+        parser.add_argument("name", choices=TASKS, metavar="NAME", help=", ".join(TASKS))
         parser.add_argument("--account", help="account name (default: every active account)")
         parser.add_argument("--billing-period", help="YYYY-MM, for sync_provider_cost_data")
+        parser.add_argument(
+            "--force", action="store_true", help="sync_provider_cost_data only: reload unchanged exports"
+        )
         parser.add_argument("--dry-run", action="store_true", help="cleanup_old_data only: count, delete nothing")
         parser.add_argument("--wait", action="store_true", help="wait for the outcome and print it")
         parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
@@ -37,12 +45,17 @@ class Command(BaseCommand):
         name: str,
         account: str | None,
         billing_period: str | None,
+        force: bool,
         dry_run: bool,
         wait: bool,
         timeout: float,
         **options,
     ):
         kwargs = self._task_kwargs(name, account=account, billing_period=billing_period, dry_run=dry_run)
+        if force:
+            if name != "sync_provider_cost_data":
+                raise CommandError("--force applies to sync_provider_cost_data only")
+            kwargs["force"] = True
         run = task_enqueue(task_name=name, kwargs=kwargs, triggered_by=TriggerKind.COMMAND, trigger_detail="run_task")
         self.stdout.write(f"enqueued {name} on queue {run.queue}")
         self.stdout.write(f"task id: {run.celery_task_id}")
@@ -71,6 +84,8 @@ class Command(BaseCommand):
                 known = ", ".join(CloudAccount.objects.values_list("name", flat=True)[:20]) or "none"
                 raise CommandError(f"no account named {account!r} (known: {known})")
             kwargs["account_id"] = account_id
+        if name == "check_provider_connection" and account is None:
+            raise CommandError("check_provider_connection needs --account")
         if billing_period is not None:
             if name != "sync_provider_cost_data":
                 raise CommandError("--billing-period applies to sync_provider_cost_data only")
