@@ -345,6 +345,18 @@ def _data_days(today: date, lookback: int) -> tuple[dict, tuple | None]:
     return per_account, overall
 
 
+def budget_accounts(budget_ids: list[int], *, field: str) -> dict[int, list]:
+    """Per budget, its accounts' ids (field="cloudaccount_id") or names ("cloudaccount__name"), sorted; one query.
+
+    Plain values, not CloudAccount objects: thousands of budgets need no model instances for this.
+    """
+    scoped: dict[int, list] = {budget_id: [] for budget_id in budget_ids}
+    rows = Budget.accounts.through.objects.filter(budget_id__in=budget_ids).values_list("budget_id", field)
+    for budget_id, value in rows.order_by(field):
+        scoped[budget_id].append(value)
+    return scoped
+
+
 def budgets_spend(budgets: list[Budget], *, today: date) -> list[PeriodSpend]:
     """Actual spend and forecast of every budget's periods checked today, in two queries whatever their number."""
     lookback = settings.BUDGET_FORECAST_LOOKBACK_DAYS
@@ -356,7 +368,7 @@ def budgets_spend(budgets: list[Budget], *, today: date) -> list[PeriodSpend]:
     if not periods:
         return []
     per_account, overall = _data_days(today, lookback)
-    accounts = {budget.id: sorted(account.id for account in budget.accounts.all()) for budget in budgets}
+    accounts = budget_accounts([budget.id for budget in budgets], field="cloudaccount_id")
     for spend in periods:
         scoped = accounts[spend.budget.id]
         days = [per_account[a] for a in scoped if a in per_account] if scoped else [overall] if overall else []
@@ -503,7 +515,9 @@ def _active_budgets(*, account_id: int | None, budget_id: int | None) -> list[Bu
         budgets = budgets.filter(accounts__id=account_id)
     if budget_id is not None:
         budgets = budgets.filter(id=budget_id)
-    return list(budgets.prefetch_related("accounts").distinct().order_by("id"))
+    if account_id is not None:
+        budgets = budgets.distinct()  # the account filter joins the many-to-many table
+    return list(budgets.order_by("id"))
 
 
 def _valid(budgets: list[Budget], result: BudgetCheckResult) -> list[tuple[Budget, list[Threshold]]]:
@@ -683,10 +697,9 @@ def budget_alerts_deliver(*, now: datetime, result: BudgetCheckResult | None = N
 def _send_claimed(claimed: list[tuple], *, now: datetime, result: BudgetCheckResult) -> None:
     alerts = {
         alert.id: alert
-        for alert in BudgetAlert.objects.filter(id__in={row[1] for row in claimed})
-        .select_related("budget")
-        .prefetch_related("budget__accounts")
+        for alert in BudgetAlert.objects.filter(id__in={row[1] for row in claimed}).select_related("budget")
     }
+    names = budget_accounts(list({alert.budget_id for alert in alerts.values()}), field="cloudaccount__name")
     channels = NotificationChannel.objects.in_bulk({row[2] for row in claimed})
     groups: dict[tuple, list[tuple[int, int]]] = defaultdict(list)  # (budget, period, channel) -> [(delivery, try)]
     for delivery_id, alert_id, channel_id, attempts in claimed:
@@ -707,7 +720,7 @@ def _send_claimed(claimed: list[tuple], *, now: datetime, result: BudgetCheckRes
                 outcomes[delivery_id] = _Outcome(DeliveryStatus.PENDING, attempts - 1, broken[channel_id], "")
             continue
         group_alerts = sorted((alert for _, _, alert in deliveries), key=lambda a: (a.basis, a.threshold_amount or 0))
-        subject, text, payload = budget_message(group_alerts)
+        subject, text, payload = budget_message(group_alerts, account_names=names[group_alerts[0].budget_id])
         try:
             channel_send(channel=channel, subject=subject, text=text, payload=payload)
         except Exception as exc:
@@ -748,14 +761,14 @@ def _send_claimed(claimed: list[tuple], *, now: datetime, result: BudgetCheckRes
             cursor.execute(_NOTIFIED_SQL, {"now": now, "ids": sorted(sent_alerts)})
 
 
-def budget_message(alerts: list[BudgetAlert]) -> tuple[str, str, dict]:
+def budget_message(alerts: list[BudgetAlert], *, account_names: list[str]) -> tuple[str, str, dict]:
     """Subject, text and webhook payload for alerts of one budget period (the same run's figures)."""
     budget = alerts[0].budget
     latest = max(alerts, key=lambda a: (a.created_at, a.id))
     currency = latest.currency or budget.currency
     amount = latest.budget_amount if latest.budget_amount is not None else budget.amount
     labels = [alert.threshold_spec.label(currency) for alert in alerts]
-    scope = budget.scope_label([account.name for account in budget.accounts.all()])
+    scope = budget.scope_label(account_names)
     period = f"{latest.period_start} to {latest.period_end}" if latest.period_end else f"starting {latest.period_start}"
     forecast_line = (
         f"Forecast for the period: {_money(latest.forecast)} {currency} ({latest.forecast_percentage}% of the budget)."
