@@ -4,11 +4,13 @@ import math
 from datetime import UTC, datetime
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_email
 from django.db import transaction
 from django.db.models import Count, Q
+from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from finops.admin_mixins import ReadOnlyAdminMixin
@@ -28,7 +30,6 @@ from .models import (
     DeliveryStatus,
     NotificationChannel,
     Recommendation,
-    RecommendationStatus,
 )
 
 
@@ -498,19 +499,38 @@ class AnomalyAdmin(admin.ModelAdmin):
         _set_status(self, request, queryset, AnomalyStatus.FALSE_POSITIVE, "false positive")
 
 
+class DismissForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+        max_length=2000,
+        help_text="Why these recommendations do not apply. Later runs keep them dismissed.",
+    )
+
+
+def _transition_report(modeladmin, request, result, verb: str) -> None:
+    if result.changed:
+        modeladmin.message_user(request, f"{len(result.changed)} {verb}", messages.SUCCESS)
+    if result.refused:
+        statuses = ", ".join(sorted({str(s) for s in result.refused.values()}))
+        modeladmin.message_user(
+            request, f"{len(result.refused)} left as they were (they are {statuses})", messages.WARNING
+        )
+
+
 @admin.register(Recommendation)
 class RecommendationAdmin(admin.ModelAdmin):
     list_display = (
         "title",
         "account",
         "rule",
-        "provider_resource_id",
         "estimated_monthly_saving",
         "currency",
+        "saving_basis",
         "status",
-        "updated_at",
+        "realised_monthly_saving",
+        "last_found_at",
     )
-    list_filter = ("status", "rule", "account", "currency")
+    list_filter = ("status", "rule", "saving_basis", "account", "currency")
     search_fields = ("title", "provider_resource_id")
     list_select_related = ("account",)
     fields = (
@@ -522,24 +542,75 @@ class RecommendationAdmin(admin.ModelAdmin):
         "details",
         "estimated_monthly_saving",
         "currency",
+        "monthly_cost",
+        "saving_basis",
         "status",
         "status_reason",
+        "status_changed_at",
+        "status_changed_by",
         "created_at",
         "updated_at",
+        "last_found_at",
+        "done_at",
+        "baseline_monthly_cost",
+        "realised_monthly_saving",
+        "realised_days",
+        "realised_measured_at",
+        "realised_note",
     )
-    readonly_fields = tuple(f for f in fields if f not in ("status", "status_reason"))
-    actions = ("dismiss", "mark_done")
+    # Status changes go through the actions, so the decision, its author and the realised-saving
+    # baseline are always recorded together.
+    readonly_fields = fields
+    actions = ("dismiss", "mark_done", "reopen")
 
     def has_add_permission(self, request):
         return False
 
-    @admin.action(description="Dismiss", permissions=["change"])
+    @admin.action(description="Dismiss (with a reason)…", permissions=["change"])
     def dismiss(self, request, queryset):
-        _set_status(self, request, queryset, RecommendationStatus.DISMISSED, "dismissed")
+        from .services.recommendations import RecommendationStateError, recommendations_dismiss
+
+        form = DismissForm(request.POST if "reason" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            try:
+                result = recommendations_dismiss(
+                    ids=list(queryset.values_list("id", flat=True)),
+                    reason=form.cleaned_data["reason"],
+                    user=request.user,
+                    now=timezone.now(),
+                )
+            except RecommendationStateError as exc:
+                form.add_error("reason", str(exc))
+            else:
+                _transition_report(self, request, result, "dismissed")
+                return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Dismiss recommendations",
+            "opts": self.model._meta,
+            "form": form,
+            "recommendations": queryset,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/costs_app/recommendation/dismiss.html", context)
 
     @admin.action(description="Mark done", permissions=["change"])
     def mark_done(self, request, queryset):
-        _set_status(self, request, queryset, RecommendationStatus.DONE, "done")
+        from .services.recommendations import recommendations_mark_done
+
+        result = recommendations_mark_done(
+            ids=list(queryset.values_list("id", flat=True)), user=request.user, now=timezone.now()
+        )
+        _transition_report(self, request, result, "marked done (their realised saving is measured from now on)")
+
+    @admin.action(description="Reopen", permissions=["change"])
+    def reopen(self, request, queryset):
+        from .services.recommendations import recommendations_reopen
+
+        result = recommendations_reopen(
+            ids=list(queryset.values_list("id", flat=True)), user=request.user, now=timezone.now()
+        )
+        _transition_report(self, request, result, "reopened")
 
 
 # --- Cost data (read-only) ---

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
@@ -505,7 +506,20 @@ class RecommendationStatus(models.TextChoices):
     CLOSED = "closed", "Closed (no longer applies)"
 
 
+class SavingBasis(models.TextChoices):
+    COST_DATA = "cost_data", "The resource's cost lines"
+    LIST_PRICE = "list_price", "List prices (no cost line for the resource)"
+    NONE = "none", "Not a saving (governance)"
+
+
 class Recommendation(models.Model):
+    """One finding of one optimisation rule on one resource (or account, or commitment scope).
+
+    The optimisation run upserts it by (rule, account, provider_resource_id): open ones are refreshed or
+    closed with the reason they no longer apply; dismissed and done ones keep the user's decision. Done
+    ones carry their realised saving, measured from the cost lines before and after `done_at`.
+    """
+
     account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="recommendations")
     rule = models.CharField(max_length=100)
     # The provider's resource id (natural key); `resource` links the inventory row when there is one.
@@ -515,10 +529,26 @@ class Recommendation(models.Model):
     details = models.JSONField(default=dict, blank=True)
     estimated_monthly_saving = models.DecimalField(**MONEY)
     currency = models.CharField(max_length=3)
+    monthly_cost = models.DecimalField(
+        null=True, blank=True, help_text="What the resource (or scope) costs per month now.", **MONEY
+    )
+    saving_basis = models.CharField(max_length=16, choices=SavingBasis.choices, default=SavingBasis.COST_DATA)
     status = models.CharField(max_length=16, choices=RecommendationStatus.choices, default=RecommendationStatus.OPEN)
-    status_reason = models.TextField(blank=True)
+    status_reason = models.TextField(blank=True, help_text="Why it was dismissed or closed; the note when done.")
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    status_changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    last_found_at = models.DateTimeField(null=True, blank=True, help_text="The last run whose rule found it.")
+    # Realised saving of a done recommendation: the cost scope's monthly run rate before done_at minus after it.
+    done_at = models.DateTimeField(null=True, blank=True)
+    baseline_monthly_cost = models.DecimalField(null=True, blank=True, **MONEY)
+    realised_monthly_saving = models.DecimalField(null=True, blank=True, **MONEY)
+    realised_days = models.IntegerField(null=True, blank=True, help_text="Days of cost data after done_at measured.")
+    realised_measured_at = models.DateTimeField(null=True, blank=True)
+    realised_note = models.CharField(max_length=300, blank=True)
 
     class Meta:
         constraints = [
@@ -526,6 +556,7 @@ class Recommendation(models.Model):
                 fields=["rule", "account", "provider_resource_id"], name="recommendation_rule_resource_uniq"
             )
         ]
+        indexes = [models.Index(fields=["status", "account"], name="recommendation_status_idx")]
         ordering = ["-estimated_monthly_saving"]
 
     def __str__(self) -> str:

@@ -138,6 +138,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Trigger, watch and cancel the FinOps background tasks.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Several serializers have a "status" field with different choices: name the recommendations' one.
+    "ENUM_NAME_OVERRIDES": {
+        "RecommendationStatusEnum": "costs_app.models.RecommendationStatus",
+        "HealthStatusEnum": ["ok", "fail"],
+    },
 }
 
 # --- Celery (settings namespace CELERY_) ---
@@ -191,14 +196,30 @@ TASK_LEASE_GRACE = env.int("TASK_LEASE_GRACE", default=60)
 TASK_RECONCILE_INTERVAL = env.int("TASK_RECONCILE_INTERVAL", default=60)
 BEAT_HEARTBEAT_MAX_AGE = env.int("BEAT_HEARTBEAT_MAX_AGE", default=120)
 
+# --- Cloud connectors ---
+# AWS SDK attempts per request (first try included): few, so the platform's retry policy is what retries.
+AWS_SDK_MAX_ATTEMPTS = env.int("AWS_SDK_MAX_ATTEMPTS", default=2)
+# Connect and read timeout of one AWS SDK request, seconds.
+AWS_SDK_TIMEOUT = env.int("AWS_SDK_TIMEOUT", default=30)
+
 # --- Retention (days) for cleanup_old_data ---
+# The defaults of the RetentionPolicy rows (edited in the admin): a data migration creates one row per class
+# from these, and a class with no row gets one from them at the next cleanup. 0 creates the policy disabled.
 RETENTION_DAYS = {
     "cost_lines": env.int("RETENTION_COST_LINES_DAYS", default=3 * 365),
+    "daily_rollups": env.int("RETENTION_DAILY_ROLLUPS_DAYS", default=5 * 365),
     "task_runs": env.int("RETENTION_TASK_RUNS_DAYS", default=90),
     "task_results": env.int("RETENTION_TASK_RESULTS_DAYS", default=30),
     "resolved_alerts": env.int("RETENTION_RESOLVED_ALERTS_DAYS", default=365),
+    "closed_recommendations": env.int("RETENTION_CLOSED_RECOMMENDATIONS_DAYS", default=180),
+    "terminated_resources": env.int("RETENTION_TERMINATED_RESOURCES_DAYS", default=90),
+    "resolved_anomalies": env.int("RETENTION_RESOLVED_ANOMALIES_DAYS", default=365),
 }
 RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=5000)
+# A batch waiting longer than this for a lock gives up (the task retries later) instead of queueing writers.
+RETENTION_LOCK_TIMEOUT = env.float("RETENTION_LOCK_TIMEOUT", default=5.0)
+# Seconds one cleanup may run before it stops between batches (under the soft time limit); the next run goes on.
+RETENTION_TIME_BUDGET = env.int("RETENTION_TIME_BUDGET", default=20 * 60)
 
 # --- Alerting ---
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="finops@localhost")
@@ -233,11 +254,29 @@ ANOMALY_SCORE_THRESHOLD = env.float("ANOMALY_SCORE_THRESHOLD", default=3.5)
 ANOMALY_LOOKBACK_DAYS = env.int("ANOMALY_LOOKBACK_DAYS", default=3)
 # A series needs this many days of history before its first evaluated day, or it is not judged yet.
 ANOMALY_MIN_HISTORY_DAYS = env.int("ANOMALY_MIN_HISTORY_DAYS", default=7)
+# Optimisation rules (costs_app/services/optimization.py; the README has the catalogue).
 OPTIMIZATION_STALE_RESOURCE_DAYS = env.int("OPTIMIZATION_STALE_RESOURCE_DAYS", default=7)
 OPTIMIZATION_LOOKBACK_DAYS = env.int("OPTIMIZATION_LOOKBACK_DAYS", default=30)
 OPTIMIZATION_MIN_MONTHLY_SAVING = env.float("OPTIMIZATION_MIN_MONTHLY_SAVING", default=1.0)
 # Typical 1-year no-upfront savings-plan discount on compute, used to estimate commitment savings.
 OPTIMIZATION_COMMITMENT_DISCOUNT_RATE = env.float("OPTIMIZATION_COMMITMENT_DISCOUNT_RATE", default=0.25)
+# CPU-based rules read this many days of hourly CPU, and judge an instance only when this share of the hours
+# has a sample.
+OPTIMIZATION_CPU_DAYS = env.int("OPTIMIZATION_CPU_DAYS", default=14)
+OPTIMIZATION_CPU_MIN_COVERAGE = env.float("OPTIMIZATION_CPU_MIN_COVERAGE", default=0.8)
+OPTIMIZATION_IDLE_CPU_P95 = env.float("OPTIMIZATION_IDLE_CPU_P95", default=5.0)
+OPTIMIZATION_RIGHTSIZING_HEADROOM = env.float("OPTIMIZATION_RIGHTSIZING_HEADROOM", default=0.2)
+OPTIMIZATION_STOPPED_DAYS = env.int("OPTIMIZATION_STOPPED_DAYS", default=30)
+OPTIMIZATION_UNATTACHED_VOLUME_DAYS = env.int("OPTIMIZATION_UNATTACHED_VOLUME_DAYS", default=7)
+OPTIMIZATION_SNAPSHOT_MAX_AGE_DAYS = env.int("OPTIMIZATION_SNAPSHOT_MAX_AGE_DAYS", default=180)
+OPTIMIZATION_ORPHANED_SNAPSHOT_DAYS = env.int("OPTIMIZATION_ORPHANED_SNAPSHOT_DAYS", default=14)
+OPTIMIZATION_UNASSOCIATED_IP_DAYS = env.int("OPTIMIZATION_UNASSOCIATED_IP_DAYS", default=3)
+OPTIMIZATION_IDLE_LB_DAYS = env.int("OPTIMIZATION_IDLE_LB_DAYS", default=14)
+OPTIMIZATION_IDLE_LB_MAX_DAILY_REQUESTS = env.int("OPTIMIZATION_IDLE_LB_MAX_DAILY_REQUESTS", default=10)
+OPTIMIZATION_REQUIRED_TAG_KEYS = env.list("OPTIMIZATION_REQUIRED_TAG_KEYS", default=["owner"])
+OPTIMIZATION_UNTAGGED_MAX_SHARE = env.float("OPTIMIZATION_UNTAGGED_MAX_SHARE", default=0.1)
+# A done recommendation's realised saving is measured once this many days of cost data follow it.
+OPTIMIZATION_REALISED_MIN_DAYS = env.int("OPTIMIZATION_REALISED_MIN_DAYS", default=7)
 
 # --- Logging: JSON lines on stdout, each carrying the correlation id ---
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")

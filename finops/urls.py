@@ -10,6 +10,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("tasks_app.urls")),
     path("api/v1/", include("providers_app.urls")),
+    path("api/v1/", include("costs_app.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", LivenessView.as_view(), name="healthz"),

@@ -1,4 +1,5 @@
-"""Task management in the admin: schedules (run now), the TaskRun trail (cancel, run again), dead letters (replay)."""
+"""Task management in the admin: schedules (run now), the TaskRun trail (cancel, run again), dead letters (replay),
+retention policies (edit, dry run, clean up now)."""
 
 import json
 
@@ -12,7 +13,7 @@ from django_celery_beat.models import PeriodicTask
 
 from finops.admin_mixins import ReadOnlyAdminMixin
 
-from .models import DeadLetter, RunState, TaskRun, TriggerKind
+from .models import DeadLetter, RetentionPolicy, RunState, TaskRun, TriggerKind
 from .services.runs import UnknownTask, dead_letter_replay, run_cancel, task_enqueue
 
 TRIGGER_PERMISSION = "tasks_app.trigger_tasks"
@@ -335,3 +336,74 @@ class DeadLetterAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdm
             else:
                 done.append(f"#{letter_id} → {run.celery_task_id}")
         _report(self, request, done, failed, "Replayed")
+
+
+# --- Retention: one policy per data class, edited here; dry runs and cleanups go through the ledger ---
+
+
+@admin.register(RetentionPolicy)
+class RetentionPolicyAdmin(TriggerPermissionMixin, admin.ModelAdmin):
+    list_display = (
+        "data_class",
+        "enabled",
+        "days",
+        "minimum_days",
+        "last_dry_run_rows",
+        "last_dry_run_oldest",
+        "last_dry_run_at",
+        "last_deleted_rows",
+        "last_cleanup_at",
+    )
+    list_editable = ("enabled", "days")
+    fields = (
+        "data_class",
+        "enabled",
+        "days",
+        "minimum_days",
+        "last_dry_run_at",
+        "last_dry_run_rows",
+        "last_dry_run_oldest",
+        "last_cleanup_at",
+        "last_deleted_rows",
+        "updated_at",
+    )
+    readonly_fields = tuple(f for f in fields if f not in ("enabled", "days"))
+    actions = ("dry_run", "clean_up_now")
+
+    def has_add_permission(self, request):
+        return False  # one row per data class, created by a migration (and by the cleanup if one is missing)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # disable a policy instead
+
+    @admin.display(description="minimum days")
+    def minimum_days(self, obj):
+        return obj.min_days
+
+    def _enqueue(self, request, queryset, *, dry_run: bool) -> None:
+        classes = sorted(queryset.values_list("data_class", flat=True))
+        run = task_enqueue(
+            task_name="cleanup_old_data",
+            kwargs={"dry_run": dry_run, "classes": classes},
+            triggered_by=TriggerKind.ADMIN,
+            user=request.user,
+        )
+        what = "Dry run" if dry_run else "Cleanup"
+        self.message_user(
+            request,
+            format_html(
+                "{} of {} enqueued as {}; its counts appear here and in the run when it finishes.",
+                what,
+                ", ".join(classes),
+                run_link(run),
+            ),
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Dry run: count what would be deleted", permissions=["trigger"])
+    def dry_run(self, request, queryset):
+        self._enqueue(request, queryset, dry_run=True)
+
+    @admin.action(description="Clean up now (delete what is past retention)", permissions=["trigger"])
+    def clean_up_now(self, request, queryset):
+        self._enqueue(request, queryset, dry_run=False)

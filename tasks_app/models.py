@@ -99,3 +99,64 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name} failed: {self.error[:80]}"
+
+
+class RetentionDataClass(models.TextChoices):
+    COST_LINES = "cost_lines", "Raw cost lines"
+    DAILY_ROLLUPS = "daily_rollups", "Daily rollups (cost and tag rollups)"
+    TASK_RUNS = "task_runs", "Finished task runs (and their dead letters)"
+    TASK_RESULTS = "task_results", "Celery task results"
+    RESOLVED_ALERTS = "resolved_alerts", "Resolved budget alerts"
+    CLOSED_RECOMMENDATIONS = "closed_recommendations", "Closed and dismissed recommendations"
+    TERMINATED_RESOURCES = "terminated_resources", "Terminated resources"
+    RESOLVED_ANOMALIES = "resolved_anomalies", "Resolved and false-positive anomalies"
+
+
+# The shortest retention each class accepts, and why: below it, something that reads the class breaks.
+RETENTION_MIN_DAYS = {
+    # optimisation reads 30 days of lines, realised savings 30 days before and after "done"; late data
+    RetentionDataClass.COST_LINES: 90,
+    # annual budgets and year-over-year anomaly baselines read a full year of rollups
+    RetentionDataClass.DAILY_ROLLUPS: 400,
+    RetentionDataClass.TASK_RUNS: 7,  # the audit trail of the last week at least
+    RetentionDataClass.TASK_RESULTS: 1,  # callers polling a result must find it
+    RetentionDataClass.RESOLVED_ALERTS: 30,  # one alert per threshold per period: keep the current period's
+    RetentionDataClass.CLOSED_RECOMMENDATIONS: 30,  # a dismissal must outlive short gaps in the findings
+    RetentionDataClass.TERMINATED_RESOURCES: 60,  # "billed after termination" joins 30 days of late cost lines
+    RetentionDataClass.RESOLVED_ANOMALIES: 30,
+}
+
+
+class RetentionPolicy(models.Model):
+    """How long one data class is kept; `cleanup_old_data` deletes what is older. One row per class."""
+
+    data_class = models.CharField(max_length=32, choices=RetentionDataClass.choices, unique=True)
+    enabled = models.BooleanField(default=True, help_text="Off: the class is kept forever.")
+    days = models.PositiveIntegerField(help_text="Rows older than this many days are deleted.")
+    updated_at = models.DateTimeField(auto_now=True)
+    # The latest outcomes, so the admin list shows what a dry run found and what the last cleanup deleted.
+    last_dry_run_at = models.DateTimeField(null=True, blank=True)
+    last_dry_run_rows = models.BigIntegerField(null=True, blank=True)
+    last_dry_run_oldest = models.DateTimeField(null=True, blank=True)
+    last_cleanup_at = models.DateTimeField(null=True, blank=True)
+    last_deleted_rows = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["data_class"]
+        verbose_name_plural = "retention policies"
+        constraints = [models.CheckConstraint(condition=models.Q(days__gte=1), name="retention_days_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.get_data_class_display()}: {f'{self.days} days' if self.enabled else 'kept forever'}"
+
+    @property
+    def min_days(self) -> int:
+        return RETENTION_MIN_DAYS.get(self.data_class, 1)
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.days is not None and self.days < self.min_days:
+            raise ValidationError(
+                {"days": f"{self.get_data_class_display()} must be kept at least {self.min_days} days."}
+            )

@@ -94,8 +94,8 @@ def detect_cost_anomalies(self, account_id: int | None = None) -> dict:
 
 
 @shared_task(name="cleanup_old_data", base=FinOpsTask, bind=True)
-def cleanup_old_data(self, dry_run: bool = False) -> dict:
-    return retention.old_data_cleanup(now=timezone.now(), dry_run=dry_run).as_dict()
+def cleanup_old_data(self, dry_run: bool = False, classes: list[str] | None = None) -> dict:
+    return retention.old_data_cleanup(now=timezone.now(), dry_run=dry_run, classes=classes).as_dict()
 
 
 @shared_task(name="check_provider_connection", base=FinOpsTask, bind=True)

@@ -161,8 +161,8 @@ class CostSource(ABC):
 # A ResourceSource yields one dict per resource with Resource's field names:
 #   resource_id    the string the provider's cost data uses as FOCUS ResourceId, so cost lines join on it
 #                  (AWS: "i-0abc…", "vol-…", "snap-…", "eipalloc-…", ARNs for load balancers and RDS, bucket
-#                  names; Azure: the ARM id, lower-cased; GCP: the resource's self-link path
-#                  "projects/P/zones/Z/instances/NAME" and the like)
+#                  names; Azure: the ARM id, lower-cased; GCP: the detailed billing export's resource.global_name,
+#                  "//compute.googleapis.com/projects/P/zones/Z/instances/<numeric id>" and the like)
 #   resource_type  one of RESOURCE_KINDS
 #   service_name   the FOCUS ServiceName of its charges ("Amazon Elastic Compute Cloud", "Virtual Machines", …)
 #   region, name, state (the provider's state, lower-case: "running", "stopped", "available", "in-use", …)

@@ -7,7 +7,7 @@ from rest_framework import serializers
 from costs_app.models import Budget
 from providers_app.models import CloudAccount
 
-from ..models import DeadLetter, RunState, TaskRun, TriggerKind
+from ..models import DeadLetter, RetentionDataClass, RunState, TaskRun, TriggerKind
 
 PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -78,6 +78,12 @@ class BudgetMonitorRequest(AccountTaskRequest):
 class CleanupRequest(StrictSerializer):
     dry_run = serializers.BooleanField(
         required=False, default=False, help_text="Count what would be deleted without deleting it."
+    )
+    classes = serializers.ListField(
+        child=serializers.ChoiceField(choices=RetentionDataClass.choices),
+        required=False,
+        allow_empty=False,
+        help_text="Only these data classes (default: every class with an enabled retention policy).",
     )
 
 

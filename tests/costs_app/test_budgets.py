@@ -942,3 +942,27 @@ def test_query_count_does_not_grow_with_the_number_of_budgets(settings):
     assert BudgetAlert.objects.filter(threshold_type=ThresholdType.ABSOLUTE).exists()
     tagged = BudgetAlert.objects.filter(budget__tag_key="team").select_related("budget").first()
     assert tagged is not None
+
+
+@pytest.mark.django_db
+def test_retention_deletes_old_resolved_alerts_with_their_deliveries():
+    from tasks_app.services.retention import old_data_cleanup
+
+    # given: an alert resolved two years ago, delivered to one channel, and a current one
+    budget = BudgetFactory()
+    channel = NotificationChannelFactory()
+    old = BudgetAlert.objects.create(
+        budget=budget, period_start=date(2022, 9, 1), threshold=50, spend=Decimal(60), percentage=60,
+        resolved_at=NOW - timedelta(days=730),
+    )  # fmt: skip
+    current = BudgetAlert.objects.create(
+        budget=budget, period_start=date(2024, 9, 1), threshold=50, spend=Decimal(60), percentage=60
+    )
+    for alert in (old, current):
+        AlertDelivery.objects.create(alert=alert, channel=channel, status=DeliveryStatus.SENT, attempts=1)
+    # when
+    result = old_data_cleanup(now=NOW, classes=["resolved_alerts"]).as_dict()
+    # then
+    assert result["deleted"] == {"resolved_alerts": 1}
+    assert list(BudgetAlert.objects.all()) == [current]
+    assert list(AlertDelivery.objects.values_list("alert_id", flat=True)) == [current.id]

@@ -1,4 +1,4 @@
-"""Migration 0005: budgets of the old shape (one account, one service, a list of percentages) keep alerting the same."""
+"""Migration 0006: budgets of the old shape (one account, one service, a list of percentages) keep alerting the same."""
 
 from datetime import date
 from decimal import Decimal
@@ -7,8 +7,8 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-BEFORE = [("costs_app", "0004_tag_rollups")]
-AFTER = [("costs_app", "0005_budgets_scope_thresholds")]
+BEFORE = [("costs_app", "0005_optim_recommendation_lifecycle")]
+AFTER = [("costs_app", "0006_budgets_scope_thresholds")]
 
 
 def migrate(targets):

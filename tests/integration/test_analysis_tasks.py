@@ -104,8 +104,10 @@ def test_analysis_task_runs_through_its_queue_and_records_counts(
         assert result["budgets_checked"] == 1 and result["alerts_created"] == 3
         assert BudgetAlert.objects.count() == 3
     elif task_name == "analyze_optimization_opportunities":
-        assert result["found"]["idle_resources"] == 1 and result["created"] == 1
-        assert Recommendation.objects.get().provider_resource_id == "vol-idle"
+        # and untagged_spend: nothing carries the default required tag key "owner"
+        assert result["found"]["idle_resources"] == 1 and result["found"]["untagged_spend"] == 1
+        assert result["created"] == 2
+        assert Recommendation.objects.get(rule="idle_resources").provider_resource_id == "vol-idle"
     elif task_name == "detect_cost_anomalies":
         assert result["accounts"] == 1 and result["created"] == 2
         assert set(Anomaly.objects.values_list("service_name", flat=True)) == {"", "Amazon EC2"}

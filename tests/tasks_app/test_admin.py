@@ -455,9 +455,14 @@ def test_anomaly_and_recommendation_status_actions(admin_client, every_kind_of_r
         action(admin_client, "costs_app.anomaly", name, [anomaly.pk])
         anomaly.refresh_from_db()
         assert anomaly.status == expected
-    action(admin_client, "costs_app.recommendation", "dismiss", [recommendation.pk])
+    # dismissing asks for a reason first (tests/costs_app/test_recommendations.py covers the form)
+    admin_client.post(
+        reverse("admin:costs_app_recommendation_changelist"),
+        {"action": "dismiss", "_selected_action": [str(recommendation.pk)], "reason": "not ours"},
+    )
     recommendation.refresh_from_db()
-    assert recommendation.status == RecommendationStatus.DISMISSED
+    assert (recommendation.status, recommendation.status_reason) == (RecommendationStatus.DISMISSED, "not ours")
+    action(admin_client, "costs_app.recommendation", "reopen", [recommendation.pk])
     action(admin_client, "costs_app.recommendation", "mark_done", [recommendation.pk])
     recommendation.refresh_from_db()
     assert recommendation.status == RecommendationStatus.DONE

@@ -258,11 +258,25 @@ def test_cleanup_dry_run_and_budget_id(operator_client):
     # given
     budget = BudgetFactory()
     # when
-    cleanup = operator_client.post("/api/v1/tasks/maintenance/cleanup", {"dry_run": True}, format="json")
+    cleanup = operator_client.post(
+        "/api/v1/tasks/maintenance/cleanup", {"dry_run": True, "classes": ["task_runs"]}, format="json"
+    )
     monitor = operator_client.post("/api/v1/tasks/monitor/budgets", {"budget_id": budget.id}, format="json")
     # then
-    assert TaskRun.objects.get(celery_task_id=cleanup.json()["task_id"]).kwargs == {"dry_run": True}
+    assert TaskRun.objects.get(celery_task_id=cleanup.json()["task_id"]).kwargs == {
+        "dry_run": True,
+        "classes": ["task_runs"],
+    }
     assert TaskRun.objects.get(celery_task_id=monitor.json()["task_id"]).kwargs == {"budget_id": budget.id}
+
+
+def test_cleanup_refuses_an_unknown_data_class(operator_client):
+    response = operator_client.post(
+        "/api/v1/tasks/maintenance/cleanup", {"classes": ["cost_lines", "logs"]}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json() == {"classes": {"1": ['"logs" is not a valid choice.']}}
+    assert not TaskRun.objects.exists()
 
 
 def test_unsafe_correlation_id_is_replaced(operator_client):

@@ -223,6 +223,12 @@ def test_run_task_cleanup_dry_run(django_capture_on_commit_callbacks):
     assert TaskRun.objects.get().kwargs == {"dry_run": True}
 
 
+def test_run_task_cleanup_of_some_classes(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        run_command("run_task", "cleanup_old_data", "--dry-run", "--classes", "cost_lines, task_runs")
+    assert TaskRun.objects.get().kwargs == {"dry_run": True, "classes": ["cost_lines", "task_runs"]}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -232,6 +238,8 @@ def test_run_task_cleanup_dry_run(django_capture_on_commit_callbacks):
         (["sync_provider_cost_data", "--billing-period", "2024-13"], "must be YYYY-MM"),
         (["monitor_budget", "--billing-period", "2024-09"], "sync_provider_cost_data only"),
         (["monitor_budget", "--dry-run"], "cleanup_old_data only"),
+        (["cleanup_old_data", "--classes", "cost_lines,logs"], "unknown data class logs"),
+        (["monitor_budget", "--classes", "cost_lines"], "cleanup_old_data only"),
     ],
 )
 def test_run_task_refuses_bad_input(args, message):

@@ -7,7 +7,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from providers_app.models import CloudAccount
-from tasks_app.models import FINAL_STATES, RunState, TaskRun, TriggerKind
+from tasks_app.models import FINAL_STATES, RetentionDataClass, RunState, TaskRun, TriggerKind
 from tasks_app.services.runs import SCHEDULED_TASKS, task_enqueue
 
 PER_ACCOUNT = {
@@ -36,6 +36,10 @@ class Command(BaseCommand):
             "--force", action="store_true", help="sync_provider_cost_data only: reload unchanged exports"
         )
         parser.add_argument("--dry-run", action="store_true", help="cleanup_old_data only: count, delete nothing")
+        parser.add_argument(
+            "--classes",
+            help="cleanup_old_data only: comma-separated data classes (" + ", ".join(RetentionDataClass.values) + ")",
+        )
         parser.add_argument("--wait", action="store_true", help="wait for the outcome and print it")
         parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
 
@@ -47,11 +51,14 @@ class Command(BaseCommand):
         billing_period: str | None,
         force: bool,
         dry_run: bool,
+        classes: str | None,
         wait: bool,
         timeout: float,
         **options,
     ):
-        kwargs = self._task_kwargs(name, account=account, billing_period=billing_period, dry_run=dry_run)
+        kwargs = self._task_kwargs(
+            name, account=account, billing_period=billing_period, dry_run=dry_run, classes=classes
+        )
         if force:
             if name != "sync_provider_cost_data":
                 raise CommandError("--force applies to sync_provider_cost_data only")
@@ -74,7 +81,9 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(f"{name} did not succeed")
 
-    def _task_kwargs(self, name: str, *, account: str | None, billing_period: str | None, dry_run: bool) -> dict:
+    def _task_kwargs(
+        self, name: str, *, account: str | None, billing_period: str | None, dry_run: bool, classes: str | None = None
+    ) -> dict:
         kwargs: dict = {}
         if account is not None:
             if name not in PER_ACCOUNT:
@@ -96,6 +105,17 @@ class Command(BaseCommand):
             if name != "cleanup_old_data":
                 raise CommandError("--dry-run applies to cleanup_old_data only")
             kwargs["dry_run"] = True
+        if classes is not None:
+            if name != "cleanup_old_data":
+                raise CommandError("--classes applies to cleanup_old_data only")
+            wanted = [c.strip() for c in classes.split(",") if c.strip()]
+            unknown = sorted(set(wanted) - set(RetentionDataClass.values))
+            if unknown or not wanted:
+                raise CommandError(
+                    f"--classes: unknown data class {', '.join(unknown) or '(none given)'}; "
+                    f"known: {', '.join(RetentionDataClass.values)}"
+                )
+            kwargs["classes"] = wanted
         return kwargs
 
     def _wait(self, run: TaskRun, deadline: float) -> TaskRun:

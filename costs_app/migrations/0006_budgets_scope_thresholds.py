@@ -71,7 +71,7 @@ def budgets_backward(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('costs_app', '0004_tag_rollups'),
+        ('costs_app', '0005_optim_recommendation_lifecycle'),
         ('providers_app', '0001_initial'),
     ]
 
