@@ -1,11 +1,12 @@
 """Admin for the money: budgets and their alerts, channels (write-only targets), anomalies, recommendations, costs."""
 
+import math
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_email
 from django.db import transaction
 from django.db.models import Count, Q
@@ -19,6 +20,7 @@ from providers_app import focus_schema as focus
 from providers_app.admin import TRIGGER_PERMISSION, WriteOnlyField
 
 from .models import (
+    AlertDelivery,
     Anomaly,
     AnomalyDimension,
     AnomalyMonitor,
@@ -26,8 +28,10 @@ from .models import (
     Budget,
     BudgetAlert,
     ChannelKind,
+    CostAllocationTag,
     CostDailyRollup,
     CostLineItem,
+    DeliveryStatus,
     NotificationChannel,
     Recommendation,
 )
@@ -60,9 +64,25 @@ class NotificationChannelForm(forms.ModelForm):
         "leave empty to keep the current target.",
     )
 
+    signing_secret = WriteOnlyField(
+        label="Signing secret",
+        help_text="Generic webhooks: the HMAC-SHA256 key the receiver checks X-FinOps-Signature with (at least 16 "
+        "characters). Stored encrypted, never shown again; leave empty to keep the current key (by default one "
+        "derived from SECRET_KEY and the channel name).",
+    )
+    clear_signing_secret = forms.BooleanField(
+        required=False, label="Use the derived key", help_text="Forget the stored signing secret."
+    )
+
     class Meta:
         model = NotificationChannel
         fields = ("name", "kind", "target", "is_active", "notify_task_failures")
+
+    def clean_signing_secret(self):
+        secret = self.cleaned_data.get("signing_secret") or ""
+        if secret and len(secret) < 16:
+            raise forms.ValidationError("at least 16 characters")
+        return secret
 
     def clean(self):
         cleaned = super().clean()
@@ -90,6 +110,10 @@ class NotificationChannelForm(forms.ModelForm):
         target = self.cleaned_data.get("target")
         if target:
             channel.set_target(target)
+        if self.cleaned_data.get("signing_secret"):
+            channel.set_signing_secret(self.cleaned_data["signing_secret"])
+        elif self.cleaned_data.get("clear_signing_secret"):
+            channel.set_signing_secret("")
         if commit:
             channel.save()
             self.save_m2m()
@@ -102,83 +126,223 @@ class NotificationChannelAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "target_hint", "is_active", "notify_task_failures", "created_at")
     list_filter = ("kind", "is_active", "notify_task_failures")
     search_fields = ("name",)
-    fields = ("name", "kind", "target", "target_hint", "is_active", "notify_task_failures", "created_at")
-    readonly_fields = ("target_hint", "created_at")
+    fields = (
+        "name",
+        "kind",
+        "target",
+        "target_hint",
+        "signing_secret",
+        "clear_signing_secret",
+        "signing",
+        "is_active",
+        "notify_task_failures",
+        "created_at",
+    )
+    readonly_fields = ("target_hint", "signing", "created_at")
+
+    @admin.display(description="webhook signed with")
+    def signing(self, obj):
+        if obj.kind != ChannelKind.WEBHOOK:
+            return "-"
+        return "its own secret (encrypted)" if obj.signing_secret_ciphertext else "the key derived from SECRET_KEY"
 
 
 # --- Budgets and alerts ---
 
 
+class LinesField(forms.CharField):
+    """A list of strings edited as one value per line (names may contain commas, e.g. AWS service names)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 3, "cols": 60}))
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        return "\n".join(value) if isinstance(value, (list, tuple)) else value
+
+    def to_python(self, value):
+        if isinstance(value, (list, tuple)):
+            return [str(v).strip() for v in value if str(v).strip()]
+        return [line.strip() for line in (value or "").splitlines() if line.strip()]
+
+    def has_changed(self, initial, data):
+        return self.to_python(initial) != self.to_python(data)
+
+
+MAX_SCOPE_COMBINATIONS = 10_000
+
+
 class BudgetForm(forms.ModelForm):
+    sub_account_ids = LinesField(label="Sub-accounts", help_text="FOCUS SubAccountId values, one per line; empty: all.")
+    service_names = LinesField(label="Services", help_text="FOCUS ServiceName values, one per line; empty: all.")
+    region_ids = LinesField(label="Regions", help_text="FOCUS RegionId values (e.g. us-east-1), one per line.")
+    tag_values = LinesField(label="Tag values", help_text="Values of the tag key that count, one per line.")
+
     class Meta:
         model = Budget
         fields = (
             "name",
-            "account",
-            "service_name",
             "amount",
             "currency",
             "period",
+            "start_date",
+            "end_date",
+            "is_active",
+            "accounts",
+            "sub_account_ids",
+            "service_names",
+            "region_ids",
+            "tag_key",
+            "tag_values",
             "thresholds",
             "channels",
-            "is_active",
         )
+        widgets = {"thresholds": forms.Textarea(attrs={"rows": 6, "cols": 80})}
+        error_messages = {
+            "thresholds": {"required": 'a non-empty list, e.g. [50, 80, 100, {"value": 100, "basis": "forecasted"}]'}
+        }
 
-    def clean_thresholds(self):
-        thresholds = self.cleaned_data["thresholds"]
-        if not isinstance(thresholds, list) or not thresholds:
-            raise forms.ValidationError("a list of percentages, e.g. [50, 80, 100]")
-        try:
-            values = [Decimal(str(t)) for t in thresholds]
-        except (InvalidOperation, TypeError, ValueError):
-            raise forms.ValidationError("every threshold must be a number") from None
-        if any(v <= 0 for v in values):
-            raise forms.ValidationError("thresholds are positive percentages")
-        return sorted(set(thresholds), key=Decimal)
+    def clean(self):
+        cleaned = super().clean()
+        # The check expands a scope into every combination of its filter values; keep that a sane number.
+        sizes = [
+            len(cleaned.get("accounts") or []),
+            len(cleaned.get("sub_account_ids") or []),
+            len(cleaned.get("service_names") or []),
+            len(cleaned.get("region_ids") or []),
+            len(cleaned.get("tag_values") or []),
+        ]
+        combinations = math.prod(size or 1 for size in sizes)
+        if combinations > MAX_SCOPE_COMBINATIONS:
+            raise forms.ValidationError(
+                f"this scope has {combinations:,} combinations of accounts × sub-accounts × services × regions × "
+                f"tag values; at most {MAX_SCOPE_COMBINATIONS:,}: split the budget, or leave a filter empty"
+            )
+        return cleaned
 
 
 class BudgetAlertInline(admin.TabularInline):
     model = BudgetAlert
-    fields = ("period_start", "threshold", "spend", "percentage", "created_at", "notified_at", "resolved_at")
+    fields = (
+        "period_start",
+        "threshold_label",
+        "spend",
+        "forecast",
+        "percentage",
+        "forecast_percentage",
+        "created_at",
+        "delivery_status",
+        "resolved_at",
+    )
     readonly_fields = fields
     extra = 0
     max_num = 0
     can_delete = False
-    ordering = ("-period_start", "-threshold")
+    ordering = ("-period_start", "basis", "threshold")
     show_change_link = True
+
+    def get_queryset(self, request):
+        return _with_delivery_counts(super().get_queryset(request))
+
+    @admin.display(description="threshold")
+    def threshold_label(self, obj):
+        return obj.threshold_spec.label(obj.currency)
+
+    @admin.display(description="deliveries")
+    def delivery_status(self, obj):
+        return _delivery_summary(obj)
+
+
+def _with_delivery_counts(queryset):
+    return queryset.annotate(
+        sent_count=Count("deliveries", filter=Q(deliveries__status=DeliveryStatus.SENT)),
+        pending_count=Count("deliveries", filter=Q(deliveries__status=DeliveryStatus.PENDING)),
+        failed_count=Count("deliveries", filter=Q(deliveries__status=DeliveryStatus.FAILED)),
+    )
+
+
+def _delivery_summary(alert) -> str:
+    parts = [
+        f"{count} {label}"
+        for label, count in (
+            ("sent", getattr(alert, "sent_count", 0)),
+            ("pending", getattr(alert, "pending_count", 0)),
+            ("failed", getattr(alert, "failed_count", 0)),
+        )
+        if count
+    ]
+    return ", ".join(parts) or "no channel"
 
 
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
     form = BudgetForm
-    list_display = ("name", "account", "service_name", "amount", "currency", "period", "thresholds", "is_active")
-    list_filter = ("period", "is_active", "currency", "account")
-    search_fields = ("name", "service_name")
-    list_select_related = ("account",)
-    filter_horizontal = ("channels",)
-    readonly_fields = ("created_at",)
+    list_display = ("name", "scope", "amount", "currency", "period", "threshold_labels", "is_active")
+    list_filter = ("period", "is_active", "currency", "accounts")
+    search_fields = ("name", "tag_key")
+    filter_horizontal = ("accounts", "channels")
+    readonly_fields = ("created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "amount", "currency", "period", "start_date", "end_date", "is_active")}),
+        (
+            "Scope (empty filters match everything; filters combine with AND, values of one filter with OR)",
+            {"fields": ("accounts", "sub_account_ids", "service_names", "region_ids", "tag_key", "tag_values")},
+        ),
+        ("Alerts", {"fields": ("thresholds", "channels")}),
+        ("History", {"fields": ("created_at", "updated_at")}),
+    )
     inlines = (BudgetAlertInline,)
     actions = ("check_now",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("accounts")
+
+    @admin.display(description="scope")
+    def scope(self, obj):
+        return obj.scope_label([a.name for a in obj.accounts.all()])
+
+    @admin.display(description="thresholds")
+    def threshold_labels(self, obj):
+        try:
+            return ", ".join(t.label(obj.currency) for t in obj.threshold_list())
+        except ValidationError:
+            return "invalid (edit the budget)"
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        budget = form.instance
+        if budget.tag_key and not CostAllocationTag.objects.filter(key=budget.tag_key, is_active=True).exists():
+            # The check activates the tag key and backfills its rollups, in a worker rather than this request.
+            self._enqueue_check(request, [budget.id])
+            self.message_user(
+                request,
+                f"Tag {budget.tag_key!r} becomes a cost allocation tag: its spend is rolled up from the stored "
+                "cost lines by the budget check just queued.",
+            )
 
     def has_trigger_permission(self, request) -> bool:
         return request.user.has_perm(TRIGGER_PERMISSION)
 
     @admin.action(description="Check selected budgets now", permissions=["trigger"])
     def check_now(self, request, queryset):
+        ids = self._enqueue_check(request, list(queryset.values_list("id", flat=True)))
+        self.message_user(request, f"Enqueued monitor_budget for {len(ids)} budget(s)")
+
+    def _enqueue_check(self, request, budget_ids: list[int]) -> list[str]:
         from tasks_app.models import TriggerKind
         from tasks_app.services.runs import task_enqueue
 
         with transaction.atomic():
-            ids = [
+            return [
                 task_enqueue(
                     task_name="monitor_budget",
                     kwargs={"budget_id": budget_id},
                     triggered_by=TriggerKind.ADMIN,
                     user=request.user,
                 ).celery_task_id
-                for budget_id in queryset.values_list("id", flat=True)
+                for budget_id in budget_ids
             ]
-        self.message_user(request, f"Enqueued monitor_budget for {len(ids)} budget(s)")
 
 
 class NotifiedFilter(admin.SimpleListFilter):
@@ -194,12 +358,85 @@ class NotifiedFilter(admin.SimpleListFilter):
         return queryset
 
 
+class DeliveryProblemFilter(admin.SimpleListFilter):
+    title = "delivery"
+    parameter_name = "delivery"
+
+    def lookups(self, request, model_admin):
+        return (("failed", "Some channel gave up"), ("pending", "Some channel pending or retrying"))
+
+    def queryset(self, request, queryset):
+        if self.value() in (DeliveryStatus.FAILED, DeliveryStatus.PENDING):
+            return queryset.filter(deliveries__status=self.value()).distinct()
+        return queryset
+
+
+class AlertDeliveryInline(admin.TabularInline):
+    model = AlertDelivery
+    fields = ("channel", "status", "attempts", "last_error", "next_attempt_at", "last_attempt_at", "sent_at")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("budget", "period_start", "threshold", "spend", "percentage", "created_at", "notified_at")
-    list_filter = (NotifiedFilter, "period_start", "budget")
+    list_display = (
+        "budget",
+        "period_start",
+        "threshold_label",
+        "spend",
+        "forecast",
+        "percentage",
+        "forecast_percentage",
+        "currency",
+        "delivery_status",
+        "created_at",
+        "notified_at",
+    )
+    list_filter = (NotifiedFilter, DeliveryProblemFilter, "basis", "threshold_type", "period_start", "budget")
     list_select_related = ("budget",)
     date_hierarchy = "period_start"
+    inlines = (AlertDeliveryInline,)
+
+    def get_queryset(self, request):
+        return _with_delivery_counts(super().get_queryset(request))
+
+    @admin.display(description="threshold", ordering="threshold")
+    def threshold_label(self, obj):
+        return obj.threshold_spec.label(obj.currency)
+
+    @admin.display(description="deliveries")
+    def delivery_status(self, obj):
+        return _delivery_summary(obj)
+
+
+@admin.register(AlertDelivery)
+class AlertDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "alert",
+        "channel",
+        "status",
+        "attempts",
+        "last_error",
+        "next_attempt_at",
+        "last_attempt_at",
+        "sent_at",
+    )
+    list_filter = ("status", "channel")
+    list_select_related = ("alert__budget", "channel")
+    actions = ("retry_now",)
+
+    def has_trigger_permission(self, request) -> bool:
+        return request.user.has_perm(TRIGGER_PERMISSION)
+
+    @admin.action(description="Retry selected deliveries now (next budget check)", permissions=["trigger"])
+    def retry_now(self, request, queryset):
+        count = queryset.exclude(status=DeliveryStatus.SENT).update(
+            status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=timezone.now()
+        )
+        self.message_user(request, f"{count} delivery(ies) will be retried by the next budget check")
 
 
 # --- Anomalies and recommendations ---

@@ -1,8 +1,13 @@
 """The money: FOCUS cost lines and rollups, budgets and alerts, channels, anomalies, recommendations."""
 
-from decimal import Decimal
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -174,50 +179,292 @@ class BudgetPeriod(models.TextChoices):
     MONTHLY = "monthly", "Monthly"
     QUARTERLY = "quarterly", "Quarterly"
     ANNUAL = "annual", "Annual"
+    CUSTOM = "custom", "Fixed date range"
 
 
-def default_thresholds() -> list:
-    return [50, 80, 100]
+class ThresholdType(models.TextChoices):
+    PERCENTAGE = "percentage", "Percentage of the amount"
+    ABSOLUTE = "absolute", "Absolute amount"
+
+
+class SpendBasis(models.TextChoices):
+    """AWS Budgets' notification types: compare the threshold with the spend so far, or with the forecast."""
+
+    ACTUAL = "actual", "Actual spend"
+    FORECASTED = "forecasted", "Forecasted spend"
+
+
+_THRESHOLD_TYPES = frozenset(ThresholdType.values)
+_SPEND_BASES = frozenset(SpendBasis.values)
+CENT = Decimal("0.01")
+THRESHOLD_MAX_PERCENT = Decimal(10_000)
+THRESHOLD_MAX_AMOUNT = Decimal(10) ** 18
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One entry of Budget.thresholds: `value` percent of the amount, or `value` in the budget's currency."""
+
+    type: str
+    value: Decimal
+    basis: str
+
+    def limit(self, amount: Decimal) -> Decimal:
+        """The spend at which this threshold is reached."""
+        return amount * self.value / 100 if self.type == ThresholdType.PERCENTAGE else self.value
+
+    def label(self, currency: str = "") -> str:
+        value = plain(self.value)
+        shown = f"{value}%" if self.type == ThresholdType.PERCENTAGE else f"{value} {currency}".strip()
+        return f"{shown} {self.basis}"
+
+    def as_json(self) -> dict:
+        return {"type": self.type, "value": plain(self.value), "basis": self.basis}
+
+
+def plain(value: Decimal) -> str:
+    """80.00 -> "80", 12.50 -> "12.5": a Decimal as people write it."""
+    return format(value.normalize(), "f")
+
+
+def default_thresholds() -> list[dict]:
+    """50, 80 and 100 % of actual spend, and 100 % of forecasted spend (AWS Budgets' defaults)."""
+    return [Threshold(ThresholdType.PERCENTAGE, Decimal(v), SpendBasis.ACTUAL).as_json() for v in (50, 80, 100)] + [
+        Threshold(ThresholdType.PERCENTAGE, Decimal(100), SpendBasis.FORECASTED).as_json()
+    ]
+
+
+THRESHOLDS_HELP = (
+    'A JSON list; each entry {"type": "percentage" or "absolute", "value": number, "basis": "actual" or '
+    '"forecasted"}. A bare number means a percentage of actual spend. Default: 50, 80, 100 % actual and '
+    "100 % forecasted."
+)
+
+
+def thresholds_parse(raw) -> list[Threshold]:
+    """Budget.thresholds as Threshold objects, sorted and without duplicates; ValidationError names each bad entry."""
+    if not isinstance(raw, list) or not raw:
+        raise ValidationError(
+            'a non-empty list, e.g. [50, 80, {"type": "percentage", "value": 100, "basis": "forecasted"}]'
+        )
+    parsed, errors = set(), []
+    for position, item in enumerate(raw, start=1):
+        try:
+            parsed.add(_threshold_parse(item))
+        except ValueError as exc:
+            errors.append(ValidationError(f"threshold {position} ({_shown(item)}): {exc}"))
+    if errors:
+        raise ValidationError(errors)
+    return sorted(parsed, key=lambda t: (t.basis, t.type, t.value))
+
+
+def _shown(item) -> str:
+    text = json.dumps(item, default=str) if not isinstance(item, str) else repr(item)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _threshold_parse(item) -> Threshold:
+    if isinstance(item, bool):
+        raise ValueError("a number or an object, not true/false")
+    if isinstance(item, (int, float, str, Decimal)):
+        item = {"value": item}
+    if not isinstance(item, dict):
+        raise ValueError('a number or an object with "type", "value" and "basis"')
+    unknown = set(item) - {"type", "value", "basis"}
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: type, value, basis")
+    kind = item.get("type", ThresholdType.PERCENTAGE)
+    if kind not in _THRESHOLD_TYPES:
+        raise ValueError(f'type must be "percentage" or "absolute", not {kind!r}')
+    basis = item.get("basis", SpendBasis.ACTUAL)
+    if basis not in _SPEND_BASES:
+        raise ValueError(f'basis must be "actual" or "forecasted", not {basis!r}')
+    if "value" not in item or isinstance(item["value"], bool):
+        raise ValueError("a numeric value is required")
+    try:
+        value = Decimal(str(item["value"]).strip())
+    except (InvalidOperation, ValueError):
+        raise ValueError(f"value {item['value']!r} is not a number") from None
+    if not value.is_finite() or value <= 0:
+        raise ValueError("the value must be a positive number")
+    if value != value.quantize(CENT):
+        raise ValueError("the value may have at most 2 decimal places")
+    if kind == ThresholdType.PERCENTAGE and value > THRESHOLD_MAX_PERCENT:
+        raise ValueError(f"a percentage above {THRESHOLD_MAX_PERCENT}% is surely a mistake")
+    if kind == ThresholdType.ABSOLUTE and value >= THRESHOLD_MAX_AMOUNT:
+        raise ValueError("the amount is too large")
+    return Threshold(kind, value.quantize(CENT), basis)
+
+
+def _clean_list(values) -> list[str]:
+    """Strip, drop empty entries and duplicates, keep the order given."""
+    seen: dict[str, None] = {}
+    for value in values or []:
+        text = str(value).strip()
+        if text:
+            seen.setdefault(text, None)
+    return list(seen)
 
 
 class Budget(models.Model):
+    """An amount per period for a scope of spend, with thresholds that alert once per period.
+
+    Scope: every filter left empty matches everything; filters combine with AND, the values of one
+    filter with OR (AWS Budgets' cost filters). Spend is FOCUS BilledCost in the budget's currency,
+    read from the daily rollups (CostDailyRollup, or CostTagRollup when a tag filter is set).
+    """
+
     name = models.CharField(max_length=200, unique=True)
-    # Scope: one account, or all accounts when empty; optional service filter.
-    account = models.ForeignKey(CloudAccount, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets")
-    service_name = models.CharField(max_length=200, blank=True)
     amount = models.DecimalField(max_digits=20, decimal_places=2, validators=[MinValueValidator(Decimal("0.01"))])
-    currency = models.CharField(max_length=3, default="USD")
+    currency = models.CharField(max_length=3, default="USD", help_text="Only spend billed in this currency counts.")
     period = models.CharField(max_length=16, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTHLY)
-    thresholds = models.JSONField(
-        default=default_thresholds, help_text="Percentages of the amount, e.g. [50, 80, 100]."
+    start_date = models.DateField(null=True, blank=True, help_text="Fixed date range budgets: first day.")
+    end_date = models.DateField(null=True, blank=True, help_text="Fixed date range budgets: last day (included).")
+    # Scope
+    accounts = models.ManyToManyField(
+        CloudAccount, blank=True, related_name="budgets", help_text="Empty: every account."
     )
+    sub_account_ids = ArrayField(
+        models.TextField(blank=True), default=list, blank=True, help_text="FOCUS SubAccountId values; empty: all."
+    )
+    service_names = ArrayField(
+        models.TextField(blank=True), default=list, blank=True, help_text="FOCUS ServiceName values."
+    )
+    region_ids = ArrayField(models.TextField(blank=True), default=list, blank=True, help_text="FOCUS RegionId values.")
+    tag_key = models.CharField(
+        max_length=256, blank=True, help_text="Filter by this tag (made a cost allocation tag and backfilled)."
+    )
+    tag_values = ArrayField(
+        models.TextField(blank=True), default=list, blank=True, help_text="Values of the tag that count."
+    )
+    thresholds = models.JSONField(default=default_thresholds, help_text=THRESHOLDS_HELP)
     channels = models.ManyToManyField(NotificationChannel, blank=True, related_name="budgets")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
+        if self.period == BudgetPeriod.CUSTOM:
+            return f"{self.name}: {self.amount} {self.currency} from {self.start_date} to {self.end_date}"
         return f"{self.name}: {self.amount} {self.currency}/{self.period}"
+
+    def clean(self) -> None:
+        errors: dict[str, list] = {}
+        self.currency = (self.currency or "").strip().upper()
+        if not CURRENCY_RE.match(self.currency):
+            errors.setdefault("currency", []).append("a three-letter ISO 4217 code such as USD or EUR")
+        if self.period == BudgetPeriod.CUSTOM:
+            if self.start_date is None:
+                errors.setdefault("start_date", []).append("a fixed date range budget needs a start date")
+            if self.end_date is None:
+                errors.setdefault("end_date", []).append("a fixed date range budget needs an end date")
+            if self.start_date and self.end_date and self.end_date < self.start_date:
+                errors.setdefault("end_date", []).append("the end date is before the start date")
+        elif self.start_date or self.end_date:
+            errors.setdefault("period", []).append(
+                "start and end dates are for fixed date range budgets only; choose that period or clear the dates"
+            )
+        self.sub_account_ids = _clean_list(self.sub_account_ids)
+        self.service_names = _clean_list(self.service_names)
+        self.region_ids = _clean_list(self.region_ids)
+        self.tag_key = (self.tag_key or "").strip()
+        self.tag_values = _clean_list(self.tag_values)
+        if self.tag_values and not self.tag_key:
+            errors.setdefault("tag_key", []).append("tag values are given but no tag key")
+        if self.tag_key and not self.tag_values:
+            errors.setdefault("tag_values", []).append(f"list the values of tag {self.tag_key!r} that count")
+        try:
+            self.thresholds = [t.as_json() for t in thresholds_parse(self.thresholds)]
+        except ValidationError as exc:
+            errors.setdefault("thresholds", []).extend(exc.messages)
+        if errors:
+            raise ValidationError(errors)
+
+    def threshold_list(self) -> list[Threshold]:
+        return thresholds_parse(self.thresholds)
+
+    def scope_label(self, account_names: list[str] | None = None) -> str:
+        """The scope in words, e.g. "accounts prod; services Amazon EC2; tag team = web, api"."""
+        parts = []
+        if account_names:
+            parts.append(f"account{'s' if len(account_names) > 1 else ''} {', '.join(account_names)}")
+        for label, values in (
+            ("sub-account", self.sub_account_ids),
+            ("service", self.service_names),
+            ("region", self.region_ids),
+        ):
+            if values:
+                parts.append(f"{label}{'s' if len(values) > 1 else ''} {', '.join(values)}")
+        if self.tag_key:
+            parts.append(f"tag {self.tag_key} = {', '.join(self.tag_values)}")
+        return "; ".join(parts) or "all spend"
 
 
 class BudgetAlert(models.Model):
+    """A threshold reached in one budget period; created once (budget_alert_once), with the figures of that moment."""
+
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     period_start = models.DateField()
-    threshold = models.DecimalField(max_digits=7, decimal_places=2)
-    spend = models.DecimalField(**MONEY)
-    percentage = models.DecimalField(max_digits=12, decimal_places=2)
+    period_end = models.DateField(null=True, blank=True, help_text="Last day of the period (included).")
+    threshold_type = models.CharField(max_length=16, choices=ThresholdType.choices, default=ThresholdType.PERCENTAGE)
+    basis = models.CharField(max_length=16, choices=SpendBasis.choices, default=SpendBasis.ACTUAL)
+    threshold = models.DecimalField(max_digits=22, decimal_places=2, help_text="Percent, or an amount (see type).")
+    threshold_amount = models.DecimalField(null=True, blank=True, help_text="The threshold in money.", **MONEY)
+    budget_amount = models.DecimalField(max_digits=20, decimal_places=2, null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    spend = models.DecimalField(help_text="Actual spend of the period when the alert was created.", **MONEY)
+    forecast = models.DecimalField(null=True, blank=True, help_text="Forecast for the whole period, then.", **MONEY)
+    percentage = models.DecimalField(max_digits=20, decimal_places=2, help_text="Actual spend, % of the amount.")
+    forecast_percentage = models.DecimalField(max_digits=20, decimal_places=2, null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
-    notified_at = models.DateTimeField(null=True, blank=True)
-    notification_errors = models.JSONField(default=list, blank=True)
-    resolved_at = models.DateTimeField(null=True, blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True, help_text="First successful delivery.")
+    resolved_at = models.DateTimeField(null=True, blank=True, help_text="Set when the period is over.")
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["budget", "period_start", "threshold"], name="budget_alert_once")
+            models.UniqueConstraint(
+                fields=["budget", "period_start", "basis", "threshold_type", "threshold"], name="budget_alert_once"
+            )
         ]
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"{self.budget.name}: {self.threshold}% of {self.period_start:%Y-%m} reached ({self.percentage}%)"
+        return f"{self.budget.name}: {self.threshold_spec.label(self.currency)} of period {self.period_start} reached"
+
+    @property
+    def threshold_spec(self) -> Threshold:
+        return Threshold(self.threshold_type, self.threshold, self.basis)
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending (or waiting to retry)"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed (gave up)"
+
+
+class AlertDelivery(models.Model):
+    """One alert to one channel: attempts, errors and the next retry, so a failing channel is retried and visible."""
+
+    alert = models.ForeignKey(BudgetAlert, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.ForeignKey(NotificationChannel, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    attempts = models.IntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    # [{"at": ISO time, "error": message}] per failed attempt; bounded by BUDGET_NOTIFY_MAX_ATTEMPTS.
+    attempt_log = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["alert", "channel"], name="alert_delivery_once")]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="alert_delivery_due_idx")]
+        verbose_name_plural = "alert deliveries"
+
+    def __str__(self) -> str:
+        return f"alert {self.alert_id} → channel {self.channel_id}: {self.status} after {self.attempts} attempt(s)"
 
 
 class AnomalyDimension(models.TextChoices):

@@ -230,6 +230,23 @@ EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.smtp.Ema
 EMAIL_HOST = env("EMAIL_HOST", default="localhost")
 EMAIL_PORT = env.int("EMAIL_PORT", default=25)
 NOTIFICATION_TIMEOUT = env.float("NOTIFICATION_TIMEOUT", default=10.0)
+# A failed alert delivery is retried after base * 2**(n-1) seconds (60, 120, 240, 480, 960), at most this many
+# attempts in all; then it is marked failed (visible in the admin, retriable from there).
+BUDGET_NOTIFY_MAX_ATTEMPTS = env.int("BUDGET_NOTIFY_MAX_ATTEMPTS", default=6)
+BUDGET_NOTIFY_RETRY_BASE = env.float("BUDGET_NOTIFY_RETRY_BASE", default=60.0)
+# Deliveries one monitor_budget run sends at most; the rest go in the follow-up run.
+BUDGET_DELIVERY_BATCH = env.int("BUDGET_DELIVERY_BATCH", default=2000)
+
+# --- Budgets (monitor_budget) ---
+# The forecast's run rate: the last 7 days of data, shaped by weekday from the last LOOKBACK days (see
+# costs_app/services/budgets.py). No forecast (and no FORECASTED alert) from fewer than MIN_DAYS days of data.
+BUDGET_FORECAST_LOOKBACK_DAYS = env.int("BUDGET_FORECAST_LOOKBACK_DAYS", default=28)
+BUDGET_FORECAST_MIN_DAYS = env.int("BUDGET_FORECAST_MIN_DAYS", default=7)
+# Cost data arrives a day or two late: a period that ended fewer than this many days ago is still checked
+# against its actual spend, and its alerts are resolved only afterwards.
+BUDGET_LATE_DATA_DAYS = env.int("BUDGET_LATE_DATA_DAYS", default=3)
+# PostgreSQL work_mem for the check's one aggregate statement (sorts and hashes of the rollups stay in memory).
+BUDGET_CHECK_WORK_MEM = env("BUDGET_CHECK_WORK_MEM", default="64MB")
 
 # --- Analysis ---
 # Anomalies (costs_app/services/anomalies.py). Baseline: whole weeks, so every weekday is in it equally often.

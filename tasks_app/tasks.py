@@ -46,8 +46,41 @@ def discover_provider_resources(self, account_id: int | None = None) -> dict:
 
 
 @shared_task(name="monitor_budget", base=FinOpsTask, bind=True, lock_on="account_id")
-def monitor_budget(self, account_id: int | None = None, budget_id: int | None = None) -> dict:
-    return budgets.budgets_check(account_id=account_id, budget_id=budget_id, now=timezone.now()).as_dict()
+def monitor_budget(
+    self, account_id: int | None = None, budget_id: int | None = None, deliveries_only: bool = False
+) -> dict:
+    now = timezone.now()
+    if deliveries_only:
+        result = budgets.budget_alerts_deliver(now=now)
+    else:
+        result = budgets.budgets_check(account_id=account_id, budget_id=budget_id, now=now)
+    if result.next_delivery_at is not None:
+        _deliveries_follow_up(self, at=result.next_delivery_at, now=now)
+    return result.as_dict()
+
+
+def _deliveries_follow_up(task: FinOpsTask, *, at, now) -> None:
+    """A delivery waits to be retried: one deliveries-only run at that time (not an hour later, at the next check).
+
+    A Redis key remembers the follow-up already scheduled, so concurrent runs do not stack them up.
+    """
+    from .platform import redis_client
+
+    key = "finops:monitor_budget:deliveries-follow-up"
+    scheduled = redis_client().get(key)
+    # A follow-up due before this one is enough; one due in the past is running (or this is it).
+    if scheduled is not None and now.timestamp() < float(scheduled) <= at.timestamp() + 1:
+        return
+    delay = max((at - now).total_seconds(), 1.0)
+    redis_client().set(key, at.timestamp(), ex=int(delay) + 60)
+    runs.task_enqueue(
+        task_name=task.name,
+        kwargs={"deliveries_only": True},
+        triggered_by=TriggerKind.PARENT,
+        trigger_detail=task.request.id or "",
+        parent_id=getattr(task.request, "run_id", None),
+        countdown=delay,
+    )
 
 
 @shared_task(name="analyze_optimization_opportunities", base=FinOpsTask, bind=True, lock_on="account_id")

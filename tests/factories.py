@@ -6,7 +6,7 @@ from decimal import Decimal
 import factory
 from django.contrib.auth import get_user_model
 
-from costs_app.models import Budget, ChannelKind, CostLineItem, NotificationChannel
+from costs_app.models import Budget, ChannelKind, CostLineItem, NotificationChannel, thresholds_parse
 from providers_app.models import CloudAccount, Provider, Resource
 
 
@@ -83,9 +83,22 @@ class NotificationChannelFactory(factory.django.DjangoModelFactory):
 
 
 class BudgetFactory(factory.django.DjangoModelFactory):
+    """`account=` (one) or `accounts=` (several) scope it; `thresholds` may use the shorthand (bare percentages)."""
+
     class Meta:
         model = Budget
 
     name = factory.Sequence(lambda n: f"budget-{n}")
     amount = Decimal("1000.00")
     currency = "USD"
+
+    @classmethod
+    def _create(cls, model_class, *args, account=None, accounts=(), thresholds=None, **kwargs):
+        if thresholds is not None:
+            kwargs["thresholds"] = [t.as_json() for t in thresholds_parse(thresholds)]
+        budget = model_class(*args, **kwargs)
+        budget.save()
+        scoped = ([account] if account is not None else []) + list(accounts)
+        if scoped:
+            budget.accounts.set(scoped)
+        return budget

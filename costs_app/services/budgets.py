@@ -1,42 +1,127 @@
-"""Budget monitoring: actual spend per budget period, threshold alerts created once, sent to the budget's channels."""
+"""Budget monitoring: actual and forecasted spend per budget period, alerts created once, delivered with retries.
 
+What one run (`budgets_check`) does, in a fixed number of SQL statements whatever the number of budgets:
+
+1. Loads the active budgets (with their accounts and channels) and makes every tag key a budget filters
+   on an active cost allocation tag; a key activated now has its tag rollups backfilled first.
+2. Finds the periods to evaluate: the calendar month, quarter or year containing today (UTC), or the
+   budget's fixed date range; plus the period that ended fewer than BUDGET_LATE_DATA_DAYS ago, because
+   cost data arrives late (only its actual spend counts: it is over, so its forecast is its actual).
+3. Sums the spend of every budget × period in ONE aggregate query over the daily rollups
+   (CostDailyRollup; CostTagRollup for budgets with a tag filter), never over raw cost lines. A budget's
+   scope is expanded to the combinations of its filter values (accounts × sub-accounts × services ×
+   regions × tag values; an empty filter is a wildcard) and joined by equality to the rollups grouped by
+   exactly the filtered dimensions (GROUPING SETS), so the join is a hash join, not a scan per budget.
+   Days far from today are first summed into segments between the period boundaries; the last
+   BUDGET_FORECAST_LOOKBACK_DAYS days stay daily for the forecast.
+4. Forecasts each open period (below) and creates the alerts of the thresholds reached, with one
+   `INSERT ... ON CONFLICT DO NOTHING` against the unique constraint budget × period × basis × type ×
+   threshold: an alert exists once, however often or concurrently the check runs, and records the
+   spend, forecast and percentages of the moment it was created.
+5. Creates one AlertDelivery per new alert × active channel of its budget, resolves the alerts of periods
+   that are over, and sends what is due (`budget_alerts_deliver`).
+
+Spend is FOCUS BilledCost in the budget's currency (other currencies are not converted, they do not count).
+
+The forecast (the period-end projection, AWS Budgets' FORECASTED spend):
+
+    forecast = actual spend to date + Σ over the days left in the period of  max(0, level × weekday factor)
+
+- actual spend to date = every rollup day of the period (days dated after today included, if any).
+- The data day (`as_of`) is the latest day with cost data among the budget's accounts (all accounts for
+  a budget without an account filter); normally yesterday or today. Days after it are not known yet, so
+  they are projected, even those already past (cost data lags by a day or two).
+- level = mean daily spend of the last 7 days up to `as_of` (fewer when there is less data).
+- weekday factor = the mean spend on that weekday ÷ the mean of the seven weekday means, over the last
+  BUDGET_FORECAST_LOOKBACK_DAYS days (28: four of each weekday). Used only when the data covers at least
+  14 days (two of each weekday); otherwise every factor is 1, a flat run rate. Weekends of a workload
+  that sleeps on Saturday and Sunday are then projected low, not at the weekday rate.
+- The window may reach back before the period start: on the 2nd of the month the run rate comes from
+  last month's days, not from one day of this month.
+- Too little data: with fewer than BUDGET_FORECAST_MIN_DAYS days of data (a new account), or no data in
+  the lookback window, there is no forecast and FORECASTED thresholds are not evaluated.
+- A day of data is a calendar day from the first day the budget's accounts have data in the window to
+  `as_of`; a day without rollup rows in between counts as zero spend.
+"""
+
+import itertools
+import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.db.models import Prefetch
+from django.db.models import Count
 
-from costs_app.models import Budget, BudgetAlert, BudgetPeriod, NotificationChannel
+from costs_app.models import (
+    CENT,
+    Budget,
+    BudgetAlert,
+    BudgetPeriod,
+    CostAllocationTag,
+    CostDailyRollup,
+    CostTagRollup,
+    DeliveryStatus,
+    NotificationChannel,
+    SpendBasis,
+    Threshold,
+    plain,
+)
 
-from .notifications import channels_notify
+from .ingest import cost_allocation_tags_activate
+from .notifications import channel_send, error_is_retryable, error_text
 
 logger = logging.getLogger(__name__)
 
-CENT = Decimal("0.01")
 _MONTHS_PER_PERIOD = {BudgetPeriod.MONTHLY: 1, BudgetPeriod.QUARTERLY: 3, BudgetPeriod.ANNUAL: 12}
+DIMENSIONS = ("account_id", "sub_account_id", "service_name", "region_id")
+ALL_UNFILTERED = (1 << len(DIMENSIONS)) - 1
+# Weekday factors need every weekday seen at least twice.
+WEEKDAY_PATTERN_MIN_DAYS = 14
+RECENT_DAYS = 7
+ONE_DAY = timedelta(days=1)
 
 
 @dataclass
 class BudgetCheckResult:
     budgets_checked: int = 0
+    periods_checked: int = 0
+    invalid_budgets: int = 0
     alerts_created: int = 0
     alerts_resolved: int = 0
+    over_budget: int = 0
+    forecast_over_budget: int = 0
+    tag_keys_activated: list[str] = field(default_factory=list)
     notifications_sent: int = 0
     notification_errors: int = 0
-    over_budget: int = 0
+    deliveries_failed: int = 0
+    deliveries_pending: int = 0
+    next_delivery_at: datetime | None = None
 
     def as_dict(self) -> dict:
         return {
             "budgets_checked": self.budgets_checked,
+            "periods_checked": self.periods_checked,
+            "invalid_budgets": self.invalid_budgets,
             "alerts_created": self.alerts_created,
             "alerts_resolved": self.alerts_resolved,
+            "over_budget": self.over_budget,
+            "forecast_over_budget": self.forecast_over_budget,
+            "tag_keys_activated": list(self.tag_keys_activated),
             "notifications_sent": self.notifications_sent,
             "notification_errors": self.notification_errors,
-            "over_budget": self.over_budget,
+            "deliveries_failed": self.deliveries_failed,
+            "deliveries_pending": self.deliveries_pending,
+            "next_delivery_at": self.next_delivery_at.isoformat() if self.next_delivery_at else None,
         }
+
+
+# --- Periods ---
 
 
 def period_bounds(period: str, today: date) -> tuple[date, date]:
@@ -49,209 +134,688 @@ def period_bounds(period: str, today: date) -> tuple[date, date]:
     return start, end
 
 
+def budget_periods(budget: Budget, today: date, *, late_days: int) -> list[tuple[date, date]]:
+    """The [start, end) periods of `budget` checked today: the current one, and the previous one while late
+    data may still arrive for it (it ended fewer than `late_days` days ago)."""
+    if budget.period == BudgetPeriod.CUSTOM:
+        if budget.start_date is None or budget.end_date is None:
+            return []
+        start, end = budget.start_date, budget.end_date + ONE_DAY
+        return [(start, end)] if start <= today < end + timedelta(days=late_days) else []
+    current = period_bounds(budget.period, today)
+    previous = period_bounds(budget.period, current[0] - ONE_DAY)
+    return [previous, current] if today < previous[1] + timedelta(days=late_days) else [current]
+
+
+def _days_per_weekday(first: date, last: date) -> list[int]:
+    """How many Mondays, Tuesdays, ... Sundays [first, last] holds (index 0 = Monday)."""
+    days = (last - first).days + 1
+    if days <= 0:
+        return [0] * 7
+    counts = [days // 7] * 7
+    for offset in range(days % 7):
+        counts[(first.weekday() + offset) % 7] += 1
+    return counts
+
+
+# --- Spend and forecast ---
+
+
 @dataclass
-class _BudgetSpend:
+class PeriodSpend:
+    """One budget × period: its actual spend so far and its forecast (None: not enough data)."""
+
     budget: Budget
     period_start: date
-    period_end: date
-    spend: Decimal
-    last_day: date | None
+    period_end: date  # exclusive
+    actual: Decimal = Decimal(0)
+    forecast: Decimal | None = None
+    as_of: date | None = None
+    window_start: date | None = None
+    recent_start: date | None = None
+    weekday_sums: list[Decimal] = field(default_factory=lambda: [Decimal(0)] * 7)
+    recent_sum: Decimal = Decimal(0)
+
+    @property
+    def last_day(self) -> date:
+        return self.period_end - ONE_DAY
+
+    def percent_of_budget(self, value: Decimal | None) -> Decimal | None:
+        if value is None or self.budget.amount <= 0:  # the model forbids 0; a raw insert must not crash the run
+            return None
+        return (value * 100 / self.budget.amount).quantize(CENT, rounding=ROUND_HALF_UP)
 
     @property
     def percentage(self) -> Decimal:
-        if self.budget.amount <= 0:  # the model forbids it; a raw insert must not crash the whole run
-            return Decimal(0)
-        return (self.spend * 100 / self.budget.amount).quantize(CENT, rounding=ROUND_HALF_UP)
-
-    @property
-    def forecast(self) -> Decimal:
-        """Straight-line projection to the period end from the days with data so far."""
-        if self.last_day is None:
-            return Decimal(0)
-        elapsed = (self.last_day - self.period_start).days + 1
-        total = (self.period_end - self.period_start).days
-        return (self.spend * total / elapsed).quantize(CENT, rounding=ROUND_HALF_UP)
+        return self.percent_of_budget(self.actual) or Decimal(0)
 
 
-# Rollups are first summed per account × service × currency × month over the span all budgets need
-# (every budget period is month-aligned), so the budget join works on that small set, not on days.
+def spend_forecast(spend: PeriodSpend, *, min_days: int) -> Decimal | None:
+    """The period-end projection described in the module docstring; None with too little data."""
+    if spend.as_of is None or spend.window_start is None:
+        return None
+    observed = (spend.as_of - spend.window_start).days + 1
+    if observed < min_days:
+        return None
+    first_left = max(spend.as_of + ONE_DAY, spend.period_start)
+    if first_left >= spend.period_end:
+        return spend.actual  # the period is over (for its data): nothing left to project
+    recent_days = (spend.as_of - spend.recent_start).days + 1
+    level = spend.recent_sum / recent_days
+    factors = [Decimal(1)] * 7
+    if observed >= WEEKDAY_PATTERN_MIN_DAYS:
+        counts = _days_per_weekday(spend.window_start, spend.as_of)
+        means = [total / count for total, count in zip(spend.weekday_sums, counts, strict=True)]
+        mean_of_means = sum(means) / 7
+        if mean_of_means > 0:
+            factors = [mean / mean_of_means for mean in means]
+    left = _days_per_weekday(first_left, spend.last_day)
+    projected = sum((max(level * factor, Decimal(0)) * days for factor, days in zip(factors, left, strict=True)),
+                    Decimal(0))  # fmt: skip
+    return spend.actual + projected
+
+
+# The spend of every budget × period in one statement. `ev` holds the periods, `tu` the budgets' scopes
+# expanded to equality tuples (0 / '' where a dimension is not filtered: `mask` has a 1 bit for each such
+# dimension, in GROUPING()'s order), `buckets` maps each day to its bucket: itself in the daily zone (the
+# forecast window), else the start of the segment between period boundaries that holds it.
 _SPEND_SQL = """
-WITH b AS (
-    SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::date[], %s::date[])
-        AS b(budget_id, account_id, service_name, currency, period_start, period_end)
-), monthly AS (
-    SELECT r.account_id, r.service_name, r.billing_currency, date_trunc('month', r.day)::date AS month,
-           SUM(r.billed_cost) AS cost, MAX(r.day) AS last_day
-    FROM costs_app_costdailyrollup r
-    WHERE r.day >= (SELECT MIN(period_start) FROM b) AND r.day < (SELECT MAX(period_end) FROM b)
-      AND r.billing_currency IN (SELECT currency FROM b)
-    GROUP BY 1, 2, 3, 4
+WITH ev AS (
+    SELECT * FROM jsonb_to_recordset(%(ev)s::jsonb)
+        AS ev(eval_id int, budget_id bigint, currency text, lo date, actual_from date, actual_to date,
+              window_from date, recent_from date, as_of date)
+), tu AS (
+    SELECT * FROM jsonb_to_recordset(%(tu)s::jsonb)
+        AS tu(budget_id bigint, mask int, account_id bigint, sub_account_id text, service_name text, region_id text,
+              tag_key text, tag_value text)
+), buckets AS (
+    SELECT d::date AS day,
+           CASE WHEN d BETWEEN %(daily_from)s::date AND %(daily_to)s::date THEN d::date
+                ELSE (SELECT max(p) FROM unnest(%(breaks)s::date[]) AS p WHERE p <= d) END AS bucket
+    FROM generate_series(%(span_from)s::date, %(span_to)s::date, interval '1 day') AS d
+), data AS (
+    {data}
 )
-SELECT b.budget_id, COALESCE(SUM(m.cost), 0), MAX(m.last_day)
-FROM b
-LEFT JOIN monthly m
-       ON m.month >= b.period_start AND m.month < b.period_end
-      AND m.billing_currency = b.currency
-      AND (b.account_id IS NULL OR m.account_id = b.account_id)
-      AND (b.service_name = '' OR m.service_name = b.service_name)
-GROUP BY b.budget_id
+SELECT e.eval_id,
+       SUM(d.cost) FILTER (WHERE d.bucket BETWEEN e.actual_from AND e.actual_to),
+       SUM(d.cost) FILTER (WHERE d.bucket BETWEEN e.recent_from AND e.as_of),
+       {weekdays}
+FROM ev e
+JOIN tu t ON t.budget_id = e.budget_id
+LEFT JOIN data d
+       ON d.mask = t.mask AND d.currency = e.currency AND d.account_id = t.account_id
+      AND d.sub_account_id = t.sub_account_id AND d.service_name = t.service_name AND d.region_id = t.region_id
+      AND d.tag_key = t.tag_key AND d.tag_value = t.tag_value
+      AND d.bucket >= e.lo AND d.bucket <= e.actual_to
+GROUP BY e.eval_id
 """
 
-# The unique constraint budget_alert_once decides which run creates an alert: a concurrent run's
-# identical INSERT does nothing, and RETURNING tells each run exactly which rows it created.
+_DATA_SQL = """
+    SELECT {mask} AS mask, {columns}, {tag_columns}, r.billing_currency AS currency, b.bucket,
+           SUM(r.billed_cost) AS cost
+    FROM {table} r JOIN buckets b ON b.day = r.day
+    WHERE r.day BETWEEN %(span_from)s AND %(span_to)s AND r.billing_currency = ANY(%(currencies)s) {tag_filter}
+    GROUP BY r.billing_currency, b.bucket, {tag_select} GROUPING SETS ({sets})
+"""
+
+_WEEKDAY_SQL = (
+    "SUM(d.cost) FILTER (WHERE d.bucket BETWEEN e.window_from AND e.as_of AND extract(isodow FROM d.bucket) = {n})"
+)
+
+
+def _bit(index: int) -> int:
+    return 1 << (len(DIMENSIONS) - 1 - index)
+
+
+def _source_sql(masks: set[int], *, tags: bool) -> str:
+    """The rollups of one table grouped by exactly the dimensions each budget shape filters on."""
+    sets = []
+    for mask in sorted(masks):
+        columns = [f"r.{dim}" for i, dim in enumerate(DIMENSIONS) if not mask & _bit(i)]
+        sets.append(f"({', '.join(columns)})")
+    # GROUPING() and the column itself are only allowed for columns some set groups by; the others are
+    # constant: never grouped (bit 1) and the wildcard value.
+    used = [any(not mask & _bit(i) for mask in masks) for i in range(len(DIMENSIONS))]
+    mask_sql = " + ".join(
+        f"GROUPING(r.{dim}) * {_bit(i)}" if used[i] else str(_bit(i)) for i, dim in enumerate(DIMENSIONS)
+    )
+    wildcards = [("0" if dim == "account_id" else "''") for dim in DIMENSIONS]
+    columns = ", ".join(
+        f"COALESCE(r.{dim}, {wildcards[i]}) AS {dim}" if used[i] else f"{wildcards[i]} AS {dim}"
+        for i, dim in enumerate(DIMENSIONS)
+    )
+    return _DATA_SQL.format(
+        mask=mask_sql,
+        columns=columns,
+        tag_columns="r.tag_key, r.tag_value" if tags else "''::text AS tag_key, ''::text AS tag_value",
+        table=(CostTagRollup if tags else CostDailyRollup)._meta.db_table,
+        tag_filter="AND r.tag_key = ANY(%(tag_keys)s) AND r.tag_value = ANY(%(tag_values)s)" if tags else "",
+        tag_select="r.tag_key, r.tag_value," if tags else "",
+        sets=", ".join(sets),
+    )
+
+
+def _data_sql(plain_masks: set[int], tag_masks: set[int]) -> str:
+    parts = []
+    if plain_masks:
+        parts.append(_source_sql(plain_masks, tags=False))
+    if tag_masks:
+        parts.append(_source_sql(tag_masks, tags=True))
+    return "\n    UNION ALL\n".join(parts)
+
+
+def _scope_tuples(budget: Budget, account_ids: list[int]) -> tuple[int, list[tuple]]:
+    """The budget's scope as (mask, [(account, sub-account, service, region, tag key, tag value)]).
+
+    Values of one filter are OR-ed and filters AND-ed, so the scope is the cross product of the filter
+    values; the combinations are disjoint, so summing their spend counts every cost once.
+    """
+    filters = (account_ids, budget.sub_account_ids, budget.service_names, budget.region_ids)
+    mask = sum(1 << (len(DIMENSIONS) - 1 - i) for i, values in enumerate(filters) if not values)
+    tag_values = budget.tag_values if budget.tag_key else [""]
+    product = itertools.product(
+        account_ids or [0],
+        budget.sub_account_ids or [""],
+        budget.service_names or [""],
+        budget.region_ids or [""],
+        tag_values,
+    )
+    return mask, [(*combo[:4], budget.tag_key, combo[4]) for combo in product]
+
+
+def _data_days(today: date, lookback: int) -> tuple[dict, tuple | None]:
+    """Per account, and for all accounts together: (first, last) day with cost data around today.
+
+    Days up to `lookback` ahead count too: data dated a little in the future (a recurring fee posted for the
+    month, the demo moved to this month) is data the forecast must not project a second time; a stray row
+    dated years ahead does not stop the forecast.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT account_id, MIN(day), MAX(day) FROM {CostDailyRollup._meta.db_table} "  # noqa: S608
+            "WHERE day BETWEEN %s AND %s GROUP BY account_id",
+            [today - timedelta(days=2 * lookback), today + timedelta(days=lookback)],
+        )
+        per_account = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+    overall = (
+        (min(first for first, _ in per_account.values()), max(last for _, last in per_account.values()))
+        if per_account
+        else None
+    )
+    return per_account, overall
+
+
+def budget_accounts(budget_ids: list[int], *, field: str) -> dict[int, list]:
+    """Per budget, its accounts' ids (field="cloudaccount_id") or names ("cloudaccount__name"), sorted; one query.
+
+    Plain values, not CloudAccount objects: thousands of budgets need no model instances for this.
+    """
+    scoped: dict[int, list] = {budget_id: [] for budget_id in budget_ids}
+    rows = Budget.accounts.through.objects.filter(budget_id__in=budget_ids).values_list("budget_id", field)
+    for budget_id, value in rows.order_by(field):
+        scoped[budget_id].append(value)
+    return scoped
+
+
+def budgets_spend(budgets: list[Budget], *, today: date) -> list[PeriodSpend]:
+    """Actual spend and forecast of every budget's periods checked today, in two queries whatever their number."""
+    lookback = settings.BUDGET_FORECAST_LOOKBACK_DAYS
+    periods = [
+        PeriodSpend(budget=budget, period_start=start, period_end=end)
+        for budget in budgets
+        for start, end in budget_periods(budget, today, late_days=settings.BUDGET_LATE_DATA_DAYS)
+    ]
+    if not periods:
+        return []
+    per_account, overall = _data_days(today, lookback)
+    accounts = budget_accounts([budget.id for budget in budgets], field="cloudaccount_id")
+    for spend in periods:
+        scoped = accounts[spend.budget.id]
+        days = [per_account[a] for a in scoped if a in per_account] if scoped else [overall] if overall else []
+        as_of = max((last for _, last in days), default=None)
+        if as_of is None or as_of < today - timedelta(days=lookback - 1):
+            continue  # no recent data: no forecast
+        spend.as_of = as_of
+        spend.window_start = max(as_of - timedelta(days=lookback - 1), min(first for first, _ in days))
+        spend.recent_start = max(spend.window_start, as_of - timedelta(days=RECENT_DAYS - 1))
+    _spend_sum(periods, accounts)
+    for spend in periods:
+        spend.forecast = spend_forecast(spend, min_days=settings.BUDGET_FORECAST_MIN_DAYS)
+    return periods
+
+
+def _json(rows: list[dict]) -> str:
+    """Rows for jsonb_to_recordset: one parameter, however many rows (Decimals as exact strings, dates ISO)."""
+    return json.dumps(rows, cls=DjangoJSONEncoder, separators=(",", ":"))
+
+
+def _spend_sum(periods: list[PeriodSpend], accounts: dict[int, list[int]]) -> None:
+    """Fill actual, recent and weekday sums of `periods` from the rollups, in one statement."""
+    ev = [
+        {
+            "eval_id": index,
+            "budget_id": spend.budget.id,
+            "currency": spend.budget.currency,
+            "lo": min(spend.period_start, spend.window_start or spend.period_start),
+            "actual_from": spend.period_start,
+            "actual_to": spend.last_day,
+            "window_from": spend.window_start,
+            "recent_from": spend.recent_start,
+            "as_of": spend.as_of,
+        }
+        for index, spend in enumerate(periods)
+    ]
+    tu = []
+    plain_masks, tag_masks, tag_keys, tag_values = set(), set(), set(), set()
+    for budget in {spend.budget.id: spend.budget for spend in periods}.values():
+        mask, tuples = _scope_tuples(budget, accounts[budget.id])
+        (tag_masks if budget.tag_key else plain_masks).add(mask)
+        if budget.tag_key:
+            tag_keys.add(budget.tag_key)
+            tag_values.update(budget.tag_values)
+        tu.extend(
+            {
+                "budget_id": budget.id,
+                "mask": mask,
+                "account_id": account,
+                "sub_account_id": sub,
+                "service_name": service,
+                "region_id": region,
+                "tag_key": tag_key,
+                "tag_value": tag_value,
+            }
+            for account, sub, service, region, tag_key, tag_value in tuples
+        )
+    span_from = min(row["lo"] for row in ev)
+    span_to = max(spend.last_day for spend in periods)
+    windows = [spend.window_start for spend in periods if spend.window_start is not None]
+    daily_from = min(windows) if windows else span_to + ONE_DAY
+    daily_to = max((spend.as_of for spend in periods if spend.as_of is not None), default=span_to)
+    breaks = {span_from, daily_to + ONE_DAY}
+    for spend in periods:
+        breaks.update((spend.period_start, spend.period_end))
+    sql = _SPEND_SQL.format(
+        data=_data_sql(plain_masks, tag_masks),
+        weekdays=",\n       ".join(_WEEKDAY_SQL.format(n=n) for n in range(1, 8)),
+    )
+    params = {
+        "ev": _json(ev),
+        "tu": _json(tu),
+        "daily_from": daily_from,
+        "daily_to": daily_to,
+        "breaks": sorted(b for b in breaks if b <= span_to),
+        "span_from": span_from,
+        "span_to": span_to,
+        "currencies": sorted({spend.budget.currency for spend in periods}),
+        "tag_keys": sorted(tag_keys),
+        "tag_values": sorted(tag_values),
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        # One big analytical statement an hour: memory to sort and hash in RAM, and no JIT (its compile time
+        # is seconds, more than the query itself takes; the planner's row estimates for unnest() trigger it).
+        cursor.execute("SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)",
+                       [settings.BUDGET_CHECK_WORK_MEM])  # fmt: skip
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    for eval_id, actual, recent, *weekdays in rows:
+        spend = periods[eval_id]
+        spend.actual = actual or Decimal(0)
+        spend.recent_sum = recent or Decimal(0)
+        spend.weekday_sums = [value or Decimal(0) for value in weekdays]
+
+
+# --- The check ---
+
 _INSERT_ALERTS_SQL = """
 INSERT INTO costs_app_budgetalert
-    (budget_id, period_start, threshold, spend, percentage, created_at, notification_errors)
-SELECT a.budget_id, a.period_start, a.threshold, a.spend, a.percentage, %s, '[]'::jsonb
-FROM unnest(%s::bigint[], %s::date[], %s::numeric[], %s::numeric[], %s::numeric[])
-     AS a(budget_id, period_start, threshold, spend, percentage)
-ON CONFLICT (budget_id, period_start, threshold) DO NOTHING
+    (budget_id, period_start, period_end, threshold_type, basis, threshold, threshold_amount, budget_amount,
+     currency, spend, forecast, percentage, forecast_percentage, created_at)
+SELECT a.*, %(now)s
+FROM jsonb_to_recordset(%(rows)s::jsonb)
+     AS a(budget_id bigint, period_start date, period_end date, threshold_type text, basis text, threshold numeric,
+          threshold_amount numeric, budget_amount numeric, currency text, spend numeric, forecast numeric,
+          percentage numeric, forecast_percentage numeric)
+-- Skips the alerts that exist (every hourly run after the first) without a speculative insert each;
+-- ON CONFLICT settles the race with a concurrent run.
+WHERE NOT EXISTS (
+    SELECT 1 FROM costs_app_budgetalert x
+    WHERE x.budget_id = a.budget_id AND x.period_start = a.period_start AND x.basis = a.basis
+      AND x.threshold_type = a.threshold_type AND x.threshold = a.threshold)
+ON CONFLICT (budget_id, period_start, basis, threshold_type, threshold) DO NOTHING
 RETURNING id
 """
 
-# Claiming "notified_at IS NULL" atomically means one run sends each alert, and an alert whose
-# sender died before sending (created, never claimed) is picked up by the next run.
-_CLAIM_SQL = """
-UPDATE costs_app_budgetalert a SET notified_at = %s
-FROM unnest(%s::bigint[], %s::date[]) AS cur(budget_id, period_start)
-WHERE a.budget_id = cur.budget_id AND a.period_start = cur.period_start
-  AND a.notified_at IS NULL AND a.resolved_at IS NULL
-RETURNING a.id
+# Alerts without any delivery yet (just created, or created while their budget had no active channel) get
+# one per active channel of their budget. A channel added later does not receive alerts already delivered.
+_INSERT_DELIVERIES_SQL = """
+INSERT INTO costs_app_alertdelivery
+    (alert_id, channel_id, status, attempts, next_attempt_at, last_error, attempt_log, created_at)
+SELECT a.id, c.id, 'pending', 0, %(now)s, '', '[]'::jsonb, %(now)s
+FROM costs_app_budgetalert a
+JOIN costs_app_budget_channels bc ON bc.budget_id = a.budget_id
+JOIN costs_app_notificationchannel c ON c.id = bc.notificationchannel_id AND c.is_active
+WHERE a.budget_id = ANY(%(budgets)s) AND a.resolved_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM costs_app_alertdelivery d WHERE d.alert_id = a.id)
+ON CONFLICT (alert_id, channel_id) DO NOTHING
 """
 
-# An alert is resolved when its period is over: the next period starts with a clean slate.
+# An alert is resolved once its period is no longer checked (over, and past the late-data days).
 _RESOLVE_SQL = """
-UPDATE costs_app_budgetalert a SET resolved_at = %s
-FROM unnest(%s::bigint[], %s::date[]) AS cur(budget_id, period_start)
-WHERE a.budget_id = cur.budget_id AND a.period_start < cur.period_start AND a.resolved_at IS NULL
+UPDATE costs_app_budgetalert a SET resolved_at = %(now)s
+WHERE a.budget_id = ANY(%(budgets)s) AND a.resolved_at IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM unnest(%(cur_budget)s::bigint[], %(cur_start)s::date[]) AS cur(budget_id, period_start)
+      WHERE cur.budget_id = a.budget_id AND cur.period_start = a.period_start)
 """
 
 
-def _spend_of(budgets: list[Budget], *, today: date) -> list[_BudgetSpend]:
-    """Spend of every budget's current period in one aggregate query, whatever the number of budgets."""
-    bounds = [period_bounds(b.period, today) for b in budgets]
+def _active_budgets(*, account_id: int | None, budget_id: int | None) -> list[Budget]:
+    budgets = Budget.objects.filter(is_active=True)
+    if account_id is not None:
+        budgets = budgets.filter(accounts__id=account_id)
+    if budget_id is not None:
+        budgets = budgets.filter(id=budget_id)
+    if account_id is not None:
+        budgets = budgets.distinct()  # the account filter joins the many-to-many table
+    return list(budgets.order_by("id"))
+
+
+def _valid(budgets: list[Budget], result: BudgetCheckResult) -> list[tuple[Budget, list[Threshold]]]:
+    checked = []
+    for budget in budgets:
+        try:
+            checked.append((budget, budget.threshold_list()))
+        except ValidationError as exc:
+            # Saved around the validation (a raw insert, an old row): skip it, loudly, and check the others.
+            result.invalid_budgets += 1
+            logger.warning("budget %s (%s) skipped, invalid thresholds: %s", budget.id, budget.name, exc.messages)
+    return checked
+
+
+def _alert_rows(spends: list[PeriodSpend], thresholds: dict[int, list[Threshold]]) -> list[dict]:
+    rows = []
+    for spend in spends:
+        budget = spend.budget
+        for threshold in thresholds[budget.id]:
+            limit = threshold.limit(budget.amount)
+            value = spend.actual if threshold.basis == SpendBasis.ACTUAL else spend.forecast
+            if value is None or value < limit:
+                continue
+            rows.append(
+                {
+                    "budget_id": budget.id,
+                    "period_start": spend.period_start,
+                    "period_end": spend.last_day,
+                    "threshold_type": threshold.type,
+                    "basis": threshold.basis,
+                    "threshold": threshold.value,
+                    "threshold_amount": limit,
+                    "budget_amount": budget.amount,
+                    "currency": budget.currency,
+                    "spend": spend.actual,
+                    "forecast": spend.forecast,
+                    "percentage": spend.percentage,
+                    "forecast_percentage": spend.percent_of_budget(spend.forecast),
+                }
+            )
+    return rows
+
+
+def budgets_check(*, account_id: int | None = None, budget_id: int | None = None, now: datetime) -> BudgetCheckResult:
+    """Evaluate the active budgets (all, those scoped to one account, or one) and alert on the thresholds reached.
+
+    See the module docstring for what is computed and how; then sends the deliveries that are due.
+    """
+    result = BudgetCheckResult()
+    today = now.date()
+    budgets = _active_budgets(account_id=account_id, budget_id=budget_id)
+    checked = _valid(budgets, result)
+    result.budgets_checked = len(checked)
+    if checked:
+        tag_keys = {budget.tag_key for budget, _ in checked if budget.tag_key}
+        if tag_keys - set(CostAllocationTag.objects.filter(is_active=True).values_list("key", flat=True)):
+            result.tag_keys_activated = cost_allocation_tags_activate(keys=tag_keys)
+        spends = budgets_spend([budget for budget, _ in checked], today=today)
+        result.periods_checked = len(spends)
+        result.over_budget = sum(1 for s in spends if s.actual >= s.budget.amount)
+        result.forecast_over_budget = sum(1 for s in spends if s.forecast is not None and s.forecast >= s.budget.amount)
+        rows = _alert_rows(spends, {budget.id: thresholds for budget, thresholds in checked})
+        budget_ids = [budget.id for budget, _ in checked]
+        with transaction.atomic(), connection.cursor() as cursor:
+            if rows:
+                cursor.execute(_INSERT_ALERTS_SQL, {"now": now, "rows": _json(rows)})
+                result.alerts_created = len(cursor.fetchall())
+            cursor.execute(_INSERT_DELIVERIES_SQL, {"now": now, "budgets": budget_ids})
+            cursor.execute(
+                _RESOLVE_SQL,
+                {
+                    "now": now,
+                    "budgets": budget_ids,
+                    "cur_budget": [s.budget.id for s in spends],
+                    "cur_start": [s.period_start for s in spends],
+                },
+            )
+            result.alerts_resolved = cursor.rowcount
+    budget_alerts_deliver(now=now, result=result)
+    return result
+
+
+def budgets_account_deleted(*, instance, **_) -> int:
+    """Deactivate the budgets scoped to `instance` alone (pre_delete of CloudAccount): without it they would
+    cover every account. Returns how many; they stay visible, with their alerts, for someone to re-scope."""
+    only_this = (
+        Budget.objects.filter(id__in=Budget.objects.filter(accounts=instance).values("id"))
+        .annotate(scoped=Count("accounts"))
+        .filter(scoped=1)
+        .values_list("id", flat=True)
+    )
+    ids = list(only_this)
+    if ids:
+        Budget.objects.filter(id__in=ids, is_active=True).update(is_active=False)
+        logger.warning("account %s deleted: budgets %s, scoped to it alone, deactivated", instance.name, ids)
+    return len(ids)
+
+
+# --- Delivery ---
+
+# Claimed deliveries get next_attempt_at = the lease's end, committed at once: a concurrent run skips them
+# (SKIP LOCKED while the claim runs, not due afterwards), and a sender that dies mid-way leaves them to be
+# claimed again when the lease ends. So a message is sent once, or at worst twice after a crash.
+_CLAIM_SQL = """
+WITH due AS (
+    SELECT id FROM costs_app_alertdelivery
+    WHERE status = 'pending' AND next_attempt_at <= %(now)s
+    ORDER BY next_attempt_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE costs_app_alertdelivery d
+SET attempts = d.attempts + 1, last_attempt_at = %(now)s, next_attempt_at = %(lease_end)s
+FROM due WHERE d.id = due.id
+RETURNING d.id, d.alert_id, d.channel_id, d.attempts
+"""
+
+_RECORD_SQL = """
+UPDATE costs_app_alertdelivery d
+SET status = o.status, attempts = o.attempts, next_attempt_at = o.next_attempt_at,
+    -- a delivery only put off (its channel failed earlier in the run) keeps its last real error
+    last_error = CASE WHEN o.logged OR o.status <> 'pending' THEN o.error ELSE d.last_error END,
+    sent_at = CASE WHEN o.status = 'sent' THEN %(now)s ELSE d.sent_at END,
+    attempt_log = CASE WHEN o.logged THEN d.attempt_log || jsonb_build_array(
+                           jsonb_build_object('at', %(now)s::timestamptz, 'error', o.error))
+                       ELSE d.attempt_log END
+FROM unnest(%(id)s::bigint[], %(status)s::text[], %(attempts)s::int[], %(next)s::timestamptz[], %(error)s::text[],
+            %(logged)s::bool[]) AS o(id, status, attempts, next_attempt_at, error, logged)
+WHERE d.id = o.id
+"""
+
+_NOTIFIED_SQL = """
+UPDATE costs_app_budgetalert SET notified_at = %(now)s WHERE id = ANY(%(ids)s) AND notified_at IS NULL
+"""
+
+_NEXT_DUE_SQL = """
+SELECT MIN(next_attempt_at), COUNT(*) FROM costs_app_alertdelivery WHERE status = 'pending'
+"""
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Backoff after the `attempts`-th failed attempt: base, 2 × base, 4 × base, ..."""
+    return timedelta(seconds=settings.BUDGET_NOTIFY_RETRY_BASE * 2 ** (attempts - 1))
+
+
+@dataclass
+class _Outcome:
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    error: str = ""
+    logged: bool = False  # a real attempt that failed: appended to attempt_log
+
+
+def budget_alerts_deliver(*, now: datetime, result: BudgetCheckResult | None = None) -> BudgetCheckResult:
+    """Send the due deliveries: one message per budget period × channel naming every threshold it reports.
+
+    A failing channel does not stop the others: its error is recorded on the delivery, which is retried
+    after a growing delay (BUDGET_NOTIFY_RETRY_BASE × 2^(n-1)) until BUDGET_NOTIFY_MAX_ATTEMPTS, then marked
+    failed; an error that a retry cannot fix (HTTP 404, a bad address) fails it at once. Once a channel
+    has failed in this run, its other deliveries wait for its next attempt instead of timing out one by one.
+    Messages are sent outside any transaction: network calls hold no locks.
+    """
+    result = result or BudgetCheckResult()
+    lease = timedelta(seconds=max(300, 4 * settings.NOTIFICATION_TIMEOUT))
     with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, {"now": now, "limit": settings.BUDGET_DELIVERY_BATCH, "lease_end": now + lease})
+        claimed = cursor.fetchall()
+    if claimed:
+        _send_claimed(claimed, now=now, result=result)
+    with connection.cursor() as cursor:
+        cursor.execute(_NEXT_DUE_SQL)
+        result.next_delivery_at, result.deliveries_pending = cursor.fetchone()
+    return result
+
+
+def _send_claimed(claimed: list[tuple], *, now: datetime, result: BudgetCheckResult) -> None:
+    alerts = {
+        alert.id: alert
+        for alert in BudgetAlert.objects.filter(id__in={row[1] for row in claimed}).select_related("budget")
+    }
+    names = budget_accounts(list({alert.budget_id for alert in alerts.values()}), field="cloudaccount__name")
+    channels = NotificationChannel.objects.in_bulk({row[2] for row in claimed})
+    groups: dict[tuple, list[tuple[int, int]]] = defaultdict(list)  # (budget, period, channel) -> [(delivery, try)]
+    for delivery_id, alert_id, channel_id, attempts in claimed:
+        alert = alerts[alert_id]
+        groups[(alert.budget_id, alert.period_start, channel_id)].append((delivery_id, attempts, alert))
+    outcomes: dict[int, _Outcome] = {}
+    sent_alerts: set[int] = set()
+    broken: dict[int, datetime] = {}  # channel id -> its next attempt, once it failed in this run
+    max_attempts = settings.BUDGET_NOTIFY_MAX_ATTEMPTS
+    for (_, _, channel_id), deliveries in groups.items():
+        channel = channels.get(channel_id)
+        if channel is None or not channel.is_active:
+            for delivery_id, attempts, _ in deliveries:
+                outcomes[delivery_id] = _Outcome(DeliveryStatus.FAILED, attempts - 1, None, "the channel is inactive")
+            continue
+        if channel_id in broken:
+            for delivery_id, attempts, _ in deliveries:
+                outcomes[delivery_id] = _Outcome(DeliveryStatus.PENDING, attempts - 1, broken[channel_id], "")
+            continue
+        group_alerts = sorted((alert for _, _, alert in deliveries), key=lambda a: (a.basis, a.threshold_amount or 0))
+        subject, text, payload = budget_message(group_alerts, account_names=names[group_alerts[0].budget_id])
+        try:
+            channel_send(channel=channel, subject=subject, text=text, payload=payload)
+        except Exception as exc:
+            message = error_text(channel, exc)
+            logger.warning("budget alert delivery failed: %s", message)
+            result.notification_errors += 1
+            retryable = error_is_retryable(exc)
+            for delivery_id, attempts, _ in deliveries:
+                if retryable and attempts < max_attempts:
+                    next_at = now + retry_delay(attempts)
+                    outcomes[delivery_id] = _Outcome(DeliveryStatus.PENDING, attempts, next_at, message, True)
+                else:
+                    result.deliveries_failed += 1
+                    outcomes[delivery_id] = _Outcome(DeliveryStatus.FAILED, attempts, None, message, True)
+            if retryable:
+                # Unreachable or overloaded: its other messages of this run wait, rather than time out one by one.
+                broken[channel_id] = now + retry_delay(1)
+            continue
+        result.notifications_sent += 1
+        for delivery_id, attempts, alert in deliveries:
+            outcomes[delivery_id] = _Outcome(DeliveryStatus.SENT, attempts, None)
+            sent_alerts.add(alert.id)
+    with transaction.atomic(), connection.cursor() as cursor:
+        ids = list(outcomes)
         cursor.execute(
-            _SPEND_SQL,
-            [
-                [b.id for b in budgets],
-                [b.account_id for b in budgets],
-                [b.service_name for b in budgets],
-                [b.currency for b in budgets],
-                [start for start, _ in bounds],
-                [end for _, end in bounds],
-            ],
+            _RECORD_SQL,
+            {
+                "now": now,
+                "id": ids,
+                "status": [outcomes[i].status for i in ids],
+                "attempts": [outcomes[i].attempts for i in ids],
+                "next": [outcomes[i].next_attempt_at for i in ids],
+                "error": [outcomes[i].error for i in ids],
+                "logged": [outcomes[i].logged for i in ids],
+            },
         )
-        spend = {row[0]: (Decimal(row[1]), row[2]) for row in cursor.fetchall()}
-    return [
-        _BudgetSpend(budget=b, period_start=start, period_end=end, spend=spend[b.id][0], last_day=spend[b.id][1])
-        for b, (start, end) in zip(budgets, bounds, strict=True)
-    ]
+        if sent_alerts:
+            cursor.execute(_NOTIFIED_SQL, {"now": now, "ids": sorted(sent_alerts)})
 
 
-def _thresholds(budget: Budget) -> list[Decimal]:
-    values = {Decimal(str(t)).quantize(CENT) for t in budget.thresholds or [] if t is not None}
-    return sorted(v for v in values if v > 0)
-
-
-def _message(state: _BudgetSpend, alerts: list[BudgetAlert]) -> tuple[str, str, dict]:
-    budget = state.budget
-    top = max(alert.threshold for alert in alerts)
-    scope = budget.account.name if budget.account_id else "all accounts"
-    if budget.service_name:
-        scope += f", service {budget.service_name}"
-    subject = f"[FinOps] budget {budget.name} passed {top.normalize():f}% ({state.percentage}%)"
+def budget_message(alerts: list[BudgetAlert], *, account_names: list[str]) -> tuple[str, str, dict]:
+    """Subject, text and webhook payload for alerts of one budget period (the same run's figures)."""
+    budget = alerts[0].budget
+    latest = max(alerts, key=lambda a: (a.created_at, a.id))
+    currency = latest.currency or budget.currency
+    amount = latest.budget_amount if latest.budget_amount is not None else budget.amount
+    labels = [alert.threshold_spec.label(currency) for alert in alerts]
+    scope = budget.scope_label(account_names)
+    period = f"{latest.period_start} to {latest.period_end}" if latest.period_end else f"starting {latest.period_start}"
+    forecast_line = (
+        f"Forecast for the period: {_money(latest.forecast)} {currency} ({latest.forecast_percentage}% of the budget)."
+        if latest.forecast is not None
+        else "Forecast for the period: not enough cost data yet."
+    )
+    reached = "; ".join(
+        f"{label} ({_money(alert.threshold_amount)} {currency})" if alert.threshold_amount is not None else label
+        for label, alert in zip(labels, alerts, strict=True)
+    )
+    figures = f"{latest.percentage}% spent" + (
+        f", {latest.forecast_percentage}% forecast" if latest.forecast_percentage is not None else ""
+    )
+    subject = f"[FinOps] budget {budget.name}: {', '.join(labels)} reached ({figures})"
     text = (
-        f"Budget {budget.name} ({scope}) has used {state.percentage}% of {budget.amount} {budget.currency} "
-        f"for the {budget.period} period starting {state.period_start}.\n"
-        f"Spend so far: {state.spend.quantize(CENT)} {budget.currency}; "
-        f"straight-line forecast for the period: {state.forecast} {budget.currency}.\n"
-        f"Thresholds crossed now: {', '.join(f'{a.threshold.normalize():f}%' for a in alerts)}."
+        f"Budget {budget.name} ({scope}): {plain(amount)} {currency}, {budget.get_period_display().lower()} "
+        f"period {period}.\n"
+        f"Actual spend so far: {_money(latest.spend)} {currency} ({latest.percentage}% of the budget).\n"
+        f"{forecast_line}\n"
+        f"Thresholds reached: {reached}."
     )
     payload = {
         "event": "budget_threshold",
         "budget_id": budget.id,
         "budget": budget.name,
         "period": budget.period,
-        "period_start": state.period_start.isoformat(),
-        "amount": str(budget.amount),
-        "currency": budget.currency,
-        "spend": str(state.spend.quantize(CENT)),
-        "percentage": str(state.percentage),
-        "forecast": str(state.forecast),
-        "thresholds": [str(a.threshold) for a in alerts],
+        "period_start": latest.period_start.isoformat(),
+        "period_end": latest.period_end.isoformat() if latest.period_end else None,
+        "amount": str(amount),
+        "currency": currency,
+        "spend": _money(latest.spend),
+        "percentage": str(latest.percentage),
+        "forecast": _money(latest.forecast) if latest.forecast is not None else None,
+        "forecast_percentage": str(latest.forecast_percentage) if latest.forecast_percentage is not None else None,
+        "thresholds": [
+            {
+                "type": alert.threshold_type,
+                "value": plain(alert.threshold),
+                "basis": alert.basis,
+                "amount": _money(alert.threshold_amount) if alert.threshold_amount is not None else None,
+            }
+            for alert in alerts
+        ],
+        "alert_ids": [alert.id for alert in alerts],
     }
     return subject, text, payload
 
 
-def budgets_check(*, account_id: int | None = None, budget_id: int | None = None, now: datetime) -> BudgetCheckResult:
-    """Evaluate the active budgets (all, one account's, or one) against the actual spend of their current period.
-
-    Spend is FOCUS BilledCost from the daily rollups, in the budget's currency only. Every
-    threshold reached creates one BudgetAlert per budget × period × threshold (a database fact,
-    safe under concurrent runs); the budget's active channels get one message per budget with
-    the thresholds newly crossed. Alerts of periods that have ended are marked resolved.
-    """
-    result = BudgetCheckResult()
-    budgets_qs = Budget.objects.filter(is_active=True).select_related("account")
-    if account_id is not None:
-        budgets_qs = budgets_qs.filter(account_id=account_id)
-    if budget_id is not None:
-        budgets_qs = budgets_qs.filter(id=budget_id)
-    budgets = list(
-        budgets_qs.prefetch_related(
-            Prefetch("channels", queryset=NotificationChannel.objects.filter(is_active=True), to_attr="active_channels")
-        ).order_by("id")
-    )
-    result.budgets_checked = len(budgets)
-    if not budgets:
-        return result
-
-    states = _spend_of(budgets, today=now.date())
-    rows = [
-        (s.budget.id, s.period_start, threshold, s.spend, s.percentage)
-        for s in states
-        for threshold in _thresholds(s.budget)
-        if s.percentage >= threshold
-    ]
-    result.over_budget = sum(1 for s in states if s.spend >= s.budget.amount)
-    current = ([s.budget.id for s in states], [s.period_start for s in states])
-
-    with transaction.atomic(), connection.cursor() as cursor:
-        if rows:
-            cursor.execute(_INSERT_ALERTS_SQL, [now, *map(list, zip(*rows, strict=True))])
-            result.alerts_created = len(cursor.fetchall())
-        cursor.execute(_RESOLVE_SQL, [now, *current])
-        result.alerts_resolved = cursor.rowcount
-    # Only budgets with somewhere to send: an alert of a budget without channels stays "never notified",
-    # and is sent by the first run after a channel is added in the same period.
-    reachable = [s for s in states if s.budget.active_channels]
-    claimed = []
-    if reachable:
-        with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_SQL, [now, [s.budget.id for s in reachable], [s.period_start for s in reachable]])
-            claimed = [row[0] for row in cursor.fetchall()]
-    if claimed:
-        _notify(claimed, {s.budget.id: s for s in states}, result)
-    return result
-
-
-def _notify(alert_ids: list[int], states: dict[int, _BudgetSpend], result: BudgetCheckResult) -> None:
-    """One message per budget (not per threshold), sent outside any transaction: network calls hold no locks."""
-    by_budget: dict[int, list[BudgetAlert]] = defaultdict(list)
-    for alert in BudgetAlert.objects.filter(id__in=alert_ids).order_by("threshold"):
-        by_budget[alert.budget_id].append(alert)
-    touched = []
-    for budget_id, alerts in by_budget.items():
-        state = states[budget_id]
-        channels = state.budget.active_channels
-        subject, text, payload = _message(state, alerts)
-        errors = channels_notify(channels=channels, subject=subject, text=text, payload=payload)
-        result.notifications_sent += len(channels) - len(errors)
-        result.notification_errors += len(errors)
-        if errors:
-            for alert in alerts:
-                alert.notification_errors = errors
-                touched.append(alert)
-    if touched:
-        BudgetAlert.objects.bulk_update(touched, ["notification_errors"])
+def _money(value: Decimal | None) -> str:
+    return str(value.quantize(CENT, rounding=ROUND_HALF_UP)) if value is not None else ""

@@ -262,6 +262,32 @@ def tag_rollups_rebuild(*, keys: list[str], account_id: int | None = None) -> in
     return written
 
 
+@transaction.atomic
+def cost_allocation_tags_activate(*, keys) -> list[str]:
+    """Make `keys` active cost allocation tags; those not active until now get their rollups backfilled.
+
+    Returns the keys activated by this call. One INSERT ... ON CONFLICT decides which keys are new or
+    re-activated, so two concurrent callers never backfill the same key twice.
+    """
+    wanted = sorted({key for key in keys if key})
+    if not wanted:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {CostAllocationTag._meta.db_table} AS t (key, is_active, created_at)
+            SELECT key, true, now() FROM unnest(%s::text[]) AS key
+            ON CONFLICT (key) DO UPDATE SET is_active = true WHERE NOT t.is_active
+            RETURNING t.key
+            """,  # noqa: S608
+            [wanted],
+        )
+        activated = sorted(row[0] for row in cursor.fetchall())
+    if activated:
+        tag_rollups_rebuild(keys=activated)
+    return activated
+
+
 def _copy_bytes(batch: CostBatch, account_id: int) -> memoryview:
     """One batch as COPY csv: pyarrow writes it in C; nulls come out as unquoted empty fields (NULL)."""
     table = batch.table

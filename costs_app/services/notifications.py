@@ -5,6 +5,7 @@ import hmac
 import http.client
 import json
 import logging
+import smtplib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,7 +24,31 @@ USER_AGENT = "finops-notifier/1.0"
 
 
 class NotificationError(Exception):
-    """A channel could not be reached or refused the message. The message never contains the target."""
+    """A channel could not be reached or refused the message. The message never contains the target.
+
+    `retryable` is False when sending again cannot help (a revoked webhook answering 404, a target that
+    is not an http(s) URL, no e-mail address): such a delivery fails at once instead of being retried.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+# A receiver answering one of these may accept the same message later; any other 4xx will not.
+RETRYABLE_HTTP_STATUS = {408, 425, 429}
+
+
+def error_is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, NotificationError):
+        return exc.retryable
+    # The SMTP server refused every recipient: the addresses are wrong, a retry gets the same answer.
+    return not isinstance(exc, smtplib.SMTPRecipientsRefused)
+
+
+def error_text(channel: NotificationChannel, exc: BaseException) -> str:
+    """A failure as one line for logs and the admin; our own errors never hold the target, others name the channel."""
+    return str(exc) if isinstance(exc, NotificationError) else f"channel {channel.name!r}: {type(exc).__name__}: {exc}"
 
 
 def webhook_signing_key(channel: NotificationChannel) -> bytes:
@@ -45,7 +70,7 @@ def sign(body: bytes, key: bytes) -> str:
 def _post_json(*, channel: NotificationChannel, url: str, body: bytes, headers: dict[str, str]) -> None:
     # Only http(s): urllib would happily open file:// or ftp:// URLs typed into the admin.
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise NotificationError(f"channel {channel.name!r}: the target is not an http(s) URL")
+        raise NotificationError(f"channel {channel.name!r}: the target is not an http(s) URL", retryable=False)
     request = urllib.request.Request(
         url,
         data=body,
@@ -58,13 +83,16 @@ def _post_json(*, channel: NotificationChannel, url: str, body: bytes, headers: 
         with urllib.request.urlopen(request, timeout=settings.NOTIFICATION_TIMEOUT) as response:
             response.read(1024)
     except urllib.error.HTTPError as exc:
-        raise NotificationError(f"channel {channel.name!r}: HTTP {exc.code} from the receiver") from None
+        permanent = 400 <= exc.code < 500 and exc.code not in RETRYABLE_HTTP_STATUS
+        raise NotificationError(
+            f"channel {channel.name!r}: HTTP {exc.code} from the receiver", retryable=not permanent
+        ) from None
     except urllib.error.URLError as exc:
         raise NotificationError(f"channel {channel.name!r}: cannot reach the receiver ({exc.reason})") from None
     except (OSError, http.client.HTTPException) as exc:
         raise NotificationError(f"channel {channel.name!r}: {type(exc).__name__} talking to the receiver") from None
     except ValueError:
-        raise NotificationError(f"channel {channel.name!r}: the target URL is malformed") from None
+        raise NotificationError(f"channel {channel.name!r}: the target URL is malformed", retryable=False) from None
 
 
 def channel_send(*, channel: NotificationChannel, subject: str, text: str, payload: dict) -> None:
@@ -73,7 +101,7 @@ def channel_send(*, channel: NotificationChannel, subject: str, text: str, paylo
     if channel.kind == ChannelKind.EMAIL:
         recipients = [address.strip() for address in target.split(",") if address.strip()]
         if not recipients:
-            raise NotificationError(f"channel {channel.name!r}: no email address configured")
+            raise NotificationError(f"channel {channel.name!r}: no email address configured", retryable=False)
         send_mail(subject, text, settings.DEFAULT_FROM_EMAIL, recipients, fail_silently=False)
     elif channel.kind == ChannelKind.SLACK:
         body = json.dumps({"text": f"*{subject}*\n{text}"}).encode()
@@ -84,7 +112,7 @@ def channel_send(*, channel: NotificationChannel, subject: str, text: str, paylo
             channel=channel, url=target, body=body, headers={SIGNATURE_HEADER: sign(body, webhook_signing_key(channel))}
         )
     else:
-        raise NotificationError(f"channel {channel.name!r}: unknown kind {channel.kind!r}")
+        raise NotificationError(f"channel {channel.name!r}: unknown kind {channel.kind!r}", retryable=False)
 
 
 def channels_notify(*, channels: Iterable[NotificationChannel], subject: str, text: str, payload: dict) -> list[str]:
@@ -95,7 +123,7 @@ def channels_notify(*, channels: Iterable[NotificationChannel], subject: str, te
             channel_send(channel=channel, subject=subject, text=text, payload=payload)
         except Exception as exc:
             # str(exc) of our own errors never holds the target; other errors (SMTP) name the server at most.
-            message = str(exc) if isinstance(exc, NotificationError) else f"channel {channel.name!r}: {exc}"
+            message = error_text(channel, exc)
             logger.warning("notification failed: %s", message)
             errors.append(message)
     return errors

@@ -54,8 +54,9 @@ def task_enqueue(
     user=None,
     parent_id: uuid.UUID | None = None,
     correlation_id: str | None = None,
+    countdown: float | None = None,
 ) -> TaskRun:
-    """Record the run, then publish it once the surrounding transaction has committed."""
+    """Record the run, then publish it once the surrounding transaction has committed (`countdown` s later)."""
     if not is_finops_task(task_name):
         raise UnknownTask(f"unknown task {task_name!r}")
     run = ledger.record_enqueue(
@@ -70,7 +71,7 @@ def task_enqueue(
         parent_id=parent_id,
         correlation_id=correlation_id or correlation.get() or correlation.new_id(),
     )
-    transaction.on_commit(lambda: _publish(run))
+    transaction.on_commit(lambda: _publish(run, countdown=countdown))
     return run
 
 

@@ -163,3 +163,43 @@ def test_dead_lettered_run_alerts_the_failure_channels(webhook_sink):  # noqa: F
     assert hit.json["task_name"] == "detect_cost_anomalies"
     assert hit.json["correlation_id"] == "corr-dead"
     assert hit.json["error"] == "PermanentError: bad input"
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(500, True), (503, True), (429, True), (408, True), (404, False), (403, False), (410, False)],
+)
+def test_http_errors_say_whether_a_retry_can_help(webhook_sink, status, retryable):  # noqa: F811
+    # given
+    webhook_sink.fail_paths["/x"] = status
+    channel = NotificationChannelFactory(kind=ChannelKind.SLACK, target=webhook_sink.url("/x"))
+    # when
+    with pytest.raises(NotificationError) as raised:
+        channel_send(channel=channel, subject="s", text="t", payload={})
+    # then
+    assert raised.value.retryable is retryable
+    assert f"HTTP {status}" in str(raised.value)
+
+
+def test_unreachable_receiver_is_retryable_and_a_bad_target_is_not():
+    # given
+    dead = NotificationChannelFactory(kind=ChannelKind.WEBHOOK, target=_closed_port_url())
+    bad = NotificationChannelFactory(kind=ChannelKind.WEBHOOK, target="ftp://example.com/x")
+    # when / then
+    with pytest.raises(NotificationError) as unreachable:
+        channel_send(channel=dead, subject="s", text="t", payload={})
+    with pytest.raises(NotificationError) as refused:
+        channel_send(channel=bad, subject="s", text="t", payload={})
+    assert unreachable.value.retryable and not refused.value.retryable
+
+
+def test_signing_secret_is_stored_encrypted():
+    # given
+    channel = NotificationChannelFactory(kind=ChannelKind.WEBHOOK, target="https://hooks.example.com/x")
+    # when
+    channel.set_signing_secret("s3cret-shared-with-receiver")
+    channel.save()
+    # then
+    channel.refresh_from_db()
+    assert "s3cret" not in channel.signing_secret_ciphertext
+    assert channel.get_signing_secret() == "s3cret-shared-with-receiver"

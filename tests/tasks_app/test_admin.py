@@ -528,18 +528,23 @@ def test_budget_thresholds_are_validated(admin_client):
             "amount": "100",
             "currency": "USD",
             "period": "monthly",
-            "thresholds": "[100, 50, 80]",
+            "thresholds": '[100, 50, 80, {"value": 100, "basis": "forecasted"}]',
             "is_active": "on",
             "alerts-TOTAL_FORMS": "0",
             "alerts-INITIAL_FORMS": "0",
         },
     )
     # then
-    assert "thresholds are positive percentages" in response.content.decode()
+    assert "threshold 2 (-1): the value must be a positive number" in response.content.decode()
     assert ok.status_code == 302
     from costs_app.models import Budget
 
-    assert Budget.objects.get(name="good").thresholds == [50, 80, 100]
+    assert [t.label() for t in Budget.objects.get(name="good").threshold_list()] == [
+        "50% actual",
+        "80% actual",
+        "100% actual",
+        "100% forecasted",
+    ]
 
 
 def test_admin_index_shows_the_task_system_box(admin_client):

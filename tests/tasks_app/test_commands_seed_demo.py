@@ -46,9 +46,20 @@ def test_seed_demo_creates_account_data_budgets_channel_and_admin():
     assert account.provider == "focus"
     assert account.settings["path"] == str(REBASED_DIR / DEMO_FILE.name)
     assert CostLineItem.objects.filter(account=account).count() == DEMO_ROWS
-    budgets = Budget.objects.all()
-    assert len(budgets) == 2
-    assert all(b.thresholds == [50, 80, 100] and b.channels.filter(kind="email").exists() for b in budgets)
+    budgets = {b.name: b for b in Budget.objects.all()}
+    assert set(budgets) == {"Demo account — monthly", "Demo compute — monthly"}
+    for budget in budgets.values():
+        assert [t.label() for t in budget.threshold_list()] == [
+            "50% actual",
+            "80% actual",
+            "100% actual",
+            "100% forecasted",
+        ]
+        assert budget.channels.filter(kind="email").exists()
+        assert list(budget.accounts.all()) == [account]
+    assert budgets["Demo compute — monthly"].service_names == ["Amazon Elastic Compute Cloud"]
+    assert budgets["Demo account — monthly"].service_names == []
+    assert "thresholds 50% actual, 80% actual, 100% actual, 100% forecasted" in out
     admin = get_user_model().objects.get(username="admin")
     assert admin.is_superuser and admin.is_staff
     password = out.split("with password ")[1].split("'")[1]

@@ -25,12 +25,12 @@ REBASED_DIR = Path(settings.BASE_DIR) / ".data" / "demo"
 DATE_COLUMNS = ("BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd")
 DEMO_CHANNEL = ("demo-email", "finops-demo@example.com")
 # (name, scoped to the demo account?, service, amount). Sized to the demo data's month (about 20.52 USD in
-# total, 16.04 of it EC2), so in that billing period one budget passes 80 % and the other 100 %.
+# total, 16.04 of it EC2), so in that billing period one budget passes 80 % and the other 100 %. Both have the
+# default thresholds: 50, 80 and 100 % of actual spend and 100 % of forecasted spend.
 DEMO_BUDGETS = (
     ("Demo account — monthly", True, "", Decimal("25.00")),
     ("Demo compute — monthly", True, "Amazon Elastic Compute Cloud", Decimal("15.00")),
 )
-DEMO_THRESHOLDS = [50, 80, 100]
 
 
 class Command(BaseCommand):
@@ -64,7 +64,9 @@ class Command(BaseCommand):
         self.stdout.write(f"account   {account.name} (provider {account.provider}, data {path})")
         self.stdout.write(f"channel   {channel.name} ({channel.kind} → {channel.target_hint})")
         for budget in budgets:
-            self.stdout.write(f"budget    {budget}, thresholds {budget.thresholds}%")
+            thresholds = ", ".join(t.label(budget.currency) for t in budget.threshold_list())
+            scope = budget.scope_label([a.name for a in budget.accounts.all()])
+            self.stdout.write(f"budget    {budget}, {scope}, thresholds {thresholds}")
         self._import(account, path)
         self._admin_user(username, password, email)
 
@@ -90,17 +92,17 @@ class Command(BaseCommand):
     def _budgets(self, account: CloudAccount, channel: NotificationChannel) -> list[Budget]:
         budgets = []
         for name, scoped, service, amount in DEMO_BUDGETS:
-            budget, _ = Budget.objects.get_or_create(
+            budget, created = Budget.objects.get_or_create(
                 name=name,
                 defaults={
-                    "account": account if scoped else None,
-                    "service_name": service,
+                    "service_names": [service] if service else [],
                     "amount": amount,
                     "currency": "USD",
                     "period": BudgetPeriod.MONTHLY,
-                    "thresholds": DEMO_THRESHOLDS,
                 },
             )
+            if created and scoped:
+                budget.accounts.add(account)
             budget.channels.add(channel)
             budgets.append(budget)
         return budgets
