@@ -1,6 +1,6 @@
 """The connector interface: cost sources yield FOCUS 1.2 batches, resource sources yield inventory rows.
 
-Every connector (focus files now; AWS, Azure, GCP later) speaks these types, so ingestion, inventory
+Every connector (FOCUS files, AWS, Azure, GCP) speaks these types, so ingestion, inventory
 and the tasks never know which cloud they talk to. Cloud SDKs are imported only under
 providers_app/connectors/, and their exceptions are translated into TransientError / PermanentError.
 """
