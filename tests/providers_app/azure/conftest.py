@@ -43,11 +43,19 @@ def azurite_installed() -> Path:
     if npm is None:
         raise RuntimeError("npm is needed to install Azurite (apt-get install nodejs npm)")
     NPM_PREFIX.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    # Node trusts only its own CA list; where the registry is reached through a TLS-inspecting proxy (as on the CI
+    # machine, whose CA is in the system bundle), npm hangs retrying unless it also trusts the system's CAs.
+    system_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if "NODE_EXTRA_CA_CERTS" not in env and system_bundle.exists():
+        env["NODE_EXTRA_CA_CERTS"] = str(system_bundle)
     subprocess.run(
-        [npm, "install", "--prefix", str(NPM_PREFIX), "--no-audit", "--no-fund", f"azurite@{AZURITE_VERSION}"],
+        [npm, "install", "--prefix", str(NPM_PREFIX), "--no-audit", "--no-fund", "--fetch-retries=2",
+         f"azurite@{AZURITE_VERSION}"],
         check=True,
-        timeout=600,
-    )
+        timeout=300,
+        env=env,
+    )  # fmt: skip
     return AZURITE_BIN
 
 
