@@ -878,7 +878,7 @@ class CostLineItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_per_page = 100
 
     def get_search_results(self, request, queryset, search_term):
-        # Exact, case-sensitive matches: the (account, resource_id) index serves them on millions of rows.
+        # Exact, case-sensitive matches; narrow by account and billing period first on a large table.
         term = search_term.strip()
         if not term:
             return queryset, False

@@ -9,7 +9,9 @@ and the rollback leaves the previous data exactly as it was.
 from __future__ import annotations
 
 import io
+import queue
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,9 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 from django.db import connection, transaction
+from psycopg.copy import LibpqWriter
+from psycopg.generators import copy_to
 from django.utils import timezone
 
 from costs_app.models import CostAllocationTag, CostDailyRollup, CostLineItem, CostTagRollup
+from costs_app.services.rollups import DAILY_COLUMNS, TAG_COLUMNS, NewRollups
 from finops.errors import PermanentError
 from providers_app import focus_schema as focus
 from providers_app.connectors import CostBatch, CostSource, RuleReport, get_cost_source
@@ -33,6 +38,8 @@ TAG_ROLLUPS = CostTagRollup._meta.db_table
 COPY_COLUMNS = ["account_id", "source_file", "source_row", *(c.field for c in focus.COLUMNS)]
 COPY_SQL = f"COPY {LINES} ({', '.join(COPY_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"  # noqa: S608
 CSV_OPTIONS = pcsv.WriteOptions(include_header=False, quoting_style="needed")
+NAIVE_TS = pa.timestamp("us")
+COPY_CHUNK = 128 * 1024  # psycopg's own largest single write
 
 
 class FocusRulesError(PermanentError):
@@ -115,16 +122,23 @@ def cost_period_replace(
     # Serialises imports of one account, whoever starts them (task, command, seed); see `boundary`.
     CloudAccount.objects.select_for_update().filter(pk=account.pk).first()
     result = IngestResult(account_id=account.pk)
+    tag_keys = active_tag_keys()
+    sums = NewRollups(with_tags=bool(tag_keys))
     with connection.cursor() as cursor:
         # Every row this import writes gets a larger id than any row already there for the account.
         cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", [LINES])
         boundary = cursor.fetchone()[0]
-        with cursor.copy(COPY_SQL) as copy:
-            for batch in source.batches(billing_period=billing_period):
-                copy.write(_copy_bytes(batch, account.pk))
-                result.rows_loaded += batch.table.num_rows
-                for period, rows in batch.periods.items():
-                    result.periods[period] = result.periods.get(period, 0) + rows
+        cursor.execute("SET LOCAL TIME ZONE 'UTC'")  # the COPY's date-times are UTC without a zone
+        raw = cursor.cursor  # the psycopg cursor: Django's wrapper does not pass `writer` on
+        with raw.copy(COPY_SQL, writer=FlushingWriter(raw)) as copy:
+            # The server parses, checks and indexes one batch while this thread reads and checks the next.
+            with CopyWriter(copy) as writer:
+                for batch in source.batches(billing_period=billing_period):
+                    writer.write(_copy_bytes(batch, account.pk))
+                    sums.add(batch.table)
+                    result.rows_loaded += batch.table.num_rows
+                    for period, rows in batch.periods.items():
+                        result.periods[period] = result.periods.get(period, 0) + rows
         result.rows_read, result.rows_skipped = source.rows_read, source.rows_skipped
         result.files = source.files
         result.unchanged_periods = sorted(source.unchanged_periods)
@@ -134,18 +148,61 @@ def cost_period_replace(
             raise RuntimeError(
                 f"rows read {result.rows_read} != loaded {result.rows_loaded} + skipped {result.rows_skipped}"
             )
-        result.rows_replaced, result.rollup_days = _replace_and_roll_up(cursor, account.pk, boundary)
-        cursor.execute(
-            f"SELECT billing_currency, sum(billed_cost) FROM {LINES} WHERE account_id = %s AND id > %s GROUP BY 1",  # noqa: S608
-            [account.pk, boundary],
-        )
-        result.billed_cost = {currency: total.normalize() for currency, total in cursor.fetchall()}
+        result.rows_replaced, result.rollup_days = _replace_and_roll_up(cursor, account.pk, boundary, sums, tag_keys)
+        result.billed_cost = sums.billed_by_currency()
     _export_states_record(account, source.fingerprints, result.periods)
     result.report = source.report.as_dict()
     result.warnings = list(source.report.warnings)
     CloudAccount.objects.filter(pk=account.pk).update(last_synced_at=timezone.now())
     result.duration_ms = int((time.monotonic() - started) * 1000)
     return result
+
+
+class FlushingWriter(LibpqWriter):
+    """Sends each chunk to the socket before taking the next. libpq, non-blocking, would otherwise buffer all
+    that the server has not read yet, and the client would hold the whole backlog in memory."""
+
+    def write(self, data) -> None:
+        for i in range(0, len(data), COPY_CHUNK):
+            self.connection.wait(copy_to(self._pgconn, data[i : i + COPY_CHUNK], flush=True))
+
+
+class CopyWriter:
+    """Feeds a COPY from a thread of its own through a short queue, so producing the next batch (Arrow, mostly
+    outside the GIL) overlaps sending this one and the server's work on it. At most `depth` batches wait.
+
+    Used as a context manager around the producing loop: on leaving, the queue is drained and the thread
+    joined before the COPY ends, and an error raised while sending is raised in the producer.
+    """
+
+    def __init__(self, copy, depth: int = 2):
+        self.copy = copy
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._send, name="ingest-copy", daemon=True)
+
+    def __enter__(self) -> CopyWriter:
+        self.thread.start()
+        return self
+
+    def _send(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.copy.write(data)
+                except BaseException as exc:  # noqa: BLE001 - handed to the producer, which raises it
+                    self.error = exc
+
+    def write(self, data) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(data)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc is None:
+            raise self.error
 
 
 def _export_states_record(account: CloudAccount, fingerprints: dict[str, str], periods: dict[str, int]) -> None:
@@ -159,30 +216,72 @@ def _export_states_record(account: CloudAccount, fingerprints: dict[str, str], p
         )
 
 
-def _replace_and_roll_up(cursor, account_id: int, boundary: int) -> tuple[int, int]:
-    """Delete the account's older rows of the periods just loaded; rebuild the rollups of every day touched."""
-    cursor.execute(
-        f"SELECT array_agg(DISTINCT billing_period_start) FROM {LINES} WHERE account_id = %s AND id > %s",  # noqa: S608
-        [account_id, boundary],
-    )
-    periods = cursor.fetchone()[0] or []
+def _replace_and_roll_up(cursor, account_id: int, boundary: int, sums: NewRollups, tag_keys: list[str]) -> tuple[int, int]:
+    """Delete the account's older rows of the periods just loaded; rebuild the rollups of every day touched.
+
+    A day whose lines all belong to the replaced periods (its rollups count exactly the old rows deleted from
+    it) gets the sums `sums` took on the way in. A day that also holds lines of other billing periods, or whose
+    rollups no longer match its lines (retention keeps rollups longer than lines), is summed again in SQL.
+    """
+    periods = sorted(sums.periods)
     if not periods:
         return 0, 0
-    # Days of the old and the new rows alike: a day the new data no longer has must lose its rollup too.
     cursor.execute(
         f"""
-        SELECT array_agg(DISTINCT (charge_period_start AT TIME ZONE 'UTC')::date)
-        FROM {LINES} WHERE account_id = %s AND billing_period_start = ANY(%s)
+        WITH gone AS (
+            DELETE FROM {LINES} WHERE account_id = %s AND id <= %s AND billing_period_start = ANY(%s)
+            RETURNING charge_period_start
+        )
+        SELECT (charge_period_start AT TIME ZONE 'UTC')::date, count(*) FROM gone GROUP BY 1
         """,  # noqa: S608
-        [account_id, periods],
-    )
-    days = cursor.fetchone()[0] or []
-    cursor.execute(
-        f"DELETE FROM {LINES} WHERE account_id = %s AND id <= %s AND billing_period_start = ANY(%s)",  # noqa: S608
         [account_id, boundary, periods],
     )
-    replaced = cursor.rowcount
+    old_days = dict(cursor.fetchall())
+    replaced = sum(old_days.values())
+    # Days of the old and the new rows alike: a day the new data no longer has must lose its rollup too.
+    days = sorted(set(old_days) | sums.days)
+    cursor.execute(
+        f"SELECT day, sum(line_count) FROM {ROLLUPS} WHERE account_id = %s AND day = ANY(%s) GROUP BY day",  # noqa: S608
+        [account_id, days],
+    )
+    counted = dict(cursor.fetchall())
+    mixed = sorted(day for day in days if counted.get(day, 0) != old_days.get(day, 0))
+    pure = set(days) - set(mixed)
     cursor.execute(f"DELETE FROM {ROLLUPS} WHERE account_id = %s AND day = ANY(%s)", [account_id, days])  # noqa: S608
+    _copy_in(cursor, ROLLUPS, DAILY_COLUMNS, sums.daily_csv(account_id, pure))
+    if mixed:
+        _roll_up_days(cursor, account_id, mixed)
+    if tag_keys:
+        cursor.execute(
+            f"DELETE FROM {TAG_ROLLUPS} WHERE account_id = %s AND tag_key = ANY(%s) AND day = ANY(%s)",  # noqa: S608
+            [account_id, tag_keys, days],
+        )
+        _copy_in(cursor, TAG_ROLLUPS, TAG_COLUMNS, sums.tag_csv(account_id, pure, _tag_values(cursor, sums, tag_keys)))
+        if mixed:
+            _roll_up_tags(cursor, account_id, mixed, tag_keys, delete=False)
+    return replaced, len(days)
+
+
+def _tag_values(cursor, sums: NewRollups, keys: list[str]) -> dict[str, dict[str, str | None]]:
+    """key -> Tags text -> `Tags::jsonb ->> key`, from PostgreSQL itself, so numbers, booleans and nested
+    values become exactly the text the SQL rollups give them. One query over the distinct Tags values."""
+    texts = sums.distinct_tags()
+    values: dict[str, dict[str, str | None]] = {key: {} for key in keys}
+    if texts:
+        cursor.execute("SELECT k, t, t::jsonb ->> k FROM unnest(%s::text[]) AS t, unnest(%s::text[]) AS k", [texts, keys])
+        for key, text, value in cursor.fetchall():
+            values[key][text] = value
+    return values
+
+
+def _copy_in(cursor, table: str, columns: tuple[str, ...], data: bytes) -> None:
+    if data:
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)") as copy:
+            copy.write(data)
+
+
+def _roll_up_days(cursor, account_id: int, days: list) -> None:
+    """The daily rollups of `days` summed from the stored lines (every billing period of those days)."""
     # A rollup row is a day of charges (by ChargePeriodStart, UTC) from every billing period of that day.
     cursor.execute(
         f"""
@@ -203,23 +302,22 @@ def _replace_and_roll_up(cursor, account_id: int, boundary: int) -> tuple[int, i
         """,  # noqa: S608
         [account_id, min(days), max(days), days],
     )
-    _roll_up_tags(cursor, account_id, days, active_tag_keys())
-    return replaced, len(days)
 
 
 def active_tag_keys() -> list[str]:
     return list(CostAllocationTag.objects.filter(is_active=True).values_list("key", flat=True))
 
 
-def _roll_up_tags(cursor, account_id: int, days: list | None, keys: list[str]) -> None:
+def _roll_up_tags(cursor, account_id: int, days: list | None, keys: list[str], *, delete: bool = True) -> None:
     """Rebuild the tag rollups of `keys` for the account's `days` (all its days when None)."""
     if not keys:
         return
     day_filter = "" if days is None else "AND day = ANY(%(days)s)"
-    cursor.execute(
-        f"DELETE FROM {TAG_ROLLUPS} WHERE account_id = %(account)s AND tag_key = ANY(%(keys)s) {day_filter}",  # noqa: S608
-        {"account": account_id, "keys": keys, "days": days},
-    )
+    if delete:
+        cursor.execute(
+            f"DELETE FROM {TAG_ROLLUPS} WHERE account_id = %(account)s AND tag_key = ANY(%(keys)s) {day_filter}",  # noqa: S608
+            {"account": account_id, "keys": keys, "days": days},
+        )
     line_filter = (
         ""
         if days is None
@@ -300,7 +398,10 @@ def _copy_bytes(batch: CostBatch, account_id: int) -> memoryview:
             "source_row": pa.array(rows, pa.int64()),
         }
     )
-    full = pa.Table.from_arrays(extra.columns + table.columns, names=extra.column_names + table.column_names)
+    # Date-times are written without a zone: Arrow formats zoned timestamps ~20x slower, and the load runs with
+    # TIME ZONE 'UTC', so PostgreSQL reads them as the UTC instants they are.
+    columns = [c.cast(NAIVE_TS) if pa.types.is_timestamp(c.type) else c for c in table.columns]
+    full = pa.Table.from_arrays(extra.columns + columns, names=extra.column_names + table.column_names)
     buffer = io.BytesIO()
     pcsv.write_csv(full, buffer, CSV_OPTIONS)
     return buffer.getbuffer()
