@@ -61,7 +61,20 @@ for _column in focus.COLUMNS:
     CostLineItem.add_to_class(_column.field, _focus_field(_column))
 
 
-class CostDailyRollup(models.Model):
+class CostRollup(models.Model):
+    """What every rollup row holds: the sums of its cost lines' amounts in one currency, and how many lines."""
+
+    billing_currency = models.CharField(max_length=3)
+    billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    effective_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    list_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    line_count = models.IntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class CostDailyRollup(CostRollup):
     """Cost per account × day × service × sub-account × region × currency, rebuilt on every import."""
 
     account = models.ForeignKey(CloudAccount, related_name="daily_costs", **BULK_ACCOUNT)
@@ -71,11 +84,6 @@ class CostDailyRollup(models.Model):
     service_category = models.TextField(default="", blank=True)
     sub_account_id = models.TextField(default="", blank=True)
     region_id = models.TextField(default="", blank=True)
-    billing_currency = models.CharField(max_length=3)
-    billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    effective_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    list_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    line_count = models.IntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -109,7 +117,7 @@ class CostAllocationTag(models.Model):
         return self.key
 
 
-class CostTagRollup(models.Model):
+class CostTagRollup(CostRollup):
     """Cost per account × day × tag key × tag value × service × sub-account × region × currency.
 
     tag_value is "" for the lines that do not carry the key, so the values of one key add up to the
@@ -123,11 +131,6 @@ class CostTagRollup(models.Model):
     service_name = models.TextField(default="", blank=True)
     sub_account_id = models.TextField(default="", blank=True)
     region_id = models.TextField(default="", blank=True)
-    billing_currency = models.CharField(max_length=3)
-    billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    effective_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    list_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    line_count = models.IntegerField(default=0)
 
     class Meta:
         constraints = [

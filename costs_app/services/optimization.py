@@ -78,6 +78,9 @@ class Windows:
     def params(self) -> list:
         return [self.account_ids, self.starts, self.ends]
 
+    def named_params(self) -> dict:
+        return {"accounts": self.account_ids, "starts": self.starts, "ends": self.ends}
+
     @cached_property
     def _by_account(self) -> dict[int, tuple[datetime, datetime]]:
         return {acct: (ws, we) for acct, ws, we in zip(self.account_ids, self.starts, self.ends, strict=True)}
@@ -89,10 +92,21 @@ class Windows:
         return self._by_account[account_id][1]
 
 
-# Every cost-line query starts from this: the accounts in scope and their windows.
-_WINDOWS_CTE = """
-w AS (SELECT * FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[]) AS w(account_id, ws, we))
-"""
+def _windows_cte(accounts: str, starts: str, ends: str) -> str:
+    return (
+        f"w AS (SELECT * FROM unnest({accounts}::bigint[], {starts}::timestamptz[], {ends}::timestamptz[])"
+        " AS w(account_id, ws, we))"
+    )
+
+
+# Every cost-line query starts from this: the accounts in scope and their windows (Windows.params()) ...
+_WINDOWS_CTE = _windows_cte("%s", "%s", "%s")
+_NAMED_WINDOWS_CTE = _windows_cte("%(accounts)s", "%(starts)s", "%(ends)s")  # (Windows.named_params())
+# ... and reads the cost lines of each account in its window,
+_LINES_IN_WINDOWS = """costs_app_costlineitem c
+    JOIN w ON c.account_id = w.account_id AND c.charge_period_start >= w.ws AND c.charge_period_start < w.we"""
+# often with the days they span.
+_SPAN_DAYS = "EXTRACT(EPOCH FROM MAX(c.charge_period_end) - MIN(c.charge_period_start)) / 86400"
 
 
 def _monthly(cost: Decimal, span_days: float) -> Decimal:
@@ -267,9 +281,8 @@ class Context:
             SELECT c.account_id, c.resource_id, c.billing_currency, SUM(c.effective_cost),
                    COALESCE(SUM(c.effective_cost) FILTER (
                        WHERE c.service_category = 'Compute' AND c.charge_category = 'Usage'), 0),
-                   EXTRACT(EPOCH FROM MAX(c.charge_period_end) - MIN(c.charge_period_start)) / 86400
-            FROM costs_app_costlineitem c
-            JOIN w ON c.account_id = w.account_id AND c.charge_period_start >= w.ws AND c.charge_period_start < w.we
+                   {_SPAN_DAYS}
+            FROM {_LINES_IN_WINDOWS}
             WHERE EXISTS (SELECT 1 FROM providers_app_resource r
                           WHERE r.account_id = c.account_id AND r.resource_id = c.resource_id AND NOT r.is_terminated)
             GROUP BY c.account_id, c.resource_id, c.billing_currency
@@ -343,6 +356,32 @@ def _cost_or_list_price(
 # --- The catalogue ------------------------------------------------------------------------------------------
 
 
+def _instance_type(r: ResourceRow) -> prices.InstanceType | None:
+    return prices.instance_type(r.provider, r.attributes.get("instance_type", ""))
+
+
+def _running_cpu(ctx: Context, r: ResourceRow) -> CpuStats | None:
+    """The CPU statistics of a running instance, when they have enough samples to judge it by."""
+    if r.state not in RUNNING_STATES:
+        return None
+    stats = ctx.cpu(r)
+    return stats if stats is not None and stats.sufficient else None
+
+
+def _per_gb_month(size: float | None, rate: Decimal | None) -> Decimal | None:
+    """A list price per month from a size in GB and a price per GB-month; None when either is unknown."""
+    return Decimal(str(size)) * rate if size and rate else None
+
+
+def _per_hour(hourly: Decimal | None) -> Decimal | None:
+    """A list price per month from an hourly one; None when it is unknown."""
+    return prices.monthly_usd(hourly) if hourly else None
+
+
+def _price_ratio(new: prices.InstanceType, old: prices.InstanceType) -> str:
+    return str((new.hourly_usd / old.hourly_usd).quantize(Decimal("0.0001")))
+
+
 class Rule:
     name: ClassVar[str]
     description: ClassVar[str]
@@ -377,7 +416,28 @@ class Rule:
         """A finding on one inventory resource: its monthly cost (cost lines, else list price) × saving_share."""
         cost = ctx.cost(resource.account_id, resource.resource_id)
         amount = (cost.monthly_compute if compute_only else cost.monthly) if cost else None
-        estimate = _cost_or_list_price(amount, cost.currency if cost else None, list_monthly)
+        return self.estimated_finding(
+            resource,
+            _cost_or_list_price(amount, cost.currency if cost else None, list_monthly),
+            title=title,
+            details=details,
+            saving_share=saving_share,
+        )
+
+    def estimated_finding(
+        self,
+        resource: ResourceRow,
+        estimate: tuple[Decimal, str, str] | None,
+        *,
+        title: str,
+        details: dict,
+        saving_share: Decimal = Decimal(1),
+        resource_ids: list[str] | None = None,
+    ) -> Finding | None:
+        """A finding on one inventory resource from its (monthly cost, currency, basis); None without one.
+
+        `resource_ids`: whose cost lines measure the realised saving (default: the resource's own).
+        """
         if estimate is None:
             return None
         monthly, currency, basis = estimate
@@ -397,7 +457,75 @@ class Rule:
             currency=currency,
             monthly_cost=monthly,
             saving_basis=basis,
-            cost_scope={"resource_ids": [resource.resource_id]},
+            cost_scope={"resource_ids": resource_ids or [resource.resource_id]},
+        )
+
+    def run_rate_finding(
+        self,
+        *,
+        account_id: int,
+        provider_resource_id: str,
+        title: str,
+        details: dict,
+        currency: str,
+        cost: Decimal,
+        span_days: float,
+        cost_scope: dict,
+    ) -> Finding:
+        """A finding from cost lines alone: what it saves is the run rate of `cost`, incurred over `span_days`.
+
+        Its details end with the rule's thresholds, when it has any.
+        """
+        monthly = _monthly(cost, span_days)
+        return Finding(
+            account_id=account_id,
+            provider_resource_id=provider_resource_id,
+            title=title,
+            details={**details, "thresholds": self.thresholds()} if self.setting_names else details,
+            estimated_monthly_saving=monthly,
+            currency=currency,
+            monthly_cost=monthly,
+            cost_scope=cost_scope,
+        )
+
+
+class InventoryRule(Rule):
+    """A rule that judges the live inventory resources of one kind one at a time."""
+
+    kind: ClassVar[str]
+
+    def findings(self, ctx: Context) -> list[Finding]:
+        return [f for r in ctx.resources(self.kind) if (f := self.finding(ctx, r)) is not None]
+
+    def finding(self, ctx: Context, r: ResourceRow) -> Finding | None:
+        raise NotImplementedError
+
+    def type_change_finding(
+        self,
+        ctx: Context,
+        r: ResourceRow,
+        current: prices.InstanceType,
+        target: prices.InstanceType,
+        *,
+        title: str,
+        details: dict,
+        action: str,
+    ) -> Finding | None:
+        """Moving an instance to a cheaper type: its compute cost × (1 − target price / current price)."""
+        return self.resource_finding(
+            ctx,
+            r,
+            title=title,
+            details={
+                "instance_type": current.name,
+                "recommended_type": target.name,
+                **details,
+                "list_price_ratio": _price_ratio(target, current),
+                "action": action,
+            },
+            list_monthly=prices.monthly_usd(current.hourly_usd),
+            saving_share=1 - target.hourly_usd / current.hourly_usd,
+            compute_only=True,
         )
 
 
@@ -414,10 +542,8 @@ class BilledAfterTermination(Rule):
     SQL = f"""
     WITH {_WINDOWS_CTE}
     SELECT c.account_id, c.resource_id, r.is_terminated, r.terminated_at, r.last_seen,
-           MAX(c.resource_name), MAX(c.service_name), c.billing_currency, SUM(c.effective_cost),
-           EXTRACT(EPOCH FROM MAX(c.charge_period_end) - MIN(c.charge_period_start)) / 86400
-    FROM costs_app_costlineitem c
-    JOIN w ON c.account_id = w.account_id AND c.charge_period_start >= w.ws AND c.charge_period_start < w.we
+           MAX(c.resource_name), MAX(c.service_name), c.billing_currency, SUM(c.effective_cost), {_SPAN_DAYS}
+    FROM {_LINES_IN_WINDOWS}
     JOIN providers_app_resource r ON r.account_id = c.account_id AND r.resource_id = c.resource_id
     WHERE (r.is_terminated OR r.last_seen < %s)
       AND c.charge_period_start >= COALESCE(r.terminated_at, r.last_seen)
@@ -434,9 +560,8 @@ class BilledAfterTermination(Rule):
             gone = f"terminated {terminated_at:%Y-%m-%d}" if terminated and terminated_at else "terminated"
             if not terminated:
                 gone = f"not seen since {last_seen:%Y-%m-%d}"
-            monthly = _monthly(cost, float(span))
             out.append(
-                Finding(
+                self.run_rate_finding(
                     account_id=acct,
                     provider_resource_id=rid,
                     title=f"{rname or rid} ({service}) is {gone} but still billed",
@@ -449,18 +574,17 @@ class BilledAfterTermination(Rule):
                         "cost_since": _money(cost),
                         "billed_days": round(float(span), 2),
                         "action": "Find and delete the resource (or what keeps billing for it), or fix the inventory.",
-                        "thresholds": self.thresholds(),
                     },
-                    estimated_monthly_saving=monthly,
                     currency=currency,
-                    monthly_cost=monthly,
+                    cost=cost,
+                    span_days=float(span),
                     cost_scope={"resource_ids": [rid]},
                 )
             )
         return out
 
 
-class IdleInstances(Rule):
+class IdleInstances(InventoryRule):
     name = "idle_instances"
     description = (
         "Running instances whose hourly CPU p95 stayed below OPTIMIZATION_IDLE_CPU_P95 % over the last "
@@ -470,30 +594,25 @@ class IdleInstances(Rule):
     closed_reason = "its CPU is no longer idle, it stopped running, or its CPU data is too sparse to judge"
     saving = "its whole monthly cost (cost lines, else the instance type's list price)"
     setting_names = ("OPTIMIZATION_IDLE_CPU_P95", "OPTIMIZATION_CPU_DAYS", "OPTIMIZATION_CPU_MIN_COVERAGE")
+    kind = "instance"
 
-    def findings(self, ctx: Context) -> list[Finding]:
-        out = []
-        threshold = settings.OPTIMIZATION_IDLE_CPU_P95
-        for r in ctx.resources("instance"):
-            stats = ctx.cpu(r)
-            if r.state not in RUNNING_STATES or stats is None or not stats.sufficient or stats.p95 >= threshold:
-                continue
-            itype = prices.instance_type(r.provider, r.attributes.get("instance_type", ""))
-            finding = self.resource_finding(
-                ctx,
-                r,
-                title=f"{r.label} ({r.attributes.get('instance_type') or 'instance'}) is idle: "
-                f"CPU p95 {stats.p95:.1f}% over {settings.OPTIMIZATION_CPU_DAYS} days",
-                details={
-                    "instance_type": r.attributes.get("instance_type", ""),
-                    **stats.as_dict(),
-                    "action": "Stop or terminate the instance (snapshot its volumes first if they matter).",
-                },
-                list_monthly=prices.monthly_usd(itype.hourly_usd) if itype else None,
-            )
-            if finding:
-                out.append(finding)
-        return out
+    def finding(self, ctx: Context, r: ResourceRow) -> Finding | None:
+        stats = _running_cpu(ctx, r)
+        if stats is None or stats.p95 >= settings.OPTIMIZATION_IDLE_CPU_P95:
+            return None
+        itype = _instance_type(r)
+        return self.resource_finding(
+            ctx,
+            r,
+            title=f"{r.label} ({r.attributes.get('instance_type') or 'instance'}) is idle: "
+            f"CPU p95 {stats.p95:.1f}% over {settings.OPTIMIZATION_CPU_DAYS} days",
+            details={
+                "instance_type": r.attributes.get("instance_type", ""),
+                **stats.as_dict(),
+                "action": "Stop or terminate the instance (snapshot its volumes first if they matter).",
+            },
+            list_monthly=prices.monthly_usd(itype.hourly_usd) if itype else None,
+        )
 
 
 class StoppedInstances(Rule):
@@ -547,48 +666,41 @@ class StoppedInstances(Rule):
         for r, stopped_at, volumes, since, until in candidates:
             currency, cost = billed.get((r.account_id, r.resource_id), (None, None))
             span = max((until - since).total_seconds() / 86400, 1.0)
-            list_monthly = Decimal(0)
-            for vid in volumes:
-                volume = ctx.volume(r.account_id, vid)
-                if volume is None:
-                    continue
-                size = _number(volume.attributes.get("size_gb"))
-                rate = prices.volume_gb_month_usd(r.provider, volume.attributes.get("volume_type", ""))
-                if size and rate:
-                    list_monthly += Decimal(str(size)) * rate
-            itype = prices.instance_type(r.provider, r.attributes.get("instance_type", ""))
-            if r.provider == "azure" and r.state == "stopped" and itype:  # stopped, not deallocated: compute billed
-                list_monthly += prices.monthly_usd(itype.hourly_usd)
-            estimate = _cost_or_list_price(_monthly(cost, span) if cost else None, currency, list_monthly)
-            if estimate is None:
-                continue
-            monthly, currency, basis = estimate
             days = (ctx.now - stopped_at).days
-            out.append(
-                Finding(
-                    account_id=r.account_id,
-                    provider_resource_id=r.resource_id,
-                    title=f"{r.label} stopped {days} days ago; its storage is still billed",
-                    details={
-                        "resource_type": r.resource_type,
-                        "resource_name": r.name,
-                        "region": r.region,
-                        "state": r.state,
-                        "instance_type": r.attributes.get("instance_type", ""),
-                        "stopped_at": stopped_at.isoformat(),
-                        "stopped_days": days,
-                        "attached_volume_ids": volumes,
-                        "action": "Snapshot what must be kept, then terminate the instance and delete its volumes.",
-                        "thresholds": self.thresholds(),
-                    },
-                    estimated_monthly_saving=monthly,
-                    currency=currency,
-                    monthly_cost=monthly,
-                    saving_basis=basis,
-                    cost_scope={"resource_ids": [r.resource_id, *volumes]},
-                )
+            list_monthly = self._list_monthly(ctx, r, volumes)
+            finding = self.estimated_finding(
+                r,
+                _cost_or_list_price(_monthly(cost, span) if cost else None, currency, list_monthly),
+                title=f"{r.label} stopped {days} days ago; its storage is still billed",
+                details={
+                    "instance_type": r.attributes.get("instance_type", ""),
+                    "stopped_at": stopped_at.isoformat(),
+                    "stopped_days": days,
+                    "attached_volume_ids": volumes,
+                    "action": "Snapshot what must be kept, then terminate the instance and delete its volumes.",
+                },
+                resource_ids=[r.resource_id, *volumes],
             )
+            if finding is not None:
+                out.append(finding)
         return out
+
+    @staticmethod
+    def _list_monthly(ctx: Context, r: ResourceRow, volumes: list[str]) -> Decimal:
+        """The volumes' list price, plus the VM's on Azure when it is stopped but not deallocated (still billed)."""
+        list_monthly = Decimal(0)
+        for vid in volumes:
+            volume = ctx.volume(r.account_id, vid)
+            if volume is None:
+                continue
+            rate = prices.volume_gb_month_usd(r.provider, volume.attributes.get("volume_type", ""))
+            volume_monthly = _per_gb_month(_number(volume.attributes.get("size_gb")), rate)
+            if volume_monthly is not None:
+                list_monthly += volume_monthly
+        itype = _instance_type(r)
+        if r.provider == "azure" and r.state == "stopped" and itype:
+            list_monthly += prices.monthly_usd(itype.hourly_usd)
+        return list_monthly
 
 
 def _downsize_target(
@@ -615,7 +727,7 @@ def _downsize_target(
     return min(fitting, key=lambda f: f[0].hourly_usd) if fitting else None
 
 
-class Rightsizing(Rule):
+class Rightsizing(InventoryRule):
     name = "rightsizing"
     description = (
         "Running instances whose CPU fits a smaller size of the same family: on the smaller size the p95 of "
@@ -626,45 +738,35 @@ class Rightsizing(Rule):
     closed_reason = "its CPU no longer fits a smaller size, it stopped running, or its type changed"
     saving = "its compute cost × (1 − target price / current price) (cost lines, else list prices)"
     setting_names = ("OPTIMIZATION_RIGHTSIZING_HEADROOM", "OPTIMIZATION_CPU_DAYS", "OPTIMIZATION_CPU_MIN_COVERAGE")
+    kind = "instance"
 
-    def findings(self, ctx: Context) -> list[Finding]:
-        out = []
-        headroom = settings.OPTIMIZATION_RIGHTSIZING_HEADROOM
-        for r in ctx.resources("instance"):
-            stats = ctx.cpu(r)
-            itype = prices.instance_type(r.provider, r.attributes.get("instance_type", ""))
-            if r.state not in RUNNING_STATES or itype is None or stats is None or not stats.sufficient:
-                continue
-            target = _downsize_target(itype, stats, headroom)
-            if target is None:
-                continue
-            smaller, projected_p95, projected_peak = target
-            share = 1 - smaller.hourly_usd / itype.hourly_usd
-            finding = self.resource_finding(
-                ctx,
-                r,
-                title=f"Downsize {r.label} from {itype.name} to {smaller.name}",
-                details={
-                    "instance_type": itype.name,
-                    "recommended_type": smaller.name,
-                    "vcpus": itype.vcpus,
-                    "recommended_vcpus": smaller.vcpus,
-                    **stats.as_dict(),
-                    "projected_cpu_p95": round(projected_p95, 2),
-                    "projected_cpu_max": round(projected_peak, 2),
-                    "list_price_ratio": str((smaller.hourly_usd / itype.hourly_usd).quantize(Decimal("0.0001"))),
-                    "action": f"Change the instance type to {smaller.name} (a stop/start), then watch its CPU.",
-                },
-                list_monthly=prices.monthly_usd(itype.hourly_usd),
-                saving_share=share,
-                compute_only=True,
-            )
-            if finding:
-                out.append(finding)
-        return out
+    def finding(self, ctx: Context, r: ResourceRow) -> Finding | None:
+        stats = _running_cpu(ctx, r)
+        itype = _instance_type(r)
+        if stats is None or itype is None:
+            return None
+        target = _downsize_target(itype, stats, settings.OPTIMIZATION_RIGHTSIZING_HEADROOM)
+        if target is None:
+            return None
+        smaller, projected_p95, projected_peak = target
+        return self.type_change_finding(
+            ctx,
+            r,
+            itype,
+            smaller,
+            title=f"Downsize {r.label} from {itype.name} to {smaller.name}",
+            details={
+                "vcpus": itype.vcpus,
+                "recommended_vcpus": smaller.vcpus,
+                **stats.as_dict(),
+                "projected_cpu_p95": round(projected_p95, 2),
+                "projected_cpu_max": round(projected_peak, 2),
+            },
+            action=f"Change the instance type to {smaller.name} (a stop/start), then watch its CPU.",
+        )
 
 
-class PreviousGeneration(Rule):
+class PreviousGeneration(InventoryRule):
     name = "previous_generation"
     description = (
         "Running instances of a previous-generation type (AWS m3/m4/c3/c4/r3/r4/t2/i2, Azure Dv2/Dv3/Dv4/Ev3, GCP "
@@ -672,37 +774,28 @@ class PreviousGeneration(Rule):
     )
     closed_reason = "it now runs a current-generation type, or stopped running"
     saving = "its compute cost × (1 − new price / old price) (cost lines, else list prices)"
+    kind = "instance"
 
-    def findings(self, ctx: Context) -> list[Finding]:
-        out = []
-        for r in ctx.resources("instance"):
-            itype = prices.instance_type(r.provider, r.attributes.get("instance_type", ""))
-            if r.state not in RUNNING_STATES or itype is None:
-                continue
-            newer = prices.previous_generation_replacement(itype)
-            if newer is None or newer.hourly_usd >= itype.hourly_usd:
-                continue
-            finding = self.resource_finding(
-                ctx,
-                r,
-                title=f"Move {r.label} from previous-generation {itype.name} to {newer.name}",
-                details={
-                    "instance_type": itype.name,
-                    "recommended_type": newer.name,
-                    "list_price_ratio": str((newer.hourly_usd / itype.hourly_usd).quantize(Decimal("0.0001"))),
-                    "action": f"Change the instance type to {newer.name}: cheaper and faster "
-                    "(check AMI and driver support first).",
-                },
-                list_monthly=prices.monthly_usd(itype.hourly_usd),
-                saving_share=1 - newer.hourly_usd / itype.hourly_usd,
-                compute_only=True,
-            )
-            if finding:
-                out.append(finding)
-        return out
+    def finding(self, ctx: Context, r: ResourceRow) -> Finding | None:
+        itype = _instance_type(r)
+        if r.state not in RUNNING_STATES or itype is None:
+            return None
+        newer = prices.previous_generation_replacement(itype)
+        if newer is None or newer.hourly_usd >= itype.hourly_usd:
+            return None
+        return self.type_change_finding(
+            ctx,
+            r,
+            itype,
+            newer,
+            title=f"Move {r.label} from previous-generation {itype.name} to {newer.name}",
+            details={},
+            action=f"Change the instance type to {newer.name}: cheaper and faster "
+            "(check AMI and driver support first).",
+        )
 
 
-class UnattachedVolumes(Rule):
+class UnattachedVolumes(InventoryRule):
     name = "unattached_volumes"
     description = (
         "Block storage volumes attached to no instance, older than OPTIMIZATION_UNATTACHED_VOLUME_DAYS days: "
@@ -711,38 +804,32 @@ class UnattachedVolumes(Rule):
     closed_reason = "it is attached again, or deleted"
     saving = "its monthly cost (cost lines, else size × the volume type's list price per GB-month)"
     setting_names = ("OPTIMIZATION_UNATTACHED_VOLUME_DAYS",)
+    kind = "volume"
 
-    def findings(self, ctx: Context) -> list[Finding]:
-        out = []
-        for r in ctx.resources("volume"):
-            attached = r.attributes.get("attached_to")
-            if not isinstance(attached, list) or attached or r.state == "in-use":
-                continue
-            if r.age_days(ctx.now) < settings.OPTIMIZATION_UNATTACHED_VOLUME_DAYS:
-                continue
-            size = _number(r.attributes.get("size_gb"))
-            rate = prices.volume_gb_month_usd(r.provider, r.attributes.get("volume_type", ""))
-            finding = self.resource_finding(
-                ctx,
-                r,
-                title=f"Volume {r.label} ({size or '?'} GiB) is attached to nothing",
-                details={
-                    "size_gb": size,
-                    "volume_type": r.attributes.get("volume_type", ""),
-                    "created_at": r.created_at.isoformat(),
-                    "action": "Snapshot it if the data matters, then delete the volume.",
-                },
-                list_monthly=Decimal(str(size)) * rate if size and rate else None,
-            )
-            if finding:
-                out.append(finding)
-        return out
+    def finding(self, ctx: Context, r: ResourceRow) -> Finding | None:
+        attached = r.attributes.get("attached_to")
+        if not isinstance(attached, list) or attached or r.state == "in-use":
+            return None
+        if r.age_days(ctx.now) < settings.OPTIMIZATION_UNATTACHED_VOLUME_DAYS:
+            return None
+        size = _number(r.attributes.get("size_gb"))
+        rate = prices.volume_gb_month_usd(r.provider, r.attributes.get("volume_type", ""))
+        return self.resource_finding(
+            ctx,
+            r,
+            title=f"Volume {r.label} ({size or '?'} GiB) is attached to nothing",
+            details={
+                "size_gb": size,
+                "volume_type": r.attributes.get("volume_type", ""),
+                "created_at": r.created_at.isoformat(),
+                "action": "Snapshot it if the data matters, then delete the volume.",
+            },
+            list_monthly=_per_gb_month(size, rate),
+        )
 
 
 def _snapshot_list_monthly(r: ResourceRow) -> Decimal | None:
-    size = _number(r.attributes.get("size_gb"))
-    rate = prices.snapshot_gb_month_usd(r.provider)
-    return Decimal(str(size)) * rate if size and rate else None
+    return _per_gb_month(_number(r.attributes.get("size_gb")), prices.snapshot_gb_month_usd(r.provider))
 
 
 class OrphanedSnapshots(Rule):
@@ -793,43 +880,39 @@ class OrphanedSnapshots(Rule):
                 },
                 list_monthly=_snapshot_list_monthly(r),
             )
-            if finding:
+            if finding is not None:
                 out.append(finding)
         return out
 
 
-class OldSnapshots(Rule):
+class OldSnapshots(InventoryRule):
     name = "old_snapshots"
     description = "Snapshots older than OPTIMIZATION_SNAPSHOT_MAX_AGE_DAYS days: review and delete, or archive."
     closed_reason = "the snapshot was deleted"
     saving = "its monthly cost (cost lines, else size × list price per GB-month: an upper bound)"
     setting_names = ("OPTIMIZATION_SNAPSHOT_MAX_AGE_DAYS",)
+    kind = "snapshot"
 
-    def findings(self, ctx: Context) -> list[Finding]:
-        out = []
-        for r in ctx.resources("snapshot"):
-            age = r.age_days(ctx.now)
-            if age <= settings.OPTIMIZATION_SNAPSHOT_MAX_AGE_DAYS:
-                continue
-            finding = self.resource_finding(
-                ctx,
-                r,
-                title=f"Snapshot {r.label} is {int(age)} days old",
-                details={
-                    "source_volume_id": r.attributes.get("source_volume_id", ""),
-                    "size_gb": _number(r.attributes.get("size_gb")),
-                    "created_at": r.created_at.isoformat(),
-                    "age_days": int(age),
-                    "action": "Delete it, or move it to an archive tier if it must be kept.",
-                },
-                list_monthly=_snapshot_list_monthly(r),
-            )
-            if finding:
-                out.append(finding)
-        return out
+    def finding(self, ctx: Context, r: ResourceRow) -> Finding | None:
+        age = r.age_days(ctx.now)
+        if age <= settings.OPTIMIZATION_SNAPSHOT_MAX_AGE_DAYS:
+            return None
+        return self.resource_finding(
+            ctx,
+            r,
+            title=f"Snapshot {r.label} is {int(age)} days old",
+            details={
+                "source_volume_id": r.attributes.get("source_volume_id", ""),
+                "size_gb": _number(r.attributes.get("size_gb")),
+                "created_at": r.created_at.isoformat(),
+                "age_days": int(age),
+                "action": "Delete it, or move it to an archive tier if it must be kept.",
+            },
+            list_monthly=_snapshot_list_monthly(r),
+        )
 
 
-class UnassociatedIps(Rule):
+class UnassociatedIps(InventoryRule):
     name = "unassociated_ips"
     description = (
         "Reserved public IP addresses associated with nothing for at least OPTIMIZATION_UNASSOCIATED_IP_DAYS days "
@@ -838,29 +921,23 @@ class UnassociatedIps(Rule):
     closed_reason = "it is associated again, or released"
     saving = "its monthly cost (cost lines, else the provider's idle-address hourly price × 730.5)"
     setting_names = ("OPTIMIZATION_UNASSOCIATED_IP_DAYS",)
+    kind = "ip_address"
 
-    def findings(self, ctx: Context) -> list[Finding]:
-        out = []
-        for r in ctx.resources("ip_address"):
-            associated = r.attributes.get("associated_with")
-            if "associated_with" not in r.attributes or associated:
-                continue
-            if r.age_days(ctx.now) < settings.OPTIMIZATION_UNASSOCIATED_IP_DAYS:
-                continue
-            hourly = prices.idle_ip_hour_usd(r.provider)
-            finding = self.resource_finding(
-                ctx,
-                r,
-                title=f"Public IP {r.attributes.get('address') or r.label} is not associated with anything",
-                details={"address": r.attributes.get("address", ""), "action": "Release the address."},
-                list_monthly=prices.monthly_usd(hourly) if hourly else None,
-            )
-            if finding:
-                out.append(finding)
-        return out
+    def finding(self, ctx: Context, r: ResourceRow) -> Finding | None:
+        if "associated_with" not in r.attributes or r.attributes["associated_with"]:
+            return None
+        if r.age_days(ctx.now) < settings.OPTIMIZATION_UNASSOCIATED_IP_DAYS:
+            return None
+        return self.resource_finding(
+            ctx,
+            r,
+            title=f"Public IP {r.attributes.get('address') or r.label} is not associated with anything",
+            details={"address": r.attributes.get("address", ""), "action": "Release the address."},
+            list_monthly=_per_hour(prices.idle_ip_hour_usd(r.provider)),
+        )
 
 
-class IdleLoadBalancers(Rule):
+class IdleLoadBalancers(InventoryRule):
     name = "idle_load_balancers"
     description = (
         "Load balancers with no targets, or with no day above OPTIMIZATION_IDLE_LB_MAX_DAILY_REQUESTS requests "
@@ -869,39 +946,35 @@ class IdleLoadBalancers(Rule):
     closed_reason = "it has targets and traffic again, or was deleted"
     saving = "its monthly cost (cost lines, else the load balancer type's hourly list price × 730.5)"
     setting_names = ("OPTIMIZATION_IDLE_LB_DAYS", "OPTIMIZATION_IDLE_LB_MAX_DAILY_REQUESTS")
+    kind = "load_balancer"
 
-    def findings(self, ctx: Context) -> list[Finding]:
+    def finding(self, ctx: Context, r: ResourceRow) -> Finding | None:
         days = settings.OPTIMIZATION_IDLE_LB_DAYS
-        ceiling = settings.OPTIMIZATION_IDLE_LB_MAX_DAILY_REQUESTS
-        out = []
-        for r in ctx.resources("load_balancer"):
-            if r.age_days(ctx.now) < days:
-                continue
-            targets = _number(r.attributes.get("target_count"))
-            daily = [_number(v) for v in r.attributes.get("request_count_daily") or []]
-            recent = daily[-days:] if len(daily) >= days else None
-            if targets == 0:
-                why = "has no targets"
-            elif recent is not None and all(v is not None and v <= ceiling for v in recent):
-                why = f"served at most {int(max(recent))} requests a day for {days} days"
-            else:
-                continue
-            hourly = prices.load_balancer_hour_usd(r.provider, r.attributes.get("lb_type", ""))
-            finding = self.resource_finding(
-                ctx,
-                r,
-                title=f"Load balancer {r.label} {why}",
-                details={
-                    "lb_type": r.attributes.get("lb_type", ""),
-                    "target_count": targets,
-                    "requests_in_window": int(sum(recent)) if recent else None,
-                    "action": "Delete the load balancer (and its listeners, target groups and DNS records).",
-                },
-                list_monthly=prices.monthly_usd(hourly) if hourly else None,
-            )
-            if finding:
-                out.append(finding)
-        return out
+        if r.age_days(ctx.now) < days:
+            return None
+        targets = _number(r.attributes.get("target_count"))
+        daily = [_number(v) for v in r.attributes.get("request_count_daily") or []]
+        recent = daily[-days:] if len(daily) >= days else None
+        if targets == 0:
+            why = "has no targets"
+        elif recent is not None and all(
+            v is not None and v <= settings.OPTIMIZATION_IDLE_LB_MAX_DAILY_REQUESTS for v in recent
+        ):
+            why = f"served at most {int(max(recent))} requests a day for {days} days"
+        else:
+            return None
+        return self.resource_finding(
+            ctx,
+            r,
+            title=f"Load balancer {r.label} {why}",
+            details={
+                "lb_type": r.attributes.get("lb_type", ""),
+                "target_count": targets,
+                "requests_in_window": int(sum(recent)) if recent else None,
+                "action": "Delete the load balancer (and its listeners, target groups and DNS records).",
+            },
+            list_monthly=_per_hour(prices.load_balancer_hour_usd(r.provider, r.attributes.get("lb_type", ""))),
+        )
 
 
 class IdleResources(Rule):
@@ -918,10 +991,8 @@ class IdleResources(Rule):
     SQL = f"""
     WITH {_WINDOWS_CTE}
     SELECT c.account_id, c.resource_id, MAX(c.resource_name), MAX(c.resource_type), MAX(c.service_name),
-           MAX(c.consumed_unit), c.billing_currency, SUM(c.effective_cost),
-           EXTRACT(EPOCH FROM MAX(c.charge_period_end) - MIN(c.charge_period_start)) / 86400
-    FROM costs_app_costlineitem c
-    JOIN w ON c.account_id = w.account_id AND c.charge_period_start >= w.ws AND c.charge_period_start < w.we
+           MAX(c.consumed_unit), c.billing_currency, SUM(c.effective_cost), {_SPAN_DAYS}
+    FROM {_LINES_IN_WINDOWS}
     WHERE c.charge_category = 'Usage' AND COALESCE(c.resource_id, '') <> ''
     GROUP BY c.account_id, c.resource_id, c.billing_currency
     -- at least one line reports a quantity: a provider that reports none is not evidence of idleness
@@ -929,31 +1000,27 @@ class IdleResources(Rule):
     """
 
     def findings(self, ctx: Context) -> list[Finding]:
-        out = []
-        for acct, rid, rname, rtype, service, unit, currency, cost, span in _query(self.SQL, ctx.windows.params()):
-            monthly = _monthly(cost, float(span))
-            out.append(
-                Finding(
-                    account_id=acct,
-                    provider_resource_id=rid,
-                    title=f"{rname or rid} ({service}) costs money but consumed nothing for {ctx.windows.days} days",
-                    details={
-                        "service_name": service,
-                        "resource_name": rname or "",
-                        "resource_type": rtype or "",
-                        "consumed_unit": unit or "",
-                        "cost_in_window": _money(cost),
-                        "window_days": ctx.windows.days,
-                        "action": "Release or delete the idle resource, or scale it to zero.",
-                        "thresholds": self.thresholds(),
-                    },
-                    estimated_monthly_saving=monthly,
-                    currency=currency,
-                    monthly_cost=monthly,
-                    cost_scope={"resource_ids": [rid]},
-                )
+        return [
+            self.run_rate_finding(
+                account_id=acct,
+                provider_resource_id=rid,
+                title=f"{rname or rid} ({service}) costs money but consumed nothing for {ctx.windows.days} days",
+                details={
+                    "service_name": service,
+                    "resource_name": rname or "",
+                    "resource_type": rtype or "",
+                    "consumed_unit": unit or "",
+                    "cost_in_window": _money(cost),
+                    "window_days": ctx.windows.days,
+                    "action": "Release or delete the idle resource, or scale it to zero.",
+                },
+                currency=currency,
+                cost=cost,
+                span_days=float(span),
+                cost_scope={"resource_ids": [rid]},
             )
-        return out
+            for acct, rid, rname, rtype, service, unit, currency, cost, span in _query(self.SQL, ctx.windows.params())
+        ]
 
 
 class UntaggedSpend(Rule):
@@ -976,25 +1043,20 @@ class UntaggedSpend(Rule):
              WHERE lower(k) = ANY(%(keys)s::text[])) < cardinality(%(keys)s::text[])
     """
     SQL = f"""
-    WITH w AS (SELECT * FROM unnest(%(accounts)s::bigint[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
-               AS w(account_id, ws, we))
+    WITH {_NAMED_WINDOWS_CTE}
     SELECT c.account_id, c.billing_currency, SUM(c.effective_cost),
-           COALESCE(SUM(c.effective_cost) FILTER (WHERE {UNTAGGED}), 0),
-           EXTRACT(EPOCH FROM MAX(c.charge_period_end) - MIN(c.charge_period_start)) / 86400
-    FROM costs_app_costlineitem c
-    JOIN w ON c.account_id = w.account_id AND c.charge_period_start >= w.ws AND c.charge_period_start < w.we
+           COALESCE(SUM(c.effective_cost) FILTER (WHERE {UNTAGGED}), 0), {_SPAN_DAYS}
+    FROM {_LINES_IN_WINDOWS}
     GROUP BY c.account_id, c.billing_currency
     HAVING SUM(c.effective_cost) > 0
     """
     TOP_SQL = f"""
-    WITH w AS (SELECT * FROM unnest(%(accounts)s::bigint[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
-               AS w(account_id, ws, we)),
+    WITH {_NAMED_WINDOWS_CTE},
     u AS (
         SELECT c.account_id, c.billing_currency, c.service_name, c.resource_id, SUM(c.effective_cost) AS cost,
                ROW_NUMBER() OVER (PARTITION BY c.account_id, c.billing_currency
                                   ORDER BY SUM(c.effective_cost) DESC) AS n
-        FROM costs_app_costlineitem c
-        JOIN w ON c.account_id = w.account_id AND c.charge_period_start >= w.ws AND c.charge_period_start < w.we
+        FROM {_LINES_IN_WINDOWS}
         WHERE {UNTAGGED}
         GROUP BY 1, 2, 3, 4
     )
@@ -1005,12 +1067,7 @@ class UntaggedSpend(Rule):
         keys = sorted({k.strip().lower() for k in settings.OPTIMIZATION_REQUIRED_TAG_KEYS if k.strip()})
         if not keys:
             return []
-        params = {
-            "accounts": ctx.windows.account_ids,
-            "starts": ctx.windows.starts,
-            "ends": ctx.windows.ends,
-            "keys": keys,
-        }
+        params = {**ctx.windows.named_params(), "keys": keys}
         ceiling = Decimal(str(settings.OPTIMIZATION_UNTAGGED_MAX_SHARE))
         flagged = {}
         for acct, currency, total, untagged, span in _query(self.SQL, params):
@@ -1069,8 +1126,7 @@ class CommitmentCoverage(Rule):
     daily AS (
         SELECT c.account_id, c.service_name, COALESCE(c.region_id, '') AS region, c.billing_currency,
                date_trunc('day', c.charge_period_start) AS day, SUM(c.effective_cost) AS cost
-        FROM costs_app_costlineitem c
-        JOIN w ON c.account_id = w.account_id AND c.charge_period_start >= w.ws AND c.charge_period_start < w.we
+        FROM {_LINES_IN_WINDOWS}
         WHERE c.charge_category = 'Usage' AND c.service_category = 'Compute'
           AND COALESCE(c.pricing_category, 'Standard') = 'Standard' AND COALESCE(c.commitment_discount_id, '') = ''
         GROUP BY 1, 2, 3, 4, 5
@@ -1125,39 +1181,33 @@ class UnusedCommitment(Rule):
     SQL = f"""
     WITH {_WINDOWS_CTE}
     SELECT c.account_id, c.commitment_discount_id, MAX(c.commitment_discount_name), MAX(c.commitment_discount_type),
-           MAX(c.service_name), c.billing_currency, SUM(c.effective_cost),
-           EXTRACT(EPOCH FROM MAX(c.charge_period_end) - MIN(c.charge_period_start)) / 86400
-    FROM costs_app_costlineitem c
-    JOIN w ON c.account_id = w.account_id AND c.charge_period_start >= w.ws AND c.charge_period_start < w.we
+           MAX(c.service_name), c.billing_currency, SUM(c.effective_cost), {_SPAN_DAYS}
+    FROM {_LINES_IN_WINDOWS}
     WHERE c.commitment_discount_status = 'Unused' AND COALESCE(c.commitment_discount_id, '') <> ''
     GROUP BY c.account_id, c.commitment_discount_id, c.billing_currency
     HAVING SUM(c.effective_cost) > 0
     """
 
     def findings(self, ctx: Context) -> list[Finding]:
-        out = []
-        for acct, cid, cname, ctype, service, currency, cost, span in _query(self.SQL, ctx.windows.params()):
-            monthly = _monthly(cost, float(span))
-            out.append(
-                Finding(
-                    account_id=acct,
-                    provider_resource_id=cid,
-                    title=f"Unused commitment {cname or cid} ({service})",
-                    details={
-                        "service_name": service,
-                        "commitment_discount_name": cname or "",
-                        "commitment_discount_type": ctype or "",
-                        "unused_cost_in_window": _money(cost),
-                        "action": "Move matching workloads onto it, exchange or resell it, and size renewals to "
-                        "real use.",
-                    },
-                    estimated_monthly_saving=monthly,
-                    currency=currency,
-                    monthly_cost=monthly,
-                    cost_scope={"commitment_discount_id": cid},
-                )
+        return [
+            self.run_rate_finding(
+                account_id=acct,
+                provider_resource_id=cid,
+                title=f"Unused commitment {cname or cid} ({service})",
+                details={
+                    "service_name": service,
+                    "commitment_discount_name": cname or "",
+                    "commitment_discount_type": ctype or "",
+                    "unused_cost_in_window": _money(cost),
+                    "action": "Move matching workloads onto it, exchange or resell it, and size renewals to real use.",
+                },
+                currency=currency,
+                cost=cost,
+                span_days=float(span),
+                cost_scope={"commitment_discount_id": cid},
             )
-        return out
+            for acct, cid, cname, ctype, service, currency, cost, span in _query(self.SQL, ctx.windows.params())
+        ]
 
 
 # Catalogue order is priority order within a group.

@@ -1225,6 +1225,20 @@ def _disk_ids(vm: dict) -> list[str]:
     return [d["managedDisk"]["id"].lower() for d in disks if (d.get("managedDisk") or {}).get("id")]
 
 
+def _arm_resource(item: dict, *, resource_type: str, service_name: str, state: str, attributes: dict) -> dict:
+    """An inventory row from an ARM resource (its id, location, name and tags) and what the caller read of it."""
+    return {
+        "resource_id": item["id"].lower(),
+        "resource_type": resource_type,
+        "service_name": service_name,
+        "region": item.get("location", ""),
+        "name": item.get("name", ""),
+        "state": state,
+        "tags": item.get("tags") or {},
+        "attributes": attributes,
+    }
+
+
 def vm_resource(vm: dict, instance_view: dict) -> dict:
     props = vm.get("properties") or {}
     statuses = instance_view.get("statuses") or []
@@ -1238,55 +1252,46 @@ def vm_resource(vm: dict, instance_view: dict) -> dict:
         # The instance view's provisioning status carries the time of the last operation: the stop/deallocate.
         changed = [s.get("time") for s in statuses if str(s.get("code", "")).startswith("ProvisioningState/")]
         attributes["stopped_at"] = _iso(changed[0]) if changed else None
-    return {
-        "resource_id": vm["id"].lower(),
-        "resource_type": "instance",
-        "service_name": "Virtual Machines",
-        "region": vm.get("location", ""),
-        "name": vm.get("name", ""),
-        "state": power or str(props.get("provisioningState") or "").lower(),
-        "tags": vm.get("tags") or {},
-        "attributes": attributes,
-    }
+    return _arm_resource(
+        vm,
+        resource_type="instance",
+        service_name="Virtual Machines",
+        state=power or str(props.get("provisioningState") or "").lower(),
+        attributes=attributes,
+    )
 
 
 def disk_resource(disk: dict) -> dict:
     props = disk.get("properties") or {}
     managed_by = disk.get("managedBy") or ""
-    return {
-        "resource_id": disk["id"].lower(),
-        "resource_type": "volume",
-        "service_name": "Storage",
-        "region": disk.get("location", ""),
-        "name": disk.get("name", ""),
-        "state": str(props.get("diskState") or "").lower(),
-        "tags": disk.get("tags") or {},
-        "attributes": {
+    return _arm_resource(
+        disk,
+        resource_type="volume",
+        service_name="Storage",
+        state=str(props.get("diskState") or "").lower(),
+        attributes={
             "size_gb": props.get("diskSizeGB"),
             "volume_type": (disk.get("sku") or {}).get("name", ""),
             "attached_to": [managed_by.lower()] if managed_by else [],
             "created_at": _iso(props.get("timeCreated")),
         },
-    }
+    )
 
 
 def snapshot_resource(snapshot: dict) -> dict:
     props = snapshot.get("properties") or {}
     source = (props.get("creationData") or {}).get("sourceResourceId") or ""
-    return {
-        "resource_id": snapshot["id"].lower(),
-        "resource_type": "snapshot",
-        "service_name": "Storage",
-        "region": snapshot.get("location", ""),
-        "name": snapshot.get("name", ""),
-        "state": str(props.get("provisioningState") or "").lower(),
-        "tags": snapshot.get("tags") or {},
-        "attributes": {
+    return _arm_resource(
+        snapshot,
+        resource_type="snapshot",
+        service_name="Storage",
+        state=str(props.get("provisioningState") or "").lower(),
+        attributes={
             "size_gb": props.get("diskSizeGB"),
             "source_volume_id": source.lower(),
             "created_at": _iso(props.get("timeCreated")),
         },
-    }
+    )
 
 
 def public_ip_resource(address: dict) -> dict:
@@ -1296,21 +1301,18 @@ def public_ip_resource(address: dict) -> dict:
     owner = re.split(r"/(?:ipconfigurations|frontendipconfigurations)/", config_id)[0] if config_id else ""
     if not owner and (props.get("natGateway") or {}).get("id"):
         owner = props["natGateway"]["id"].lower()
-    return {
-        "resource_id": address["id"].lower(),
-        "resource_type": "ip_address",
-        "service_name": "Virtual Network",
-        "region": address.get("location", ""),
-        "name": address.get("name", ""),
-        "state": "associated" if owner else "unassociated",
-        "tags": address.get("tags") or {},
-        "attributes": {
+    return _arm_resource(
+        address,
+        resource_type="ip_address",
+        service_name="Virtual Network",
+        state="associated" if owner else "unassociated",
+        attributes={
             "address": props.get("ipAddress", ""),
             "associated_with": owner,
             "allocation": props.get("publicIPAllocationMethod", ""),
             "sku": (address.get("sku") or {}).get("name", ""),
         },
-    }
+    )
 
 
 # --- the registry's entry points ---
