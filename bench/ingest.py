@@ -56,10 +56,15 @@ SERVICES = [
     ("Amazon Athena", "Analytics", "Data Processing"),
 ]
 REGIONS = [
-    ("us-east-1", "US East (N. Virginia)"), ("us-east-2", "US East (Ohio)"), ("us-west-2", "US West (Oregon)"),
-    ("eu-west-1", "Europe (Ireland)"), ("eu-central-1", "Europe (Frankfurt)"), ("ap-southeast-1", "Asia Pacific (Singapore)"),
-    ("ap-northeast-1", "Asia Pacific (Tokyo)"), ("sa-east-1", "South America (Sao Paulo)"),
-]  # fmt: skip
+    ("us-east-1", "US East (N. Virginia)"),
+    ("us-east-2", "US East (Ohio)"),
+    ("us-west-2", "US West (Oregon)"),
+    ("eu-west-1", "Europe (Ireland)"),
+    ("eu-central-1", "Europe (Frankfurt)"),
+    ("ap-southeast-1", "Asia Pacific (Singapore)"),
+    ("ap-northeast-1", "Asia Pacific (Tokyo)"),
+    ("sa-east-1", "South America (Sao Paulo)"),
+]
 TEAMS = ["web", "api", "data", "ml", "platform", "search", "billing", "mobile"]
 ENVS = ["prod", "staging", "dev"]
 
@@ -153,10 +158,15 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
         for t, e, tagged in zip(res_team, res_env, res_tagged, strict=True)
     ]
     sku_ids = [f"SKU{i:05d}ABCDEFGH" for i in range(len(SERVICES) * 40)]
-    sku_details = [json.dumps({"InstanceFamily": f"m{i % 7}", "Size": ["large", "xlarge", "2xlarge"][i % 3]}) for i in range(len(sku_ids))]
+    sku_details = [
+        json.dumps({"InstanceFamily": f"m{i % 7}", "Size": ["large", "xlarge", "2xlarge"][i % 3]})
+        for i in range(len(sku_ids))
+    ]
     subs = [f"{100000000000 + i:012d}" for i in range(n_sub)]
     columns = {
-        "AvailabilityZone": null_where(pick([f"{r}{z}" for r, _ in REGIONS for z in "abc"], region * 3 + resource % 3), daily),
+        "AvailabilityZone": null_where(
+            pick([f"{r}{z}" for r, _ in REGIONS for z in "abc"], region * 3 + resource % 3), daily
+        ),
         "BilledCost": money(billed),
         "BillingAccountId": pick(["999988887777"], np.zeros(rows, dtype=np.int64)),
         "BillingAccountName": pick(["Acme Payer"], np.zeros(rows, dtype=np.int64)),
@@ -168,16 +178,33 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
         "CapacityReservationStatus": text([None] * rows),
         "ChargeCategory": pick(categories, category),
         "ChargeClass": null_where(pick(["Correction"], np.zeros(rows, dtype=np.int64)), category != 4),
-        "ChargeDescription": pick([f"${r:.4f} per unit of {s[0]} {sk}" for r, s, sk in zip(np.round(rng.lognormal(-3, 1.3, len(sku_ids)), 4), [SERVICES[i // 40] for i in range(len(sku_ids))], sku_ids, strict=True)], sku),
-        "ChargeFrequency": pick(["Usage-Based", "One-Time", "Recurring"], np.where(category == 0, 0, np.where(category == 1, 1, 2))),
+        "ChargeDescription": pick(
+            [
+                f"${r:.4f} per unit of {s[0]} {sk}"
+                for r, s, sk in zip(
+                    np.round(rng.lognormal(-3, 1.3, len(sku_ids)), 4),
+                    [SERVICES[i // 40] for i in range(len(sku_ids))],
+                    sku_ids,
+                    strict=True,
+                )
+            ],
+            sku,
+        ),
+        "ChargeFrequency": pick(
+            ["Usage-Based", "One-Time", "Recurring"], np.where(category == 0, 0, np.where(category == 1, 1, 2))
+        ),
         "ChargePeriodEnd": iso(end),
         "ChargePeriodStart": iso(start),
         "CommitmentDiscountCategory": null_where(pick(["Spend"], np.zeros(rows, dtype=np.int64)), ~committed),
-        "CommitmentDiscountId": null_where(pick([f"arn:aws:savingsplans::999988887777:savingsplan/sp-{i:04d}" for i in range(8)], sub % 8), ~committed),
+        "CommitmentDiscountId": null_where(
+            pick([f"arn:aws:savingsplans::999988887777:savingsplan/sp-{i:04d}" for i in range(8)], sub % 8), ~committed
+        ),
         "CommitmentDiscountName": null_where(pick([f"sp-{i:04d}" for i in range(8)], sub % 8), ~committed),
         "CommitmentDiscountQuantity": null_where(money(effective), ~committed),
         "CommitmentDiscountStatus": null_where(pick(["Used"], np.zeros(rows, dtype=np.int64)), ~committed),
-        "CommitmentDiscountType": null_where(pick(["Compute Savings Plan"], np.zeros(rows, dtype=np.int64)), ~committed),
+        "CommitmentDiscountType": null_where(
+            pick(["Compute Savings Plan"], np.zeros(rows, dtype=np.int64)), ~committed
+        ),
         "CommitmentDiscountUnit": null_where(pick(["USD"], np.zeros(rows, dtype=np.int64)), ~committed),
         "ConsumedQuantity": money(quantity),
         "ConsumedUnit": pick(["Hours", "GB-Mo", "Requests", "GB"], service % 4),
@@ -201,7 +228,10 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
         "RegionName": pick([n for _, n in REGIONS], region),
         "ResourceId": pick(resource_ids, resource),
         "ResourceName": pick([f"{TEAMS[t]}-{i:06d}" for i, t in enumerate(res_team)], resource),
-        "ResourceType": pick(["Virtual Machine", "Bucket", "Database", "Function", "Distribution", "Table", "Cluster", "Cache"], service % 8),
+        "ResourceType": pick(
+            ["Virtual Machine", "Bucket", "Database", "Function", "Distribution", "Table", "Cluster", "Cache"],
+            service % 8,
+        ),
         "ServiceCategory": pick([s[1] for s in SERVICES], service),
         "ServiceName": pick([s[0] for s in SERVICES], service),
         "ServiceSubcategory": pick([s[2] for s in SERVICES], service),
@@ -213,7 +243,7 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
         "SubAccountName": pick([f"Team account {i}" for i in range(n_sub)], sub),
         "SubAccountType": pick(["AWS Account"], np.zeros(rows, dtype=np.int64)),
         "Tags": pick(tags, resource),
-    }  # fmt: skip
+    }
     assert list(columns) == [c.name for c in focus.COLUMNS], "the generator must write every FOCUS 1.2 column"
     table = pa.table(columns)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +258,8 @@ def export_file(rows: int) -> Path:
     if not path.exists():
         started = time.perf_counter()
         generate(path, rows)
-        print(f"generated {path.relative_to(ROOT)} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
+        seconds = time.perf_counter() - started
+        print(f"generated {path.relative_to(ROOT)} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s")
     return path
 
 
@@ -254,11 +285,10 @@ def raw_copy(url: str, path: Path) -> float:
         conn.execute("CHECKPOINT")
         names = ", ".join(c.field for c in focus.COLUMNS)
         started = time.perf_counter()
-        with conn.transaction(), conn.cursor() as cur:
-            with cur.copy(f"COPY bench_bare_focus ({names}) FROM STDIN WITH (FORMAT csv, HEADER true)") as copy:
-                with gzip.open(path, "rb") as fh:
-                    while chunk := fh.read(COPY_CHUNK):
-                        copy.write(chunk)
+        sql = f"COPY bench_bare_focus ({names}) FROM STDIN WITH (FORMAT csv, HEADER true)"
+        with conn.transaction(), conn.cursor() as cur, cur.copy(sql) as copy, gzip.open(path, "rb") as fh:
+            while chunk := fh.read(COPY_CHUNK):
+                copy.write(chunk)
         seconds = time.perf_counter() - started
         conn.execute("DROP TABLE bench_bare_focus")
     return seconds
@@ -370,7 +400,10 @@ def main() -> None:
     reload_rate = reload["rows"] / reload["seconds"]
     assert reload["replaced"] == n, f"the reload replaced {reload['replaced']} rows, not {n}"
     assert reload["billed"] == first["billed"], "the reload must load the same money"
-    print(f"reload of the same month (replaces {reload['replaced']:,} rows): {reload['seconds']:.2f} s = {reload_rate:,.0f} rows/s")
+    print(
+        f"reload of the same month (replaces {reload['replaced']:,} rows): "
+        f"{reload['seconds']:.2f} s = {reload_rate:,.0f} rows/s"
+    )
 
     figures = {
         "rows": n,

@@ -8,6 +8,7 @@ and the rollback leaves the previous data exactly as it was.
 
 from __future__ import annotations
 
+import bisect
 import io
 import queue
 import re
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import numpy as np
+import psycopg
 import pyarrow as pa
 import pyarrow.csv as pcsv
 from django.db import connection, transaction
+from django.utils import timezone
 from psycopg.copy import LibpqWriter
 from psycopg.generators import copy_to
-from django.utils import timezone
 
 from costs_app.models import CostAllocationTag, CostDailyRollup, CostLineItem, CostTagRollup
 from costs_app.services.rollups import DAILY_COLUMNS, TAG_COLUMNS, NewRollups
@@ -36,6 +38,7 @@ LINES = CostLineItem._meta.db_table
 ROLLUPS = CostDailyRollup._meta.db_table
 TAG_ROLLUPS = CostTagRollup._meta.db_table
 COPY_COLUMNS = ["account_id", "source_file", "source_row", *(c.field for c in focus.COLUMNS)]
+FOCUS_NAMES = {c.field: c.name for c in focus.COLUMNS}
 COPY_SQL = f"COPY {LINES} ({', '.join(COPY_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"  # noqa: S608
 CSV_OPTIONS = pcsv.WriteOptions(include_header=False, quoting_style="needed")
 NAIVE_TS = pa.timestamp("us")
@@ -130,15 +133,21 @@ def cost_period_replace(
         boundary = cursor.fetchone()[0]
         cursor.execute("SET LOCAL TIME ZONE 'UTC'")  # the COPY's date-times are UTC without a zone
         raw = cursor.cursor  # the psycopg cursor: Django's wrapper does not pass `writer` on
-        with raw.copy(COPY_SQL, writer=FlushingWriter(raw)) as copy:
+        lines = CopyLines()
+        try:
             # The server parses, checks and indexes one batch while this thread reads and checks the next.
-            with CopyWriter(copy) as writer:
+            with raw.copy(COPY_SQL, writer=FlushingWriter(raw)) as copy, CopyWriter(copy) as writer:
                 for batch in source.batches(billing_period=billing_period):
+                    lines.add(batch)
                     writer.write(_copy_bytes(batch, account.pk))
                     sums.add(batch.table)
                     result.rows_loaded += batch.table.num_rows
                     for period, rows in batch.periods.items():
                         result.periods[period] = result.periods.get(period, 0) + rows
+        except psycopg.errors.DataError as exc:
+            # A value the FOCUS checks let through and PostgreSQL refused (e.g. year 0000): the atomic block
+            # rolls the whole load back; the message says where the value came from.
+            raise PermanentError(lines.describe(exc)) from None
         result.rows_read, result.rows_skipped = source.rows_read, source.rows_skipped
         result.files = source.files
         result.unchanged_periods = sorted(source.unchanged_periods)
@@ -156,6 +165,37 @@ def cost_period_replace(
     CloudAccount.objects.filter(pk=account.pk).update(last_synced_at=timezone.now())
     result.duration_ms = int((time.monotonic() - started) * 1000)
     return result
+
+
+class CopyLines:
+    """Which source file and row each line of the COPY stream came from, to name them in a server error."""
+
+    CONTEXT_RE = re.compile(r"COPY \S+, line (\d+)(?:, column (\w+))?")
+
+    def __init__(self):
+        self.starts: list[int] = []  # first COPY line (1-based) of each batch
+        self.batches: list[CostBatch] = []
+        self.next_line = 1
+
+    def add(self, batch: CostBatch) -> None:
+        self.starts.append(self.next_line)
+        # Only what locating a row needs; the batch's table is not kept.
+        self.batches.append(CostBatch(batch.file, batch.first_row, pa.table({}), {}, batch.row_numbers))
+        self.next_line += batch.table.num_rows
+
+    def describe(self, exc: psycopg.Error) -> str:
+        problem = (exc.diag.message_primary or str(exc)).strip()
+        match = self.CONTEXT_RE.search(exc.diag.context or "")
+        if not match or not self.starts:
+            return f"PostgreSQL refused the data: {problem}"
+        line = int(match.group(1))
+        index = bisect.bisect_right(self.starts, line) - 1
+        batch, offset = self.batches[index], line - self.starts[index]
+        row = batch.first_row + offset if batch.row_numbers is None else int(batch.row_numbers[offset].as_py())
+        where = f"{batch.file} row {row}"
+        if match.group(2) in FOCUS_NAMES:
+            where += f" column {FOCUS_NAMES[match.group(2)]}"
+        return f"{where}: PostgreSQL refused the value ({problem})"
 
 
 class FlushingWriter(LibpqWriter):
@@ -216,7 +256,9 @@ def _export_states_record(account: CloudAccount, fingerprints: dict[str, str], p
         )
 
 
-def _replace_and_roll_up(cursor, account_id: int, boundary: int, sums: NewRollups, tag_keys: list[str]) -> tuple[int, int]:
+def _replace_and_roll_up(
+    cursor, account_id: int, boundary: int, sums: NewRollups, tag_keys: list[str]
+) -> tuple[int, int]:
     """Delete the account's older rows of the periods just loaded; rebuild the rollups of every day touched.
 
     A day whose lines all belong to the replaced periods (its rollups count exactly the old rows deleted from
@@ -268,7 +310,9 @@ def _tag_values(cursor, sums: NewRollups, keys: list[str]) -> dict[str, dict[str
     texts = sums.distinct_tags()
     values: dict[str, dict[str, str | None]] = {key: {} for key in keys}
     if texts:
-        cursor.execute("SELECT k, t, t::jsonb ->> k FROM unnest(%s::text[]) AS t, unnest(%s::text[]) AS k", [texts, keys])
+        cursor.execute(
+            "SELECT k, t, t::jsonb ->> k FROM unnest(%s::text[]) AS t, unnest(%s::text[]) AS k", [texts, keys]
+        )
         for key, text, value in cursor.fetchall():
             values[key][text] = value
     return values

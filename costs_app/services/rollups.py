@@ -84,8 +84,17 @@ class NewRollups:
             "billing_period_start": table["BillingPeriodStart"],
             "service_category": table["ServiceCategory"],
         }
-        part = pa.table(columns).group_by(self.keys, use_threads=False).aggregate(
-            [*((m, "sum") for m in MONEY), ([], "count_all"), ("billing_period_start", "min"), ("service_category", "min")]
+        part = (
+            pa.table(columns)
+            .group_by(self.keys, use_threads=False)
+            .aggregate(
+                [
+                    *((m, "sum") for m in MONEY),
+                    ([], "count_all"),
+                    ("billing_period_start", "min"),
+                    ("service_category", "min"),
+                ]
+            )
         )
         part = part.rename_columns(
             {"count_all": "line_count", **{f"{m}_sum": m for m in MONEY},
@@ -114,7 +123,10 @@ class NewRollups:
         if table is None:
             return {}
         per = regroup(table, ["billing_currency"])
-        return {c: v.normalize() for c, v in zip(per["billing_currency"].to_pylist(), per["billed_cost"].to_pylist(), strict=True)}
+        return {
+            c: v.normalize()
+            for c, v in zip(per["billing_currency"].to_pylist(), per["billed_cost"].to_pylist(), strict=True)
+        }
 
     def daily_csv(self, account_id: int, days: set) -> bytes:
         """COPY csv of the daily rollup rows of `days` (DAILY_COLUMNS order)."""
@@ -168,7 +180,9 @@ def _csv(table: pa.Table | None, account_id: int, columns: tuple[str, ...]) -> b
     n = table.num_rows
     if "service_category" in columns:
         table = table.set_column(
-            table.column_names.index("service_category"), "service_category", pc.fill_null(table["service_category"], "")
+            table.column_names.index("service_category"),
+            "service_category",
+            pc.fill_null(table["service_category"], ""),
         )
     table = table.append_column("account_id", pa.array([account_id] * n, pa.int64()))
     buffer = io.BytesIO()

@@ -291,6 +291,14 @@ class _Check:
             arr = pa.array([None if v is None else json.dumps(_mapping(v)) for v in arr.to_pylist()], pa.string())
         elif not pa.types.is_string(arr.type):
             arr = arr.cast(pa.string())
+        # PostgreSQL text cannot hold NUL; found here, the error names the row instead of failing the COPY.
+        self.flag(
+            pc.match_substring(arr, "\x00"),
+            arr,
+            rule="no_nul_character",
+            severity=ERROR,
+            problem="contains a NUL character (0x00), which PostgreSQL cannot store",
+        )
         # FOCUS has no empty strings: an empty value is a null (real exports write "" for it).
         return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
 
@@ -384,10 +392,11 @@ class _Check:
             if value is None:
                 continue
             try:
-                parsed = json.loads(value)
+                # jsonb refuses what Python's json accepts beyond the JSON grammar (NaN, Infinity) and \u0000.
+                parsed = json.loads(value, parse_constant=_not_json)
             except ValueError:
                 parsed = None
-            if not isinstance(parsed, dict) or "\x00" in value:
+            if not isinstance(parsed, dict) or "\\u0000" in value:
                 bad_values.append(value)
         if bad_values:
             self.flag(
@@ -430,6 +439,10 @@ class _Check:
                 rule, problem = "allowed_values", f"is not one of the FOCUS values ({', '.join(sorted(allowed))})"
             self.flag(pc.is_in(arr, pa.array(refused, pa.string())), arr, rule=rule, severity=ERROR, problem=problem)
         return arr
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _jsonable(scalar: pa.Scalar):
