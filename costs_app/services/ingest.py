@@ -9,17 +9,22 @@ and the rollback leaves the previous data exactly as it was.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import queue
 import re
+import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import numpy as np
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 from django.db import connection, transaction
 from django.utils import timezone
@@ -132,14 +137,13 @@ def cost_period_replace(
         cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", [LINES])
         boundary = cursor.fetchone()[0]
         cursor.execute("SET LOCAL TIME ZONE 'UTC'")  # the COPY's date-times are UTC without a zone
-        raw = cursor.cursor  # the psycopg cursor: Django's wrapper does not pass `writer` on
         lines = CopyLines()
+        load = _Load(cursor.cursor, account.pk, boundary)
         try:
-            # The server parses, checks and indexes one batch while this thread reads and checks the next.
-            with raw.copy(COPY_SQL, writer=FlushingWriter(raw)) as copy, CopyWriter(copy) as writer:
+            with load:
                 for batch in source.batches(billing_period=billing_period):
                     lines.add(batch)
-                    writer.write(_copy_bytes(batch, account.pk))
+                    load.write(batch, _copy_bytes(batch, account.pk))
                     sums.add(batch.table)
                     result.rows_loaded += batch.table.num_rows
                     for period, rows in batch.periods.items():
@@ -157,7 +161,10 @@ def cost_period_replace(
             raise RuntimeError(
                 f"rows read {result.rows_read} != loaded {result.rows_loaded} + skipped {result.rows_skipped}"
             )
-        result.rows_replaced, result.rollup_days = _replace_and_roll_up(cursor, account.pk, boundary, sums, tag_keys)
+        # Periods the first batch did not show (a file of several months) lose their old rows now.
+        load.old_days.update(_delete_old(cursor.cursor, account.pk, boundary, sums.periods - load.deleted_periods))
+        result.rows_replaced = sum(load.old_days.values())
+        result.rollup_days = _roll_up(cursor, account.pk, load.old_days, sums, tag_keys)
         result.billed_cost = sums.billed_by_currency()
     _export_states_record(account, source.fingerprints, result.periods)
     result.report = source.report.as_dict()
@@ -196,6 +203,89 @@ class CopyLines:
         if match.group(2) in FOCUS_NAMES:
             where += f" column {FOCUS_NAMES[match.group(2)]}"
         return f"{where}: PostgreSQL refused the value ({problem})"
+
+
+class _Load:
+    """The COPY of one import, with the delete of the rows it replaces run beside it.
+
+    The first batch tells which billing periods the import holds. Their old rows are deleted at once, in a
+    thread, while this thread goes on reading and checking; what it produces meanwhile waits in a temporary
+    file (not in memory). When the delete is done the COPY starts, the spooled data first. Only one thread
+    uses the connection at a time: the COPY starts after the delete's thread is joined.
+    """
+
+    SPOOL_READ = 4 << 20
+
+    def __init__(self, raw_cursor, account_id: int, boundary: int):
+        self.raw, self.account_id, self.boundary = raw_cursor, account_id, boundary
+        self.old_days: Counter = Counter()
+        self.deleted_periods: set = set()
+        self.deleting: threading.Thread | None = None
+        self.delete_error: BaseException | None = None
+        self.spool = None
+        self.stack = contextlib.ExitStack()
+        self.writer: CopyWriter | None = None
+
+    def __enter__(self) -> _Load:
+        return self
+
+    def write(self, batch: CostBatch, data) -> None:
+        if self.writer is None and self.deleting is None:
+            self.deleted_periods = set(pc.unique(batch.table["BillingPeriodStart"]).drop_null().to_pylist())
+            self.deleting = threading.Thread(target=self._delete, name="ingest-delete", daemon=True)
+            self.deleting.start()
+        if self.writer is None and self.deleting.is_alive():
+            if self.spool is None:
+                self.spool = self.stack.enter_context(tempfile.TemporaryFile(prefix="finops-ingest-"))  # noqa: SIM115
+            self.spool.write(data)
+            return
+        if self.writer is None:
+            self._start_copy()
+        self.writer.write(data)
+
+    def _delete(self) -> None:
+        try:
+            # A cursor of its own on the same connection; the producing thread does not touch it meanwhile.
+            with self.raw.connection.cursor() as cursor:
+                self.old_days = _delete_old(cursor, self.account_id, self.boundary, self.deleted_periods)
+        except BaseException as exc:  # noqa: BLE001 - raised in the producing thread
+            self.delete_error = exc
+
+    def _start_copy(self) -> None:
+        self._join_delete()
+        copy = self.stack.enter_context(self.raw.copy(COPY_SQL, writer=FlushingWriter(self.raw)))
+        self.writer = self.stack.enter_context(CopyWriter(copy))
+        if self.spool is not None:
+            self.spool.seek(0)
+            while chunk := self.spool.read(self.SPOOL_READ):
+                self.writer.write(chunk)
+            self.spool.close()
+            self.spool = None
+
+    def _join_delete(self) -> None:
+        if self.deleting is not None:
+            self.deleting.join()
+        if self.delete_error is not None:
+            raise self.delete_error
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None and self.writer is None and self.deleting is not None:
+            try:
+                self._start_copy()  # everything was read while the delete ran
+            except BaseException:
+                self._close(*sys.exc_info())
+                raise
+        self._close(exc_type, exc, tb)
+
+    def _close(self, exc_type, exc, tb) -> None:
+        try:
+            if self.deleting is not None:
+                self.deleting.join()  # never leave a thread on the connection
+        finally:
+            # Ends the COPY: the data is in on success; after an error psycopg sends CopyFail.
+            self.stack.__exit__(exc_type, exc, tb)
+        if exc is None and self.delete_error is not None:
+            raise self.delete_error
 
 
 class FlushingWriter(LibpqWriter):
@@ -256,19 +346,11 @@ def _export_states_record(account: CloudAccount, fingerprints: dict[str, str], p
         )
 
 
-def _replace_and_roll_up(
-    cursor, account_id: int, boundary: int, sums: NewRollups, tag_keys: list[str]
-) -> tuple[int, int]:
-    """Delete the account's older rows of the periods just loaded; rebuild the rollups of every day touched.
-
-    A day whose lines all belong to the replaced periods (its rollups count exactly the old rows deleted from
-    it) gets the sums `sums` took on the way in. A day that also holds lines of other billing periods, or whose
-    rollups no longer match its lines (retention keeps rollups longer than lines), is summed again in SQL.
-    """
-    periods = sorted(sums.periods)
+def _delete_old(raw_cursor, account_id: int, boundary: int, periods) -> Counter:
+    """Delete the account's rows of `periods` loaded before this import; their count per day (UTC)."""
     if not periods:
-        return 0, 0
-    cursor.execute(
+        return Counter()
+    raw_cursor.execute(
         f"""
         WITH gone AS (
             DELETE FROM {LINES} WHERE account_id = %s AND id <= %s AND billing_period_start = ANY(%s)
@@ -276,10 +358,20 @@ def _replace_and_roll_up(
         )
         SELECT (charge_period_start AT TIME ZONE 'UTC')::date, count(*) FROM gone GROUP BY 1
         """,  # noqa: S608
-        [account_id, boundary, periods],
+        [account_id, boundary, sorted(periods)],
     )
-    old_days = dict(cursor.fetchall())
-    replaced = sum(old_days.values())
+    return Counter(dict(raw_cursor.fetchall()))
+
+
+def _roll_up(cursor, account_id: int, old_days: Counter, sums: NewRollups, tag_keys: list[str]) -> int:
+    """Rebuild the rollups of every day touched, old rows' days and new rows' alike; returns how many days.
+
+    A day whose lines all belonged to the replaced periods (its rollups count exactly the old rows deleted from
+    it) gets the sums `sums` took on the way in. A day that also holds lines of other billing periods, or whose
+    rollups no longer match its lines (retention keeps rollups longer than lines), is summed again in SQL.
+    """
+    if not sums.periods:
+        return 0
     # Days of the old and the new rows alike: a day the new data no longer has must lose its rollup too.
     days = sorted(set(old_days) | sums.days)
     cursor.execute(
@@ -301,7 +393,7 @@ def _replace_and_roll_up(
         _copy_in(cursor, TAG_ROLLUPS, TAG_COLUMNS, sums.tag_csv(account_id, pure, _tag_values(cursor, sums, tag_keys)))
         if mixed:
             _roll_up_tags(cursor, account_id, mixed, tag_keys, delete=False)
-    return replaced, len(days)
+    return len(days)
 
 
 def _tag_values(cursor, sums: NewRollups, keys: list[str]) -> dict[str, dict[str, str | None]]:
