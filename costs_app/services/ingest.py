@@ -1,9 +1,17 @@
 """Cost ingestion: a connector's FOCUS 1.2 batches into CostLineItem by COPY, each billing period replaced atomically.
 
-One transaction per import: the new rows are streamed in with COPY, then the account's older rows of
-every billing period the source contains are deleted, and the daily rollups of the touched days are
-rebuilt in SQL. A source that breaks a FOCUS rule it cannot map raises PermanentError with the report,
-and the rollback leaves the previous data exactly as it was.
+One transaction per import, holding the account row locked (imports of one account are serialised):
+
+1. The first batch tells which billing periods the import holds; a thread deletes the account's older rows of
+   those periods (counting them per day) while reading goes on, its output spooled to a temporary file.
+2. The rows are streamed in with COPY, fed from a writer thread through a short queue: PostgreSQL parses and
+   indexes one batch while this thread reads, checks and maps the next (`_Load`, `CopyWriter`).
+3. The daily and tag rollups are summed from the batches on the way (`rollups.NewRollups`); each touched day
+   gets those sums, or is summed in SQL when it also holds lines of other billing periods (`_roll_up`).
+
+A source that breaks a FOCUS rule it cannot map raises PermanentError with the report; a value PostgreSQL
+refuses inside the COPY raises one naming the file, row and column. Either way the rollback leaves the
+previous data exactly as it was. bench/ingest.py measures the whole path against a raw COPY.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import. Errors name the object key, the row and the column.
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import tempfile
 from abc import abstractmethod
@@ -25,7 +24,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from .base import ERROR, CostBatch, CostSource
-from .focus import CSV_BLOCK_SIZE, PARQUET_BATCH_ROWS, normalise
+from .focus import CSV_BLOCK_SIZE, GZIP_ERRORS, PARQUET_BATCH_ROWS, normalise, open_export
 from .mapping import ColumnMapping
 
 
@@ -118,7 +117,7 @@ class ExportCostSource(CostSource):
                     yield batch
         except _Refused:
             return
-        except (OSError, EOFError, UnicodeDecodeError, pa.ArrowInvalid, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, UnicodeDecodeError, pa.ArrowInvalid, *GZIP_ERRORS) as exc:
             detail = str(exc).splitlines()[0][:300]
             self.report.add(
                 rule="file_readable",
@@ -139,15 +138,15 @@ class ExportCostSource(CostSource):
             for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[in_file[n] for n in wanted]):
                 yield batch.rename_columns(wanted)
             return
-        opener = gzip.open if file.format == "csv.gz" else open
-        with opener(local, "rt", encoding="utf-8-sig", newline="") as fh:
+        gz = file.format == "csv.gz"
+        with open_export(local, "rt", gz=gz, encoding="utf-8-sig", newline="") as fh:
             names = next(csv.reader(fh), None)
         if not names:
             raise pa.ArrowInvalid("the file is empty (no header row)")
         names = self.column_names(names)
         self._check_header(file, names, mapping)
         wanted = self._wanted(names, mapping)
-        with opener(local, "rb") as fh:
+        with open_export(local, gz=gz) as fh:
             reader = pcsv.open_csv(
                 fh,
                 read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_SIZE, column_names=names, skip_rows=1),

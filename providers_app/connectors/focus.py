@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+from isal import igzip, isal_zlib
 
 from finops.errors import PermanentError
 from providers_app import focus_schema as focus
@@ -24,6 +25,8 @@ from providers_app import focus_schema as focus
 from .base import ERROR, WARNING, ConnectionReport, CostBatch, CostSource, RuleReport
 
 CSV_BLOCK_SIZE = 4 << 20  # bytes per CSV batch
+# What a damaged gzip raises besides OSError/EOFError (ISA-L's inflate error is not an OSError).
+GZIP_ERRORS = (gzip.BadGzipFile, isal_zlib.error)
 PARQUET_BATCH_ROWS = 50_000
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
@@ -63,6 +66,14 @@ DATE_ONLY_RE = r"^\d{4}-\d{2}-\d{2}$"
 HAS_ZONE_RE = r"(Z|[+-]\d{2}(:?\d{2})?)$"
 TS = pa.timestamp("us", tz="UTC")
 MONEY_TYPE = pa.decimal128(38, 15)
+
+
+def open_export(path, mode: str = "rb", *, gz: bool | None = None, **kwargs):
+    """An export file, decompressed when `gz` (default: the name ends in .gz). ISA-L's gzip reads 3x faster than
+    zlib's (0.4 s instead of 1.4 s for 880 MB), and decompression is a tenth of a load's client time."""
+    if str(path).lower().endswith(".gz") if gz is None else gz:
+        return igzip.open(path, mode, **kwargs)
+    return open(path, mode, **kwargs)  # noqa: SIM115 - the caller's with-statement closes it
 
 
 def arrow_type(column: focus.Column) -> pa.DataType:
@@ -134,7 +145,7 @@ class FocusFileSource(CostSource):
                     yield batch
         except _HeaderRefused:
             return
-        except (OSError, EOFError, pa.ArrowInvalid, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, pa.ArrowInvalid, *GZIP_ERRORS) as exc:
             # A truncated gzip or broken CSV: everything read so far is discarded with the rest.
             detail = str(exc).splitlines()[0][:300]
             self.report.add(
@@ -181,9 +192,7 @@ class FocusFileSource(CostSource):
         return [n for n in names if n not in unknown]
 
     def _csv(self, file: Path) -> Iterator[pa.RecordBatch]:
-        gz = file.name.lower().endswith(".gz")
-        opener = gzip.open if gz else open
-        with opener(file, "rt", encoding="utf-8-sig", newline="") as fh:
+        with open_export(file, "rt", encoding="utf-8-sig", newline="") as fh:
             header = next(csv.reader(fh), None)
         if not header:
             raise pa.ArrowInvalid("the file is empty (no header row)")
@@ -192,7 +201,7 @@ class FocusFileSource(CostSource):
         # ~500 MB for a 750 MB file, a Python one keeps the reader at a few blocks (measured, pyarrow 21).
         # One parsing thread: the other core is PostgreSQL's, and Arrow's pool threads each kept their own
         # allocator heaps (peak memory 65 MB lower for a million rows, same speed).
-        with opener(file, "rb") as raw:
+        with open_export(file) as raw:
             reader = pcsv.open_csv(
                 raw,
                 read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_SIZE, use_threads=False),
@@ -475,14 +484,13 @@ def connection_check(account) -> ConnectionReport:
         if files[0].name.lower().endswith(".parquet"):
             names = pq.ParquetFile(files[0]).schema_arrow.names
         else:
-            opener = gzip.open if files[0].name.lower().endswith(".gz") else open
-            with opener(files[0], "rt", encoding="utf-8-sig", newline="") as fh:
+            with open_export(files[0], "rt", encoding="utf-8-sig", newline="") as fh:
                 names = next(csv.reader(fh), [])
         source._header(files[0].name, names)
     except _HeaderRefused:
         report.failed(f"FOCUS columns of {files[0].name}", source.report.error_message())
         return report
-    except (OSError, EOFError, pa.ArrowInvalid, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, pa.ArrowInvalid, *GZIP_ERRORS) as exc:
         report.failed(f"reading {files[0].name}", str(exc).splitlines()[0][:300])
         return report
     report.passed(f"FOCUS columns of {files[0].name}", f"FOCUS {source.report.versions.get(files[0].name, '?')}")

@@ -346,6 +346,25 @@ def test_a_truncated_gzip_fails_and_leaves_previous_data(tmp_path):
     assert lines(account) == before
 
 
+def test_a_corrupt_gzip_fails_and_leaves_previous_data(tmp_path):
+    # given: the deflate stream damaged where the header is read directly (ISA-L raises an error of its own there)
+    account = CloudAccountFactory()
+    focus_file_import(account=account, path=str(SAMPLE))
+    before = lines(account)
+    data = bytearray(gzip.compress(SAMPLE.read_bytes()))
+    data[len(data) // 2 : len(data) // 2 + 64] = b"x" * 64  # read through Arrow
+    data[40:104] = b"x" * 64  # and in the header, read directly
+    corrupt = tmp_path / "corrupt.csv.gz"
+    corrupt.write_bytes(bytes(data))
+    # when
+    with pytest.raises(PermanentError) as failure:
+        focus_file_import(account=account, path=str(corrupt))
+    # then
+    assert "corrupt.csv.gz" in str(failure.value)
+    assert "truncated or unreadable" in str(failure.value)
+    assert lines(account) == before
+
+
 def test_a_bad_file_in_a_folder_fails_the_good_ones_too(tmp_path):
     # given
     folder = tmp_path / "exports"
