@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection, transaction
+from django.db.models import Sum
 
 from costs_app.models import CostAllocationTag, CostDailyRollup, CostLineItem, CostTagRollup
 from costs_app.services.ingest import _roll_up_days, focus_file_import, tag_rollups_rebuild
@@ -189,3 +190,31 @@ def test_json_that_jsonb_refuses_is_a_rule_error(tmp_path):
     assert "json.csv row 1 column Tags" in str(failure.value)
     violations = failure.value.report.as_dict()["violations"]
     assert [(v["rule"], v["count"]) for v in violations] == [("json_object", 2)]
+
+
+def test_a_period_first_seen_in_a_later_file_is_replaced_too(tmp_path):
+    """The delete beside the COPY covers the periods of the first batch; a later file's period is replaced after."""
+    account = CloudAccountFactory(provider="focus", name="two-files")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+
+    def month(first: date, cost: str, n: int) -> list[dict]:
+        return [line(start=midnight(first + timedelta(days=i % 28)), cost=cost, resource_id=f"r-{i}") for i in range(n)]
+
+    write_focus(folder / "1-september.csv", month(date(2024, 9, 1), "1", 40))
+    write_focus(folder / "2-october.csv", month(date(2024, 10, 1), "2", 30))
+    first = focus_file_import(account=account, path=str(folder))
+    assert (first.rows_loaded, first.rows_replaced) == (70, 0)
+
+    write_focus(folder / "1-september.csv", month(date(2024, 9, 1), "3", 20))
+    write_focus(folder / "2-october.csv", month(date(2024, 10, 1), "4", 10))
+    again = focus_file_import(account=account, path=str(folder))
+    assert (again.rows_loaded, again.rows_replaced) == (30, 70)
+    totals = dict(
+        CostDailyRollup.objects.filter(account=account)
+        .values_list("billing_period_start__month")
+        .annotate(total=Sum("billed_cost"))
+    )
+    assert totals == {9: Decimal("60"), 10: Decimal("40")}
+    assert CostLineItem.objects.filter(account=account).count() == 30
+    assert snapshot(account) == sql_rollups(account)
