@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 from decimal import ROUND_HALF_UP, Decimal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
@@ -84,22 +85,8 @@ class NewRollups:
             "billing_period_start": table["BillingPeriodStart"],
             "service_category": table["ServiceCategory"],
         }
-        part = (
-            pa.table(columns)
-            .group_by(self.keys, use_threads=False)
-            .aggregate(
-                [
-                    *((m, "sum") for m in MONEY),
-                    ([], "count_all"),
-                    ("billing_period_start", "min"),
-                    ("service_category", "min"),
-                ]
-            )
-        )
-        part = part.rename_columns(
-            {"count_all": "line_count", **{f"{m}_sum": m for m in MONEY},
-             "billing_period_start_min": "billing_period_start", "service_category_min": "service_category"}
-        )  # fmt: skip
+        columns["line_count"] = pa.array(np.ones(table.num_rows, dtype=np.int64))
+        part = regroup(pa.table(columns), self.keys)  # each row a group of one line: the same sums, once
         self.periods.update(pc.unique(table["BillingPeriodStart"]).to_pylist())
         self.days.update(pc.unique(columns["day"]).to_pylist())
         self.parts.append(part)
