@@ -5,12 +5,13 @@ import time
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 
 from .models import CloudAccount, Credential, Resource
+from .services.accounts import account_egress_validate
 
 TRIGGER_PERMISSION = "tasks_app.trigger_tasks"
 
@@ -65,9 +66,59 @@ class CredentialForm(forms.ModelForm):
         return credential
 
 
+class CredentialInlineFormSet(forms.BaseInlineFormSet):
+    """Checks what spans the account form and its credential: the credential's own URLs (a GCP key's token_uri)
+    under the egress policy, and that a changed endpoint, authority or CA bundle comes with the secret entered
+    again. `self.instance` is the account carrying the form's new values (not saved yet)."""
+
+    def clean(self):
+        super().clean()
+        account = self.instance
+        secrets = [form.cleaned_data.get("secret") for form in self.forms if getattr(form, "cleaned_data", None)]
+        entered = next((secret for secret in secrets if secret), None)
+        if entered is not None:
+            try:
+                parsed = json.loads(entered) if entered.startswith("{") else entered
+            except ValueError:
+                parsed = entered  # CredentialForm already says it does not parse
+        try:
+            account_egress_validate(
+                provider=account.provider,
+                settings=account.settings if account.pk else None,
+                credentials=parsed if entered is not None else None,
+                account=account if account.pk else None,
+            )
+        except ValidationError as exc:
+            # Settings problems are the account form's to show; here, the credential's and "enter it again".
+            messages_ = exc.message_dict.get("credentials", []) + [
+                m for m in exc.message_dict.get("settings", []) if "entered again" in m
+            ]
+            if messages_:
+                raise forms.ValidationError(messages_) from None
+
+
+class CloudAccountForm(forms.ModelForm):
+    class Meta:
+        model = CloudAccount
+        fields = ("name", "provider", "external_id", "is_active", "settings")
+
+    def clean(self):
+        cleaned = super().clean()
+        provider = cleaned.get("provider") or self.instance.provider
+        settings = cleaned.get("settings")
+        if provider and isinstance(settings, dict):
+            try:
+                account_egress_validate(provider=provider, settings=settings)
+            except ValidationError as exc:
+                for message in exc.message_dict.get("settings", []):
+                    self.add_error("settings", message)
+        return cleaned
+
+
 class CredentialInline(admin.StackedInline):
     model = Credential
     form = CredentialForm
+    formset = CredentialInlineFormSet
     fields = ("kind", "secret", "hint", "updated_at")
     readonly_fields = ("hint", "updated_at")
     extra = 0
@@ -82,6 +133,7 @@ class CredentialInline(admin.StackedInline):
 
 @admin.register(CloudAccount)
 class CloudAccountAdmin(admin.ModelAdmin):
+    form = CloudAccountForm
     list_display = ("name", "provider", "external_id", "is_active", "credential_hint", "last_synced_at", "updated_at")
     list_filter = ("provider", "is_active")
     search_fields = ("name", "external_id")
