@@ -6,8 +6,9 @@ host of their choosing, or makes the worker fetch internal addresses (metadata s
 
 1. `url_check` (save time, no network): https only; no user:password@; per kind a host allow-list (AWS service
    endpoints under amazonaws.com, Azure's public and sovereign authorities, ARM hosts and blob storage, Google's
-   googleapis.com, hooks.slack.com; a webhook may be any public host); IP literals, single-label names, localhost,
-   *.internal / *.local and metadata names refused; cloud endpoints on port 443 only.
+   googleapis.com, hooks.slack.com; a webhook may be any public host); non-public IP literals, localhost,
+   *.internal / *.local and metadata names refused; cloud endpoints on port 443 only. A name that only DNS can
+   judge (an intranet name, a public name pointing inside) is caught by step 2.
 2. `url_resolve` (call time): the same checks, then the host's DNS answer: refused when ANY address is loopback,
    link-local, private, CGNAT, unspecified, multicast, reserved or otherwise not global (IPv4-mapped, 6to4 and
    NAT64 IPv6 addresses are judged by the IPv4 address inside).
@@ -165,10 +166,10 @@ def address_refusal(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address
         return "a multicast address"
     if ip.version == 4 and ip in CGNAT:
         return "a shared (CGNAT 100.64.0.0/10) address"
-    if ip.is_private:
-        return "a private address"
     if ip.is_reserved:
         return "a reserved address"
+    if ip.is_private:
+        return "a private address"
     if not ip.is_global:
         return "not a public address"
     return None
@@ -254,18 +255,20 @@ def url_check(url: object, *, kind: Kind, field: str) -> Target:
     reason = address_refusal(ip) if ip is not None else None
     if reason:
         raise EgressRefused(field, f"{host} is {reason}; calls to it are refused")
+    if ip is None:
+        if not re.fullmatch(r"[a-z0-9_.-]+", host):
+            raise EgressRefused(field, "the host name is not a valid domain name")
+        if all(re.fullmatch(r"(0x[0-9a-f]*|\d+)", label) for label in host.split(".")):
+            # 127.1, 2130706433, 0x7f.1: an IP address in a spelling ipaddress does not read, but getaddrinfo does
+            raise EgressRefused(field, f"{host!r} is not a host name (an IP address must be written a.b.c.d)")
+        if host in BLOCKED_NAMES or host.endswith(BLOCKED_SUFFIXES):
+            raise EgressRefused(field, f"{host} names this machine, an internal network or a metadata service")
     if scheme != "https":
         raise EgressRefused(field, f"http:// is not allowed for {host}: give an https:// URL (TLS protects the secret)")
     if ip is not None:
         if kind != Kind.WEBHOOK:
             raise EgressRefused(field, f"an IP address is not allowed here: give {ALLOW_LISTS[kind][0]}")
         return target
-    if not re.fullmatch(r"[a-z0-9_.-]+", host):
-        raise EgressRefused(field, "the host name is not a valid domain name")
-    if "." not in host or all(re.fullmatch(r"(0x[0-9a-f]*|\d+)", label) for label in host.split(".")):
-        raise EgressRefused(field, f"{host!r} is not a public host name")
-    if host in BLOCKED_NAMES or host.endswith(BLOCKED_SUFFIXES):
-        raise EgressRefused(field, f"{host} names this machine, an internal network or a metadata service")
     if not _host_allowed(kind, host):
         raise EgressRefused(field, f"{host} is not {ALLOW_LISTS[kind][0]}")
     if kind in CLOUD_KINDS and port != 443:

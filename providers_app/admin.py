@@ -67,37 +67,31 @@ class CredentialForm(forms.ModelForm):
 
 
 class CredentialInlineFormSet(forms.BaseInlineFormSet):
-    """Checks what spans the account form and its credential: the credential's own URLs (a GCP key's token_uri)
-    under the egress policy, and that a changed endpoint, authority or CA bundle comes with the secret entered
-    again. `self.instance` is the account carrying the form's new values (not saved yet)."""
+    """The credential's own URLs (a GCP key's token_uri, universe_domain) under the egress policy; it needs the
+    account's provider, which only the formset knows (`self.instance`, the account with the form's values)."""
 
     def clean(self):
         super().clean()
-        account = self.instance
-        secrets = [form.cleaned_data.get("secret") for form in self.forms if getattr(form, "cleaned_data", None)]
-        entered = next((secret for secret in secrets if secret), None)
-        if entered is not None:
+        for form in self.forms:
+            secret = (getattr(form, "cleaned_data", None) or {}).get("secret")
+            if not secret or not secret.startswith("{"):
+                continue
             try:
-                parsed = json.loads(entered) if entered.startswith("{") else entered
+                parsed = json.loads(secret)
             except ValueError:
-                parsed = entered  # CredentialForm already says it does not parse
-        try:
-            account_egress_validate(
-                provider=account.provider,
-                settings=account.settings if account.pk else None,
-                credentials=parsed if entered is not None else None,
-                account=account if account.pk else None,
-            )
-        except ValidationError as exc:
-            # Settings problems are the account form's to show; here, the credential's and "enter it again".
-            messages_ = exc.message_dict.get("credentials", []) + [
-                m for m in exc.message_dict.get("settings", []) if "entered again" in m
-            ]
-            if messages_:
-                raise forms.ValidationError(messages_) from None
+                continue  # CredentialForm already says it does not parse
+            try:
+                account_egress_validate(provider=self.instance.provider, settings=None, credentials=parsed)
+            except ValidationError as exc:
+                raise forms.ValidationError(exc.message_dict.get("credentials", exc.messages)) from None
 
 
 class CloudAccountForm(forms.ModelForm):
+    """The account's endpoint settings under the egress policy; changing one needs the credential typed again in
+    the same request (`credential_editable`: whether this user's page has the credential inline at all)."""
+
+    credential_editable = False  # set per request by CloudAccountAdmin.get_form
+
     class Meta:
         model = CloudAccount
         fields = ("name", "provider", "external_id", "is_active", "settings")
@@ -107,8 +101,14 @@ class CloudAccountForm(forms.ModelForm):
         provider = cleaned.get("provider") or self.instance.provider
         settings = cleaned.get("settings")
         if provider and isinstance(settings, dict):
+            entered = self.credential_editable and bool(str(self.data.get("credential-0-secret") or "").strip())
             try:
-                account_egress_validate(provider=provider, settings=settings)
+                account_egress_validate(
+                    provider=provider,
+                    settings=settings,
+                    account=self.instance if self.instance.pk else None,
+                    credential_entered=entered,
+                )
             except ValidationError as exc:
                 for message in exc.message_dict.get("settings", []):
                     self.add_error("settings", message)
@@ -147,6 +147,12 @@ class CloudAccountAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("credential")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        inline = CredentialInline(self.model, self.admin_site)
+        editable = inline.has_change_permission(request, obj) or inline.has_add_permission(request, obj)
+        return type(form.__name__, (form,), {"credential_editable": editable})
 
     @admin.display(description="credential")
     def credential_hint(self, obj):

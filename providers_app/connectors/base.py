@@ -264,8 +264,10 @@ def _provider_module(account: CloudAccount):
 def egress_check(account: CloudAccount) -> None:
     """The egress policy over the account's endpoint settings and credential, before any SDK is touched: a row
     written before the policy existed (or straight into the database) is refused here, at call time, too."""
-    from .endpoints import credential_check, settings_check
+    from .endpoints import ENDPOINT_SETTINGS, credential_check, settings_check
 
+    if account.provider not in ENDPOINT_SETTINGS:
+        return
     settings_check(account.provider, account.settings or {})
     credential = getattr(account, "credential", None) if account.pk else None
     if credential is not None and account.provider == "gcp":

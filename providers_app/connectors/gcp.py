@@ -995,9 +995,9 @@ def connection_check(account) -> ConnectionReport:
     """Credentials (a token from the key), the export (table or bucket) and Compute Engine listing; never raises."""
     report = ConnectionReport(provider=account.provider, account=account.name)
     try:
+        settings = gcp_settings(account, for_costs=False)  # first: its egress check refuses before any token request
         credentials = gcp_credentials(account)
-        settings = gcp_settings(account, for_costs=False)
-    except PermanentError as exc:
+    except (PermanentError, TransientError) as exc:
         report.failed("credentials", str(exc))
         return report
     try:

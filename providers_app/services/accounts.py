@@ -16,13 +16,19 @@ def account_egress_validate(
     settings: dict | None,
     credentials: dict | str | None = None,
     account: CloudAccount | None = None,
+    credential_entered: bool | None = None,
 ) -> None:
     """Save time, for every interface (API serializer, admin form, this module's writes): the account's endpoint
     settings and its credential's URLs under the egress policy, and — on an existing account that has a
     credential — any change of an endpoint, authority or CA bundle only together with the credential entered
     again (whoever may edit settings but does not know the secret cannot send it elsewhere).
 
+    `credential_entered` is for a caller whose secret arrives apart from `credentials` (the admin's inline);
+    by default a credential counts as entered when `credentials` is given.
+
     Raises ValidationError keyed by "settings" or "credentials", naming the setting and why."""
+    if credential_entered is None:
+        credential_entered = credentials is not None
     if settings is not None:
         try:
             settings_check(provider, settings)
@@ -33,7 +39,7 @@ def account_egress_validate(
             credential_check(provider, credentials)
         except EgressRefused as exc:
             raise ValidationError({"credentials": str(exc)}) from None
-    if account is None or account.pk is None or settings is None or credentials is not None:
+    if account is None or account.pk is None or settings is None or credential_entered:
         return
     stored = CloudAccount.objects.filter(pk=account.pk).values_list("settings", flat=True).first()
     changed = endpoint_changes(provider, stored or {}, settings)

@@ -290,7 +290,8 @@ def error_translate(exc: Exception, action: str, resource: str = "") -> Exceptio
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return PermanentError(f"{action}{on}: no AWS credentials found ({exc}); give the account a credential")
     if not isinstance(exc, ClientError):
-        from botocore.exceptions import BotoCoreError, ResponseParserError
+        from botocore.exceptions import BotoCoreError
+        from botocore.parsers import ResponseParserError
 
         if isinstance(exc, ResponseParserError):
             # Its text carries the whole reply body: whatever the endpoint answered (an internal page, the app's
