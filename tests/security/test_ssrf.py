@@ -4,6 +4,7 @@ refused at call time; a webhook's redirect is not followed; a reply body never r
 listener on loopback stands for the internal service and must receive nothing."""
 
 import socket
+import traceback
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -11,8 +12,10 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from costs_app.models import ChannelKind, NotificationChannel
+from costs_app.services.ingest import account_cost_sync
 from costs_app.services.notifications import NotificationError, channel_send
 from finops import crypto
+from finops.errors import PermanentError, TransientError
 from providers_app.models import CloudAccount
 from providers_app.services.accounts import account_connection_check, account_create
 from tests.factories import UserFactory
@@ -234,12 +237,15 @@ def test_a_reply_body_from_an_endpoint_never_reaches_the_run_result(settings):
             settings={"bucket": "b", "export_name": "e", "endpoint_url": f"http://{page.netloc}"},
             credentials={"access_key_id": "AKIAPRIVATES3000001", "secret_access_key": "s" * 40},
         )
-        # when
+        # when: the connection check, and the sync (whose error text a failed run and its dead letter keep)
         outcome = account_connection_check(account_id=account.pk)
+        with pytest.raises((PermanentError, TransientError)) as sync:  # S3 turns a bad 200 into a retryable 500
+            account_cost_sync(account_id=account.pk)
         # then
-        assert page.connections >= 1  # the endpoint was called and answered
+        assert page.connections >= 2  # the endpoint was called and answered, twice
         assert outcome["ok"] is False
         assert "not an AWS API response" in outcome["summary"]
         assert "INTERNAL-HEALTHZ-DETAIL" not in str(outcome)
+        assert "INTERNAL-HEALTHZ-DETAIL" not in "".join(traceback.format_exception(sync.value))
     finally:
         page.stop()

@@ -296,7 +296,9 @@ def error_translate(exc: Exception, action: str, resource: str = "") -> Exceptio
         if isinstance(exc, ResponseParserError):
             # Its text carries the whole reply body: whatever the endpoint answered (an internal page, the app's
             # own /healthz) would end up in run errors and dead letters. Say what happened, not what came back.
-            return PermanentError(f"{action}{on}: the endpoint's answer is not an AWS API response")
+            error = PermanentError(f"{action}{on}: the endpoint's answer is not an AWS API response")
+            error.hide_cause = True  # aws_errors raises it unchained: the cause's text is the body
+            return error
         if isinstance(exc, BotoCoreError):
             return TransientError(f"{action}{on}: {type(exc).__name__}: {_short(str(exc))}")
         return exc
@@ -336,4 +338,6 @@ def aws_errors(action: str, resource: str = "") -> Iterator[None]:
         translated = error_translate(exc, action, resource)
         if translated is exc:
             raise
+        if getattr(translated, "hide_cause", False):
+            raise translated from None
         raise translated from exc
