@@ -110,15 +110,20 @@ class RecordingListener:
                     break
                 body += chunk
                 data += chunk
+            self._record(data)  # before answering: the client may look at what arrived as soon as it has the answer
+            data = b""
             conn.sendall(self.reply)
         except (OSError, ssl.SSLError, ValueError):
             pass
         finally:
-            with self._lock:
-                if data:
-                    self.requests.append(data)
+            self._record(data)
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def _record(self, data: bytes) -> None:
+        if data:
+            with self._lock:
+                self.requests.append(data)
 
     def stop(self) -> None:
         self._stop.set()
