@@ -1,5 +1,8 @@
 """Writes on cloud accounts and their encrypted credential, for the API (and any other interface)."""
 
+import contextlib
+import json
+
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
@@ -35,6 +38,10 @@ def account_egress_validate(
         except EgressRefused as exc:
             raise ValidationError({"settings": str(exc)}) from None
     if credentials is not None:
+        if isinstance(credentials, str):
+            # A string holding JSON is stored as text but read back as the object (Credential.get_secret).
+            with contextlib.suppress(ValueError):
+                credentials = json.loads(credentials)
         try:
             credential_check(provider, credentials)
         except EgressRefused as exc:

@@ -3,6 +3,8 @@ points an account's endpoint, authority or token URI at a TLS server they run. T
 (API and admin), and an account row that already holds such a setting (written before the policy, or straight
 into the database) is refused at call time: the attacker's listener receives no byte, let alone a secret."""
 
+import json
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -200,8 +202,14 @@ def test_a_gcp_key_whose_token_uri_points_elsewhere_is_refused(no_operator_hosts
         {"credentials": {**key, "universe_domain": "attacker.example"}},
         format="json",
     )
+    as_text = changer.patch(
+        f"/api/v1/accounts/{account.pk}/",
+        {"credentials": json.dumps({**key, "token_uri": f"https://{attacker.netloc}/token"})},
+        format="json",
+    )
     # then
     assert response.status_code == 400 and "credentials.token_uri" in response.json()["credentials"][0]
+    assert as_text.status_code == 400 and "credentials.token_uri" in as_text.json()["credentials"][0]
     assert universe.status_code == 400 and "credentials.universe_domain" in universe.json()["credentials"][0]
     assert account.credential.get_secret()["token_uri"] == "https://oauth2.googleapis.com/token"
 
@@ -251,8 +259,6 @@ def test_admin_form_refuses_the_endpoint_and_needs_the_credential_again(client, 
         "credential-0-kind": "",
         "credential-0-secret": "",
     }
-    import json
-
     hostile = json.dumps(hostile_settings(account, attacker))
     # when: the policy refuses 127.0.0.1 (production), then allows it (operator) but no credential is typed
     settings.EGRESS_ALLOWED_HOSTS = []
