@@ -92,7 +92,7 @@ GCP_HOSTS = frozenset({"accounts.google.com"})  # the older token_uri of service
 SLACK_HOSTS = frozenset({"hooks.slack.com"})
 # Names that reach the machine itself or a cloud's metadata service, whatever DNS says.
 BLOCKED_NAMES = frozenset({"localhost", "metadata", "metadata.google.internal", "instance-data", "ip6-localhost"})
-BLOCKED_SUFFIXES = (".localhost", ".internal", ".local", ".localdomain", ".home.arpa", ".arpa")
+BLOCKED_SUFFIXES = (".localhost", ".internal", ".local", ".localdomain", ".arpa")
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -107,23 +107,24 @@ def _aws_host_ok(host: str) -> bool:
     if suffix is None:
         return False
     labels = host[: -len(suffix) - 1].split(".")
-    for index, label in enumerate(labels):
-        if AWS_SERVICE_LABEL.match(label):
+    for index in reversed(range(len(labels))):  # the rightmost service label: a bucket's name may contain one
+        if AWS_SERVICE_LABEL.match(labels[index]):
             before, after = labels[:index], labels[index + 1 :]
-            if before and not label.startswith("s3"):
+            if before and not labels[index].startswith("s3"):
                 return False  # only S3 has names in front of the service (virtual-hosted buckets)
             return all(AWS_REGION_LABEL.match(part) or part == "dualstack" for part in after)
     return False
 
 
-ALLOW_LISTS: dict[Kind, tuple[str, object]] = {
-    Kind.AWS: ("an AWS service endpoint (<service>.<region>.amazonaws.com / .amazonaws.com.cn)", _aws_host_ok),
-    Kind.AZURE_AUTHORITY: (f"a Microsoft Entra ID authority ({', '.join(sorted(AZURE_AUTHORITIES))})", None),
-    Kind.AZURE_ARM: (f"an Azure Resource Manager host ({', '.join(sorted(AZURE_ARM_HOSTS))})", None),
-    Kind.AZURE_STORAGE: ("an Azure blob storage host (<account>.blob.core.windows.net or a sovereign cloud's)", None),
-    Kind.GCP: ("a Google API host (*.googleapis.com)", None),
-    Kind.SLACK: ("Slack's incoming webhook host (hooks.slack.com)", None),
-    Kind.WEBHOOK: ("a public host", None),
+# What each kind's allow-list admits, in the words of the refusal.
+ALLOWED_HOSTS_TEXT: dict[Kind, str] = {
+    Kind.AWS: "an AWS service endpoint (<service>.<region>.amazonaws.com / .amazonaws.com.cn)",
+    Kind.AZURE_AUTHORITY: f"a Microsoft Entra ID authority ({', '.join(sorted(AZURE_AUTHORITIES))})",
+    Kind.AZURE_ARM: f"an Azure Resource Manager host ({', '.join(sorted(AZURE_ARM_HOSTS))})",
+    Kind.AZURE_STORAGE: "an Azure blob storage host (<account>.blob.core.windows.net or a sovereign cloud's)",
+    Kind.GCP: "a Google API host (*.googleapis.com)",
+    Kind.SLACK: "Slack's incoming webhook host (hooks.slack.com)",
+    Kind.WEBHOOK: "a public host",
 }
 
 
@@ -267,10 +268,10 @@ def url_check(url: object, *, kind: Kind, field: str) -> Target:
         raise EgressRefused(field, f"http:// is not allowed for {host}: give an https:// URL (TLS protects the secret)")
     if ip is not None:
         if kind != Kind.WEBHOOK:
-            raise EgressRefused(field, f"an IP address is not allowed here: give {ALLOW_LISTS[kind][0]}")
+            raise EgressRefused(field, f"an IP address is not allowed here: give {ALLOWED_HOSTS_TEXT[kind]}")
         return target
     if not _host_allowed(kind, host):
-        raise EgressRefused(field, f"{host} is not {ALLOW_LISTS[kind][0]}")
+        raise EgressRefused(field, f"{host} is not {ALLOWED_HOSTS_TEXT[kind]}")
     if kind in CLOUD_KINDS and port != 443:
         raise EgressRefused(field, f"port {port} is not allowed for {host} (443 only)")
     return target

@@ -10,6 +10,7 @@ ALLOWED = [
     ("https://s3.us-east-1.amazonaws.com", Kind.AWS),
     ("https://s3.amazonaws.com", Kind.AWS),
     ("https://acme-billing.s3.eu-west-1.amazonaws.com", Kind.AWS),
+    ("https://ec2.s3.eu-west-1.amazonaws.com", Kind.AWS),  # a bucket named like a service
     ("https://s3.dualstack.us-east-1.amazonaws.com", Kind.AWS),
     ("https://sts.us-gov-west-1.amazonaws.com", Kind.AWS),
     ("https://sts-fips.us-east-1.amazonaws.com", Kind.AWS),
