@@ -249,3 +249,36 @@ def test_a_reply_body_from_an_endpoint_never_reaches_the_run_result(settings):
         assert "INTERNAL-HEALTHZ-DETAIL" not in "".join(traceback.format_exception(sync.value))
     finally:
         page.stop()
+
+
+def test_a_webhook_over_tls_is_verified_by_name_on_the_checked_address(settings, monkeypatch, tmp_path):
+    # given: a TLS receiver for "localhost" (operator-allowed here), its certificate trusted through the
+    # environment (SSL_CERT_FILE, read by ssl's default context), and one whose certificate nobody trusts
+    from .listeners import self_signed_certificate
+
+    trusted_dir, untrusted_dir = tmp_path / "trusted", tmp_path / "untrusted"
+    trusted_dir.mkdir()
+    untrusted_dir.mkdir()
+    trusted = self_signed_certificate(trusted_dir)
+    receiver = RecordingListener(tls=trusted)
+    impostor = RecordingListener(tls=self_signed_certificate(untrusted_dir))
+    monkeypatch.setenv("SSL_CERT_FILE", str(trusted[0]))
+    settings.EGRESS_ALLOWED_HOSTS = ["localhost"]
+    try:
+        good = NotificationChannel(name="tls", kind=ChannelKind.WEBHOOK)
+        good.set_target(f"https://localhost:{receiver.port}/hook")
+        good.save()
+        bad = NotificationChannel(name="impostor", kind=ChannelKind.WEBHOOK)
+        bad.set_target(f"https://localhost:{impostor.port}/hook")
+        bad.save()
+        # when
+        channel_send(channel=good, subject="s", text="t", payload={})
+        with pytest.raises(NotificationError) as refused:
+            channel_send(channel=bad, subject="s", text="t", payload={})
+        # then: the request went out over TLS, with the name in Host (and SNI), to the address checked
+        assert f"Host: localhost:{receiver.port}".encode() in receiver.received
+        assert "TLS failed" in str(refused.value)
+        assert impostor.received == b""  # the handshake failed before any byte of the request
+    finally:
+        receiver.stop()
+        impostor.stop()
