@@ -230,6 +230,9 @@ EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.smtp.Ema
 EMAIL_HOST = env("EMAIL_HOST", default="localhost")
 EMAIL_PORT = env.int("EMAIL_PORT", default=25)
 NOTIFICATION_TIMEOUT = env.float("NOTIFICATION_TIMEOUT", default=10.0)
+# Hosts (exact names or IP literals, any port) that outbound calls may reach outside the egress policy
+# (finops/egress.py), plain http included: emulators, a private S3. Environment only; never the admin or API.
+EGRESS_ALLOWED_HOSTS = env.list("EGRESS_ALLOWED_HOSTS", default=[])
 # A failed alert delivery is retried after base * 2**(n-1) seconds (60, 120, 240, 480, 960), at most this many
 # attempts in all; then it is marked failed (visible in the admin, retriable from there).
 BUDGET_NOTIFY_MAX_ATTEMPTS = env.int("BUDGET_NOTIFY_MAX_ATTEMPTS", default=6)

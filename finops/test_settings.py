@@ -10,6 +10,9 @@ os.environ.setdefault("EMAIL_BACKEND", "django.core.mail.backends.locmem.EmailBa
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
 os.environ.setdefault("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/15")
+# The emulators (moto, Azurite, the GCS emulator, the local Entra ID/ARM/Google APIs) and the webhook and SMTP
+# sinks listen on loopback: the operator's escape hatch from the egress policy (tests/security sets it empty).
+os.environ.setdefault("EGRESS_ALLOWED_HOSTS", "127.0.0.1,localhost")
 
 from .settings import *  # noqa: E402,F403
 

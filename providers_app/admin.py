@@ -5,12 +5,13 @@ import time
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 
 from .models import CloudAccount, Credential, Resource
+from .services.accounts import account_egress_validate
 
 TRIGGER_PERMISSION = "tasks_app.trigger_tasks"
 
@@ -65,9 +66,59 @@ class CredentialForm(forms.ModelForm):
         return credential
 
 
+class CredentialInlineFormSet(forms.BaseInlineFormSet):
+    """The credential's own URLs (a GCP key's token_uri, universe_domain) under the egress policy; it needs the
+    account's provider, which only the formset knows (`self.instance`, the account with the form's values)."""
+
+    def clean(self):
+        super().clean()
+        for form in self.forms:
+            secret = (getattr(form, "cleaned_data", None) or {}).get("secret")
+            if not secret or not secret.startswith("{"):
+                continue
+            try:
+                parsed = json.loads(secret)
+            except ValueError:
+                continue  # CredentialForm already says it does not parse
+            try:
+                account_egress_validate(provider=self.instance.provider, settings=None, credentials=parsed)
+            except ValidationError as exc:
+                raise forms.ValidationError(exc.message_dict.get("credentials", exc.messages)) from None
+
+
+class CloudAccountForm(forms.ModelForm):
+    """The account's endpoint settings under the egress policy; changing one needs the credential typed again in
+    the same request (`credential_editable`: whether this user's page has the credential inline at all)."""
+
+    credential_editable = False  # set per request by CloudAccountAdmin.get_form
+
+    class Meta:
+        model = CloudAccount
+        fields = ("name", "provider", "external_id", "is_active", "settings")
+
+    def clean(self):
+        cleaned = super().clean()
+        provider = cleaned.get("provider") or self.instance.provider
+        settings = cleaned.get("settings")
+        if provider and isinstance(settings, dict):
+            entered = self.credential_editable and bool(str(self.data.get("credential-0-secret") or "").strip())
+            try:
+                account_egress_validate(
+                    provider=provider,
+                    settings=settings,
+                    account=self.instance if self.instance.pk else None,
+                    credential_entered=entered,
+                )
+            except ValidationError as exc:
+                for message in exc.message_dict.get("settings", []):
+                    self.add_error("settings", message)
+        return cleaned
+
+
 class CredentialInline(admin.StackedInline):
     model = Credential
     form = CredentialForm
+    formset = CredentialInlineFormSet
     fields = ("kind", "secret", "hint", "updated_at")
     readonly_fields = ("hint", "updated_at")
     extra = 0
@@ -82,6 +133,7 @@ class CredentialInline(admin.StackedInline):
 
 @admin.register(CloudAccount)
 class CloudAccountAdmin(admin.ModelAdmin):
+    form = CloudAccountForm
     list_display = ("name", "provider", "external_id", "is_active", "credential_hint", "last_synced_at", "updated_at")
     list_filter = ("provider", "is_active")
     search_fields = ("name", "external_id")
@@ -95,6 +147,12 @@ class CloudAccountAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("credential")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        inline = CredentialInline(self.model, self.admin_site)
+        editable = inline.has_change_permission(request, obj) or inline.has_add_permission(request, obj)
+        return type(form.__name__, (form,), {"credential_editable": editable})
 
     @admin.display(description="credential")
     def credential_hint(self, obj):

@@ -8,7 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.permissions import DjangoModelPermissions, IsAuthenticated
 
 from .models import CloudAccount, Credential
-from .services.accounts import account_create, account_update
+from .services.accounts import account_create, account_egress_validate, account_update
 
 
 class CloudAccountSerializer(serializers.ModelSerializer):
@@ -71,6 +71,18 @@ class CloudAccountSerializer(serializers.ModelSerializer):
         if self.instance is not None and value != self.instance.provider:
             raise serializers.ValidationError("The provider of an existing account cannot change.")
         return value
+
+    def validate(self, attrs):
+        # The egress policy and the "credential again" rule, before anything is written (a 400 naming the
+        # setting); the services check the same again for callers that are not this serializer.
+        provider = self.instance.provider if self.instance is not None else attrs.get("provider", "")
+        account_egress_validate(
+            provider=provider,
+            settings=attrs.get("settings"),
+            credentials=attrs.get("credentials"),
+            account=self.instance,
+        )
+        return attrs
 
     def create(self, validated_data):
         return account_create(**validated_data)

@@ -6,16 +6,18 @@ import http.client
 import json
 import logging
 import smtplib
-import urllib.error
-import urllib.parse
-import urllib.request
+import ssl
 from collections.abc import Iterable
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.serializers.json import DjangoJSONEncoder
+from django.core.validators import validate_email
 
 from costs_app.models import ChannelKind, NotificationChannel
+from finops import egress
+from finops.errors import TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -67,32 +69,70 @@ def sign(body: bytes, key: bytes) -> str:
     return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
+CHANNEL_KINDS = {ChannelKind.SLACK: egress.Kind.SLACK, ChannelKind.WEBHOOK: egress.Kind.WEBHOOK}
+
+
+def channel_target_validate(*, kind: str, target: str) -> None:
+    """Save time: an e-mail channel holds e-mail addresses, a Slack or webhook channel an https URL the egress
+    policy allows. Raises ValidationError on "target"; the message never repeats the target (a webhook URL is a
+    secret), at most its host."""
+    if kind == ChannelKind.EMAIL:
+        addresses = [address.strip() for address in str(target or "").split(",")]
+        try:
+            if not any(addresses):
+                raise ValidationError("empty")
+            for address in addresses:
+                validate_email(address)
+        except ValidationError:
+            raise ValidationError(
+                {"target": "an e-mail channel's target is a comma-separated list of e-mail addresses"}
+            ) from None
+        return
+    if kind not in CHANNEL_KINDS:
+        raise ValidationError({"kind": f"unknown channel kind {kind!r}"})
+    try:
+        egress.url_check(target, kind=CHANNEL_KINDS[kind], field="target")
+    except egress.EgressRefused as exc:
+        raise ValidationError({"target": exc.reason}) from None
+
+
 def _post_json(*, channel: NotificationChannel, url: str, body: bytes, headers: dict[str, str]) -> None:
-    # Only http(s): urllib would happily open file:// or ftp:// URLs typed into the admin.
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise NotificationError(f"channel {channel.name!r}: the target is not an http(s) URL", retryable=False)
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
-    )
+    """POST under the egress policy (checked again now, DNS included; connected to the checked address), no
+    redirects: a 3xx is a failed delivery, and the signature header is never sent to where it points."""
+    all_headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
     # Errors are re-raised without the URL (a webhook URL is a secret) and without chaining,
     # so the original exception's text cannot leak it into logs either.
     try:
-        with urllib.request.urlopen(request, timeout=settings.NOTIFICATION_TIMEOUT) as response:
-            response.read(1024)
-    except urllib.error.HTTPError as exc:
-        permanent = 400 <= exc.code < 500 and exc.code not in RETRYABLE_HTTP_STATUS
+        answer = egress.http_post(
+            url,
+            kind=CHANNEL_KINDS[channel.kind],
+            field=f"channel {channel.name!r} target",
+            body=body,
+            headers=all_headers,
+            timeout=settings.NOTIFICATION_TIMEOUT,
+        )
+    except egress.EgressRefused as exc:
+        raise NotificationError(f"refused by the egress policy: {exc}", retryable=False) from None
+    except TransientError:  # the host name did not resolve
+        raise NotificationError(f"channel {channel.name!r}: cannot reach the receiver (name not resolved)") from None
+    except ssl.SSLError as exc:
         raise NotificationError(
-            f"channel {channel.name!r}: HTTP {exc.code} from the receiver", retryable=not permanent
+            f"channel {channel.name!r}: TLS failed talking to the receiver ({exc.reason or type(exc).__name__})"
         ) from None
-    except urllib.error.URLError as exc:
-        raise NotificationError(f"channel {channel.name!r}: cannot reach the receiver ({exc.reason})") from None
-    except (OSError, http.client.HTTPException) as exc:
+    except OSError as exc:
+        raise NotificationError(f"channel {channel.name!r}: cannot reach the receiver ({type(exc).__name__})") from None
+    except http.client.HTTPException as exc:
         raise NotificationError(f"channel {channel.name!r}: {type(exc).__name__} talking to the receiver") from None
-    except ValueError:
-        raise NotificationError(f"channel {channel.name!r}: the target URL is malformed", retryable=False) from None
+    status = answer.status
+    if 300 <= status < 400:
+        raise NotificationError(
+            f"channel {channel.name!r}: HTTP {status} redirect from the receiver; redirects are not followed "
+            "(give the final URL as the target)",
+            retryable=False,
+        )
+    if status >= 400:
+        permanent = 400 <= status < 500 and status not in RETRYABLE_HTTP_STATUS
+        raise NotificationError(f"channel {channel.name!r}: HTTP {status} from the receiver", retryable=not permanent)
 
 
 def channel_send(*, channel: NotificationChannel, subject: str, text: str, payload: dict) -> None:
@@ -102,6 +142,15 @@ def channel_send(*, channel: NotificationChannel, subject: str, text: str, paylo
         recipients = [address.strip() for address in target.split(",") if address.strip()]
         if not recipients:
             raise NotificationError(f"channel {channel.name!r}: no email address configured", retryable=False)
+        try:
+            for address in recipients:
+                validate_email(address)
+        except ValidationError:
+            # The mail server (EMAIL_HOST) is the operator's; the recipients must still be addresses, not
+            # something a lenient SMTP server would interpret.
+            raise NotificationError(
+                f"channel {channel.name!r}: the target is not a list of e-mail addresses", retryable=False
+            ) from None
         send_mail(subject, text, settings.DEFAULT_FROM_EMAIL, recipients, fail_silently=False)
     elif channel.kind == ChannelKind.SLACK:
         body = json.dumps({"text": f"*{subject}*\n{text}"}).encode()

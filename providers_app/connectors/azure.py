@@ -59,9 +59,11 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from finops.egress import Kind, authority_url
 from finops.errors import PermanentError, TransientError
 
 from .base import ConnectionReport, ResourceSource
+from .endpoints import endpoint_now, settings_check
 from .exports import Delivery, ExportCostSource, ExportFile
 from .mapping import ColumnMapping, Rule, as_text, coalesce, lookup
 
@@ -116,7 +118,9 @@ class AzureConfig:
 
     def transport(self) -> dict:
         """Keyword arguments every SDK client and the credential take: few retries, the CA bundle if any."""
-        kwargs: dict = {"retry_total": self.sdk_retry_total, "retry_backoff_factor": 0.2}
+        # No redirects (azure-core's RedirectPolicy would follow one to any host): the checked endpoint is the one
+        # called. azure-identity's token pipeline has no redirect policy at all.
+        kwargs: dict = {"retry_total": self.sdk_retry_total, "retry_backoff_factor": 0.2, "permit_redirects": False}
         if self.ca_bundle:
             kwargs["connection_verify"] = self.ca_bundle
         return kwargs
@@ -127,6 +131,7 @@ def azure_config(account) -> AzureConfig:
     settings = account.settings or {}
     if not isinstance(settings, dict):
         raise PermanentError(f"Azure account {account.name!r}: settings must be a JSON object")
+    settings_check("azure", settings)  # the egress policy (also for a row written before it existed)
     credential = getattr(account, "credential", None)
     if credential is None:
         raise PermanentError(
@@ -218,6 +223,8 @@ def storage_account_name(config: AzureConfig) -> str:
 def _credential(config: AzureConfig):
     from azure.identity import ClientSecretCredential
 
+    # The client_secret goes to the authority: checked (DNS included) right before the credential is built.
+    endpoint_now(authority_url(config.authority_host), kind=Kind.AZURE_AUTHORITY, field="settings.authority_host")
     return ClientSecretCredential(
         config.tenant_id,
         config.client_id,
@@ -250,6 +257,7 @@ def _container_client(config: AzureConfig, credential=None):
                 "storage_account_key or storage_sas_token in the credential)"
             )
         storage_credential = credential or _credential(config)
+    endpoint_now(config.storage_account_url, kind=Kind.AZURE_STORAGE, field="settings.storage_account_url")
     service = BlobServiceClient(config.storage_account_url, credential=storage_credential, **config.transport())
     return service.get_container_client(config.container)
 
@@ -262,6 +270,7 @@ class _Clients:
         self.credential = credential or _credential(config)
 
     def _kwargs(self) -> dict:
+        endpoint_now(self.config.arm_endpoint, kind=Kind.AZURE_ARM, field="settings.arm_endpoint")
         return {"base_url": self.config.arm_endpoint, "credential_scopes": [ARM_SCOPE], **self.config.transport()}
 
     def compute(self, subscription: str):

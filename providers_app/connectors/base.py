@@ -261,11 +261,25 @@ def _provider_module(account: CloudAccount):
         raise PermanentError(f"{account.provider} connector not available (account {account.name!r})") from None
 
 
+def egress_check(account: CloudAccount) -> None:
+    """The egress policy over the account's endpoint settings and credential, before any SDK is touched: a row
+    written before the policy existed (or straight into the database) is refused here, at call time, too."""
+    from .endpoints import ENDPOINT_SETTINGS, credential_check, settings_check
+
+    if account.provider not in ENDPOINT_SETTINGS:
+        return
+    settings_check(account.provider, account.settings or {})
+    credential = getattr(account, "credential", None) if account.pk else None
+    if credential is not None and account.provider == "gcp":
+        credential_check(account.provider, credential.get_secret())
+
+
 def get_cost_source(account: CloudAccount) -> CostSource:
     if account.provider == "focus":
         from .focus import FocusFileSource
 
         return FocusFileSource(account)
+    egress_check(account)
     return _provider_module(account).cost_source(account)
 
 
@@ -273,6 +287,7 @@ def get_resource_source(account: CloudAccount) -> ResourceSource | None:
     """None for focus accounts: their inventory is derived from the cost lines (costs_app.services.inventory)."""
     if account.provider == "focus":
         return None
+    egress_check(account)
     return _provider_module(account).resource_source(account)
 
 
@@ -282,4 +297,12 @@ def connection_check(account: CloudAccount) -> ConnectionReport:
         from .focus import connection_check as focus_check
 
         return focus_check(account)
+    from finops.egress import EgressRefused
+
+    try:
+        egress_check(account)
+    except EgressRefused as exc:
+        report = ConnectionReport(provider=account.provider, account=account.name)
+        report.failed("egress policy", str(exc))
+        return report
     return _provider_module(account).connection_check(account)

@@ -66,9 +66,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from finops.egress import Kind
 from finops.errors import PermanentError, TransientError
 
 from .base import ConnectionReport, CostBatch, CostSource, ResourceSource
+from .endpoints import credential_check, endpoint_now, settings_check
 from .exports import Delivery, ExportCostSource, ExportFile
 from .focus import normalise
 from .mapping import ColumnMapping, Rule, as_text, coalesce, lookup
@@ -125,6 +127,7 @@ def gcp_settings(account, *, for_costs: bool = True) -> GcpSettings:
     endpoints = raw.get("endpoints") or {}
     if not isinstance(endpoints, dict):
         raise PermanentError(f"GCP account {name!r}: settings.endpoints must be an object of service -> URL")
+    settings_check("gcp", raw)  # the egress policy (also for a row written before it existed)
     settings = GcpSettings(
         source=source,
         billing_account_id=billing,
@@ -208,6 +211,8 @@ def gcp_credentials(account):
         )
     if secret["type"] != "service_account":
         raise PermanentError(f"GCP account {account.name!r}: credential type {secret['type']!r} is not service_account")
+    credential_check("gcp", secret)  # token_uri and universe_domain under the egress policy
+    endpoint_now(secret["token_uri"], kind=Kind.GCP, field="credentials.token_uri")
     try:
         return service_account.Credentials.from_service_account_info(secret, scopes=SCOPES)
     except ValueError as exc:  # a private_key that is not a PEM RSA key
@@ -217,8 +222,31 @@ def gcp_credentials(account):
 
 
 def _options(settings: GcpSettings, service: str) -> dict | None:
-    endpoint = settings.endpoints.get(service)
+    """The client's endpoint, checked by the egress policy (DNS included) right before the client is built."""
+    endpoint = endpoint_now(settings.endpoints.get(service), kind=Kind.GCP, field=f"settings.endpoints.{service}")
     return {"api_endpoint": endpoint} if endpoint else None
+
+
+def no_redirects(session):
+    """A requests session that refuses any redirect: the token request (a signed JWT) and the API calls go to
+    the checked host and nowhere else (requests would resend a 307/308's body to the new host)."""
+    session.max_redirects = 0
+    return session
+
+
+def authorized_session(credentials):
+    """The session the BigQuery and Storage clients send with: no redirects, token requests without them too."""
+    from google.auth.transport.requests import AuthorizedSession
+
+    return no_redirects(AuthorizedSession(credentials, auth_request=token_request()))
+
+
+def token_request():
+    """google-auth's transport for token requests, without redirects."""
+    import requests
+    from google.auth.transport.requests import Request
+
+    return Request(session=no_redirects(requests.Session()))
 
 
 # --- errors ---
@@ -241,6 +269,8 @@ def gcp_error(exc: Exception, what: str) -> Exception:
         gexc.DeadlineExceeded,
         gexc.RetryError,
     )
+    if isinstance(exc, requests.TooManyRedirects):
+        return PermanentError(f"{what}: the endpoint answered a redirect; redirects are not followed")
     if isinstance(exc, transient):
         return TransientError(f"{what}: Google Cloud answered {type(exc).__name__} ({message}); will retry")
     if isinstance(
@@ -548,11 +578,13 @@ class BigQueryExportSource(CostSource):
         if self._client is None:
             from google.cloud import bigquery
 
+            credentials = gcp_credentials(self.account)
             self._client = bigquery.Client(
                 project=self.settings.project,
-                credentials=gcp_credentials(self.account),
+                credentials=credentials,
                 location=self.settings.location,
                 client_options=_options(self.settings, "bigquery"),
+                _http=authorized_session(credentials),
             )
         return self._client
 
@@ -660,10 +692,12 @@ class GcsExportSource(ExportCostSource):
         if self._bucket is None:
             from google.cloud import storage
 
+            credentials = gcp_credentials(self.account)
             client = storage.Client(
                 project=self.settings.project or None,
-                credentials=gcp_credentials(self.account),
+                credentials=credentials,
                 client_options=_options(self.settings, "storage"),
+                _http=authorized_session(credentials),
             )
             self._bucket = client.bucket(self.settings.bucket)
         return self._bucket
@@ -825,11 +859,12 @@ class ComputeResourceSource(ResourceSource):
         from datetime import timedelta
 
         import requests
-        from google.auth.transport.requests import AuthorizedSession
 
         end = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
         start = end - timedelta(days=self.settings.cpu_days)
-        base = self.settings.endpoints.get("monitoring") or "https://monitoring.googleapis.com"
+        monitoring = self.settings.endpoints.get("monitoring")
+        base = endpoint_now(monitoring, kind=Kind.GCP, field="settings.endpoints.monitoring")
+        base = base or "https://monitoring.googleapis.com"
         params = {
             "filter": 'metric.type = "compute.googleapis.com/instance/cpu/utilization" '
             'AND resource.type = "gce_instance"',
@@ -839,7 +874,7 @@ class ComputeResourceSource(ResourceSource):
             "aggregation.perSeriesAligner": "ALIGN_MEAN",
             "view": "FULL",
         }
-        session = AuthorizedSession(self._credentials or gcp_credentials(self.account))
+        session = authorized_session(self._credentials or gcp_credentials(self.account))
         what = f"monitoring.timeSeries.list on project {project}"
         out: dict[str, tuple[list[float], str]] = {}
         token = None
@@ -858,6 +893,9 @@ class ComputeResourceSource(ResourceSource):
             if response.status_code >= 400:
                 from google.api_core import exceptions as gexc
 
+                if "json" not in response.headers.get("content-type", ""):
+                    # Not Google's JSON error: its body is no message for the user (nor for a dead letter).
+                    response._content = b""  # noqa: SLF001
                 _raise(gexc.from_http_response(response), what)
             body = response.json()
             for series in body.get("timeSeries", []):
@@ -957,15 +995,13 @@ def connection_check(account) -> ConnectionReport:
     """Credentials (a token from the key), the export (table or bucket) and Compute Engine listing; never raises."""
     report = ConnectionReport(provider=account.provider, account=account.name)
     try:
+        settings = gcp_settings(account, for_costs=False)  # first: its egress check refuses before any token request
         credentials = gcp_credentials(account)
-        settings = gcp_settings(account, for_costs=False)
-    except PermanentError as exc:
+    except (PermanentError, TransientError) as exc:
         report.failed("credentials", str(exc))
         return report
     try:
-        from google.auth.transport.requests import Request
-
-        credentials.refresh(Request())
+        credentials.refresh(token_request())
         report.passed("credentials", f"token issued to {credentials.service_account_email}")
     except Exception as exc:  # noqa: BLE001
         report.failed("credentials", str(gcp_error(exc, f"token for {credentials.service_account_email}")))

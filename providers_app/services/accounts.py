@@ -1,9 +1,59 @@
 """Writes on cloud accounts and their encrypted credential, for the API (and any other interface)."""
 
+import contextlib
+import json
+
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from finops.egress import EgressRefused
+
 from ..connectors import connection_check
+from ..connectors.endpoints import credential_check, endpoint_changes, settings_check
 from ..models import CloudAccount, Credential
+
+
+def account_egress_validate(
+    *,
+    provider: str,
+    settings: dict | None,
+    credentials: dict | str | None = None,
+    account: CloudAccount | None = None,
+    credential_entered: bool | None = None,
+) -> None:
+    """Save time, for every interface (API serializer, admin form, this module's writes): the account's endpoint
+    settings and its credential's URLs under the egress policy, and — on an existing account that has a
+    credential — any change of an endpoint, authority or CA bundle only together with the credential entered
+    again (whoever may edit settings but does not know the secret cannot send it elsewhere).
+
+    `credential_entered` is for a caller whose secret arrives apart from `credentials` (the admin's inline);
+    by default a credential counts as entered when `credentials` is given.
+
+    Raises ValidationError keyed by "settings" or "credentials", naming the setting and why."""
+    if credential_entered is None:
+        credential_entered = credentials is not None
+    if settings is not None:
+        try:
+            settings_check(provider, settings)
+        except EgressRefused as exc:
+            raise ValidationError({"settings": str(exc)}) from None
+    if credentials is not None:
+        if isinstance(credentials, str):
+            # A string holding JSON is stored as text but read back as the object (Credential.get_secret).
+            with contextlib.suppress(ValueError):
+                credentials = json.loads(credentials)
+        try:
+            credential_check(provider, credentials)
+        except EgressRefused as exc:
+            raise ValidationError({"credentials": str(exc)}) from None
+    if account is None or account.pk is None or settings is None or credential_entered:
+        return
+    stored = CloudAccount.objects.filter(pk=account.pk).values_list("settings", flat=True).first()
+    changed = endpoint_changes(provider, stored or {}, settings)
+    if changed and Credential.objects.filter(account_id=account.pk).exists():
+        raise ValidationError(
+            {"settings": [f"changing {name} requires the credential to be entered again" for name in changed]}
+        )
 
 
 def _credential_store(*, account: CloudAccount, secret: dict | str, kind: str | None) -> Credential:
@@ -27,6 +77,7 @@ def account_create(
     credentials: dict | str | None = None,
     credential_kind: str | None = None,
 ) -> CloudAccount:
+    account_egress_validate(provider=provider, settings=settings or {}, credentials=credentials)
     account = CloudAccount.objects.create(
         provider=provider, name=name, external_id=external_id, is_active=is_active, settings=settings or {}
     )
@@ -47,6 +98,9 @@ def account_update(
     credential_kind: str | None = None,
     **changes,
 ) -> CloudAccount:
+    account_egress_validate(
+        provider=account.provider, settings=changes.get("settings"), credentials=credentials, account=account
+    )
     fields = [name for name in UPDATABLE if name in changes]
     for name in fields:
         setattr(account, name, changes[name])

@@ -93,7 +93,8 @@ def test_receiver_error_raises_without_revealing_the_url(webhook_sink, caplog): 
     # then
     assert "HTTP 500" in str(raised.value)
     assert "secret-token-path" not in str(raised.value)
-    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    assert raised.value.__cause__ is None
+    assert raised.value.__context__ is None or raised.value.__suppress_context__  # nothing chained that holds the URL
     assert "secret-token-path" not in caplog.text
 
 
@@ -101,7 +102,7 @@ def test_non_http_target_is_refused():
     # given
     channel = NotificationChannelFactory(kind=ChannelKind.WEBHOOK, target="file:///etc/passwd")
     # when / then
-    with pytest.raises(NotificationError, match="not an http"):
+    with pytest.raises(NotificationError, match="file:// is not allowed"):
         channel_send(channel=channel, subject="s", text="t", payload={})
 
 

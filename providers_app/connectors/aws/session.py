@@ -109,6 +109,16 @@ class AwsSettings:
     def endpoint(self, service: str) -> str | None:
         return self.endpoint_urls.get(service) or self.endpoint_url or None
 
+    def endpoint_checked(self, service: str) -> str | None:
+        """The service's endpoint under the egress policy, resolved and checked now (right before a client is
+        built with it); None is boto's own endpoint for the region, an amazonaws.com host."""
+        from finops.egress import Kind
+
+        from ..endpoints import endpoint_now
+
+        field = f"settings.endpoint_urls.{service}" if self.endpoint_urls.get(service) else "settings.endpoint_url"
+        return endpoint_now(self.endpoint(service), kind=Kind.AWS, field=field)
+
 
 @dataclass(frozen=True)
 class AwsCredentials:
@@ -201,9 +211,8 @@ class AwsContext:
         )
         if not creds.role_arn:
             return base
-        sts = base.client(
-            "sts", region_name=self.settings.region, endpoint_url=self.settings.endpoint("sts"), config=sdk_config()
-        )
+        endpoint = self.settings.endpoint_checked("sts")
+        sts = base.client("sts", region_name=self.settings.region, endpoint_url=endpoint, config=sdk_config())
         kwargs = {"RoleArn": creds.role_arn, "RoleSessionName": creds.role_session_name}
         if creds.external_id:
             kwargs["ExternalId"] = creds.external_id
@@ -221,7 +230,7 @@ class AwsContext:
         key = (service, region)
         if key not in self._clients:
             self._clients[key] = self.session.client(
-                service, region_name=region, endpoint_url=self.settings.endpoint(service), config=sdk_config()
+                service, region_name=region, endpoint_url=self.settings.endpoint_checked(service), config=sdk_config()
             )
         return self._clients[key]
 
@@ -282,13 +291,20 @@ def error_translate(exc: Exception, action: str, resource: str = "") -> Exceptio
         return PermanentError(f"{action}{on}: no AWS credentials found ({exc}); give the account a credential")
     if not isinstance(exc, ClientError):
         from botocore.exceptions import BotoCoreError
+        from botocore.parsers import ResponseParserError
 
+        if isinstance(exc, ResponseParserError):
+            # Its text carries the whole reply body: whatever the endpoint answered (an internal page, the app's
+            # own /healthz) would end up in run errors and dead letters. Say what happened, not what came back.
+            error = PermanentError(f"{action}{on}: the endpoint's answer is not an AWS API response")
+            error.hide_cause = True  # aws_errors raises it unchained: the cause's text is the body
+            return error
         if isinstance(exc, BotoCoreError):
-            return TransientError(f"{action}{on}: {type(exc).__name__}: {exc}")
+            return TransientError(f"{action}{on}: {type(exc).__name__}: {_short(str(exc))}")
         return exc
     error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    message = str(error.get("Message", "")).strip()
+    code = str(error.get("Code", ""))[:100]
+    message = _short(str(error.get("Message", "")))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     detail = f"{code}: {message}" if message else code
     # Cost Explorer says "too many calls" with LimitExceededException (elsewhere that code is a quota).
@@ -306,6 +322,12 @@ def error_translate(exc: Exception, action: str, resource: str = "") -> Exceptio
     return PermanentError(f"{action}{on}: {detail or f'HTTP {status}'}")
 
 
+def _short(text: str, limit: int = 300) -> str:
+    """An error text from the far end, on one line and bounded: enough to act on, never a whole reply body."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @contextmanager
 def aws_errors(action: str, resource: str = "") -> Iterator[None]:
     try:
@@ -316,4 +338,6 @@ def aws_errors(action: str, resource: str = "") -> Iterator[None]:
         translated = error_translate(exc, action, resource)
         if translated is exc:
             raise
+        if getattr(translated, "hide_cause", False):
+            raise translated from None
         raise translated from exc
