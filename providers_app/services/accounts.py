@@ -3,7 +3,7 @@
 from django.db import transaction
 
 from ..connectors import connection_check
-from ..models import CloudAccount, Credential
+from ..models import CloudAccount, Credential, Team
 
 
 def _credential_store(*, account: CloudAccount, secret: dict | str, kind: str | None) -> Credential:
@@ -26,9 +26,15 @@ def account_create(
     settings: dict | None = None,
     credentials: dict | str | None = None,
     credential_kind: str | None = None,
+    team: Team | None = None,
 ) -> CloudAccount:
+    """`team`: the owning team; the API and the admin require one, other callers get the team "Default"."""
+    if team is None:
+        from .teams import team_default
+
+        team = team_default()
     account = CloudAccount.objects.create(
-        provider=provider, name=name, external_id=external_id, is_active=is_active, settings=settings or {}
+        team=team, provider=provider, name=name, external_id=external_id, is_active=is_active, settings=settings or {}
     )
     if credentials is not None:
         _credential_store(account=account, secret=credentials, kind=credential_kind)
@@ -36,7 +42,7 @@ def account_create(
 
 
 # Fields an update may change; the provider is fixed once data has been loaded under it.
-UPDATABLE = ("name", "external_id", "is_active", "settings")
+UPDATABLE = ("team", "name", "external_id", "is_active", "settings")
 
 
 @transaction.atomic
