@@ -10,7 +10,7 @@ from rest_framework.permissions import IsAuthenticated
 from finops.api_permissions import ModelPermissions
 
 from .models import CloudAccount, Credential, Role, Team
-from .selectors import teams_for, visible_to
+from .selectors import is_platform_admin, teams_for, visible_to
 from .services.accounts import account_create, account_update
 
 
@@ -33,7 +33,11 @@ class CloudAccountSerializer(serializers.ModelSerializer):
     )
     has_credentials = serializers.SerializerMethodField()
     credential_hint = serializers.SerializerMethodField()
-    team = TeamField(help_text="The owning team (one where you are an account admin); required for a new account.")
+    team = TeamField(
+        required=False,
+        help_text="The owning team, one where you are an account admin. May be omitted on creation when you are "
+        "the account admin of a single team (platform admins: the team \"Default\").",
+    )
 
     class Meta:
         model = CloudAccount
@@ -84,6 +88,25 @@ class CloudAccountSerializer(serializers.ModelSerializer):
         if self.instance is not None and value != self.instance.provider:
             raise serializers.ValidationError("The provider of an existing account cannot change.")
         return value
+
+    def validate(self, attrs):
+        if self.instance is None and attrs.get("team") is None:
+            attrs["team"] = self._only_team()
+        return attrs
+
+    def _only_team(self) -> Team:
+        user = getattr(self.context.get("request"), "user", None)
+        if is_platform_admin(user):
+            from .services.teams import team_default
+
+            return team_default()
+        teams = list(teams_for(user, role=Role.ACCOUNT_ADMIN)[:2])
+        if len(teams) != 1:
+            raise serializers.ValidationError(
+                {"team": "Name the owning team: one where you are an account admin." if teams else
+                 "You are the account admin of no team: an account must belong to one."}
+            )
+        return teams[0]
 
     def create(self, validated_data):
         return account_create(**validated_data)

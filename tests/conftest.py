@@ -64,6 +64,13 @@ def operator_client(trigger_user):
 
 
 @pytest.fixture
+def platform_client(platform_admin):
+    client = APIClient()
+    client.force_authenticate(platform_admin)
+    return client
+
+
+@pytest.fixture
 def celery_worker_proc(transactional_db, tmp_path):
     """A real worker on every queue, using the test database and the test Redis databases."""
     from tests.celery_procs import flush_broker, start_worker

@@ -231,7 +231,7 @@ class HealthView(APIView):
     def get(self, request):
         report = health.system_health()
         if not is_platform_admin(request.user):
-            report = {**report, "checks": {name: {"ok": c["ok"]} for name, c in report["checks"].items()}}
+            report = {**report, "checks": {name: {"ok": c["ok"], "latency_ms": c["latency_ms"]} for name, c in report["checks"].items()}}
         code = status.HTTP_200_OK if report["status"] == "ok" else status.HTTP_503_SERVICE_UNAVAILABLE
         return Response(s.HealthSerializer(report).data, status=code)
 
