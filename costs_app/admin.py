@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from finops.admin_mixins import PlatformAdminOnlyMixin, ReadOnlyAdminMixin, TeamScopedAdminMixin
+from finops.admin_mixins import ReadOnlyAdminMixin, TeamScopedAdminMixin
 from providers_app import focus_schema as focus
 from providers_app.admin import TRIGGER_PERMISSION, WriteOnlyField
 from providers_app.models import Role
@@ -50,9 +50,7 @@ class OperatorActionsMixin:
         allowed = self.scope_queryset(queryset, request.user, role=Role.OPERATOR)
         refused = queryset.exclude(pk__in=allowed.values("pk")).count()
         if refused:
-            self.message_user(
-                request, f"{refused} left alone: you are not an operator of their team", messages.WARNING
-            )
+            self.message_user(request, f"{refused} left alone: you are not an operator of their team", messages.WARNING)
         return allowed
 
 
@@ -485,8 +483,10 @@ class AlertDeliveryAdmin(OperatorActionsMixin, TeamScopedAdminMixin, ReadOnlyAdm
 
     @admin.action(description="Retry selected deliveries now (next budget check)", permissions=["trigger"])
     def retry_now(self, request, queryset):
-        count = self.operable(request, queryset).exclude(status=DeliveryStatus.SENT).update(
-            status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=timezone.now()
+        count = (
+            self.operable(request, queryset)
+            .exclude(status=DeliveryStatus.SENT)
+            .update(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=timezone.now())
         )
         self.message_user(request, f"{count} delivery(ies) will be retried by the next budget check")
 

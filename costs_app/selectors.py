@@ -74,14 +74,10 @@ def budget_alerts_for(user, *, role: Role = Role.VIEWER) -> QuerySet[BudgetAlert
 
 
 def alert_deliveries_for(user, *, role: Role = Role.VIEWER) -> QuerySet[AlertDelivery]:
-    return budget_scope(
-        permitted(AlertDelivery.objects.all(), user, "view"), user, role=role, path="alert__budget_id"
-    )
+    return budget_scope(permitted(AlertDelivery.objects.all(), user, "view"), user, role=role, path="alert__budget_id")
 
 
-def channels_for(
-    user, *, role: Role = Role.VIEWER, permission: str | None = "view"
-) -> QuerySet[NotificationChannel]:
+def channels_for(user, *, role: Role = Role.VIEWER, permission: str | None = "view") -> QuerySet[NotificationChannel]:
     """Channels of the user's teams (role at least `role`); org-wide channels (no team) for platform admins."""
     return channel_scope(permitted(NotificationChannel.objects.all(), user, permission), user, role=role)
 
@@ -90,4 +86,3 @@ def channel_scope(queryset: QuerySet, user, *, role: Role, path: str = "team") -
     if is_platform_admin(user):
         return queryset
     return queryset.filter(**{f"{path}__in": teams_for(user, role=role).values("pk")})
-

@@ -36,7 +36,7 @@ class CloudAccountSerializer(serializers.ModelSerializer):
     team = TeamField(
         required=False,
         help_text="The owning team, one where you are an account admin. May be omitted on creation when you are "
-        "the account admin of a single team (platform admins: the team \"Default\").",
+        'the account admin of a single team (platform admins: the team "Default").',
     )
 
     class Meta:
@@ -103,8 +103,11 @@ class CloudAccountSerializer(serializers.ModelSerializer):
         teams = list(teams_for(user, role=Role.ACCOUNT_ADMIN)[:2])
         if len(teams) != 1:
             raise serializers.ValidationError(
-                {"team": "Name the owning team: one where you are an account admin." if teams else
-                 "You are the account admin of no team: an account must belong to one."}
+                {
+                    "team": "Name the owning team: one where you are an account admin."
+                    if teams
+                    else "You are the account admin of no team: an account must belong to one."
+                }
             )
         return teams[0]
 
@@ -147,7 +150,9 @@ class CloudAccountViewSet(
     def get_queryset(self):
         accounts = CloudAccount.objects.select_related("credential").order_by("name")
         if self.action == "partial_update":
-            return visible_to(accounts, self.request.user, account_path="", role=Role.ACCOUNT_ADMIN, permission="change")
+            return visible_to(
+                accounts, self.request.user, account_path="", role=Role.ACCOUNT_ADMIN, permission="change"
+            )
         if self.action == "test_connection":
             return visible_to(accounts, self.request.user, account_path="", role=Role.OPERATOR, permission="view")
         return visible_to(accounts, self.request.user, account_path="")

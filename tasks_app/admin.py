@@ -259,7 +259,9 @@ class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMi
         if is_platform_admin(request.user):
             return self.fieldsets
         hidden = {"error_traceback", "worker"}
-        return [(name, {**opts, "fields": [f for f in opts["fields"] if f not in hidden]}) for name, opts in self.fieldsets]
+        return [
+            (name, {**opts, "fields": [f for f in opts["fields"] if f not in hidden]}) for name, opts in self.fieldsets
+        ]
 
     def get_search_results(self, request, queryset, search_term):
         # Ids are matched exactly so the unique / btree indexes serve the lookup on a large ledger.

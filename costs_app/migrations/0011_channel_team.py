@@ -5,16 +5,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('costs_app', '0010_bulk_tables_lean'),
-        ('providers_app', '0003_teams_and_memberships'),
+        ("costs_app", "0010_bulk_tables_lean"),
+        ("providers_app", "0003_teams_and_memberships"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='notificationchannel',
-            name='team',
-            field=models.ForeignKey(blank=True, help_text='The team whose budgets and monitors may use it; empty: organisation-wide (platform admins).', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='channels', to='providers_app.team'),
+            model_name="notificationchannel",
+            name="team",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="The team whose budgets and monitors may use it; empty: organisation-wide (platform admins).",
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="channels",
+                to="providers_app.team",
+            ),
         ),
     ]

@@ -149,9 +149,7 @@ class TaskMonitorViewSet(viewsets.ViewSet):
         responses={200: s.ActiveTasksSerializer, 401: UNAUTHENTICATED},
     )
     def active(self, request):
-        active = selectors.active_tasks(
-            runs=selectors.runs_for(request.user), workers=is_platform_admin(request.user)
-        )
+        active = selectors.active_tasks(runs=selectors.runs_for(request.user), workers=is_platform_admin(request.user))
         return Response(s.ActiveTasksSerializer(active, context={"request": request}).data)
 
     @extend_schema(
@@ -231,7 +229,12 @@ class HealthView(APIView):
     def get(self, request):
         report = health.system_health()
         if not is_platform_admin(request.user):
-            report = {**report, "checks": {name: {"ok": c["ok"], "latency_ms": c["latency_ms"]} for name, c in report["checks"].items()}}
+            report = {
+                **report,
+                "checks": {
+                    name: {"ok": c["ok"], "latency_ms": c["latency_ms"]} for name, c in report["checks"].items()
+                },
+            }
         code = status.HTTP_200_OK if report["status"] == "ok" else status.HTTP_503_SERVICE_UNAVAILABLE
         return Response(s.HealthSerializer(report).data, status=code)
 
@@ -289,7 +292,9 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
     def get_queryset(self):
         if self.action == "replay":
-            return selectors.dead_letters_list(letters=selectors.dead_letters_for(self.request.user, role=Role.OPERATOR))
+            return selectors.dead_letters_list(
+                letters=selectors.dead_letters_for(self.request.user, role=Role.OPERATOR)
+            )
         letters = selectors.dead_letters_for(self.request.user)
         if self.action == "list":
             params = s.DeadLetterFilterSerializer(data=self.request.query_params)

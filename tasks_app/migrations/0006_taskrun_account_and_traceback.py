@@ -5,21 +5,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('providers_app', '0003_teams_and_memberships'),
-        ('tasks_app', '0005_optim_retention_policy_defaults'),
+        ("providers_app", "0003_teams_and_memberships"),
+        ("tasks_app", "0005_optim_retention_policy_defaults"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='taskrun',
-            name='account',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='providers_app.cloudaccount'),
+            model_name="taskrun",
+            name="account",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="providers_app.cloudaccount",
+            ),
         ),
         migrations.AddField(
-            model_name='taskrun',
-            name='error_traceback',
+            model_name="taskrun",
+            name="error_traceback",
             field=models.TextField(blank=True),
         ),
     ]

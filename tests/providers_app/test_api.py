@@ -1,7 +1,6 @@
 """Cloud accounts over the API: credentials are write-only and stored encrypted; writes need model permissions."""
 
 import pytest
-from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from providers_app.models import CloudAccount, Credential, Role

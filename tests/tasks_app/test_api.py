@@ -11,10 +11,10 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
-from tasks_app.services.runs import task_enqueue
 from providers_app.models import Role
 from providers_app.services.teams import team_default, team_member_set
+from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
+from tasks_app.services.runs import task_enqueue
 from tests.factories import BudgetFactory, CloudAccountFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

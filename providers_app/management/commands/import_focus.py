@@ -6,8 +6,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from finops.errors import PermanentError
-from providers_app.services.teams import team_default
 from providers_app.models import CloudAccount, Provider
+from providers_app.services.teams import team_default
 
 
 class Command(BaseCommand):
