@@ -134,6 +134,7 @@ def _alert_failure(run: TaskRun) -> None:
             celery_task_id=run.celery_task_id,
             error=run.error,
             correlation_id=run.correlation_id,
+            account_id=run.account_id,
         )
     except Exception:
         logger.exception("could not send the failure alert for %s", run.celery_task_id)
