@@ -12,7 +12,7 @@ The rule, for the API, the admin and anything else that shows data to a user:
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import Model, Q, QuerySet
 
-from .models import CloudAccount, Membership, Role, Team
+from .models import CloudAccount, Role, Team
 from .roles import PLATFORM_ADMIN_PERMISSION
 
 User = Model  # any auth user model instance (or AnonymousUser)
@@ -40,14 +40,6 @@ def accounts_for(user: User | AnonymousUser | None, *, role: Role = Role.VIEWER)
     return CloudAccount.objects.filter(
         team__memberships__user=user, team__memberships__role__in=Role(role).at_least()
     ).distinct()
-
-
-def role_on_account(user: User | AnonymousUser | None, *, account: CloudAccount) -> Role | None:
-    """The user's role on the account's team (None: not a member)."""
-    if user is None or not user.is_authenticated or account.team_id is None:
-        return None
-    role = Membership.objects.filter(team_id=account.team_id, user=user).values_list("role", flat=True).first()
-    return Role(role) if role else None
 
 
 def permitted(queryset: QuerySet, user: User | AnonymousUser | None, permission: str | None = "view") -> QuerySet:
