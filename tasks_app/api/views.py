@@ -59,7 +59,11 @@ class TaskTriggerViewSet(viewsets.GenericViewSet):
             202: s.TaskAcceptedSerializer,
             400: OpenApiResponse(description="Invalid input, e.g. unknown or inactive account, bad period."),
             401: UNAUTHENTICATED,
-            403: FORBIDDEN,
+            403: OpenApiResponse(
+                s.ErrorSerializer,
+                description="Lacks the tasks_app.trigger_tasks permission, or names no account (every account: "
+                "platform admins only).",
+            ),
         },
     )
     def create(self, request):
