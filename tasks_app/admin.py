@@ -194,6 +194,7 @@ class RunChildInline(ReadOnlyAdminMixin, admin.TabularInline):
 class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "task_name",
+        "account",
         "state_badge",
         "triggered_by",
         "trigger_who",
@@ -211,18 +212,22 @@ class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMi
         ("task_name", admin.AllValuesFieldListFilter),
         "triggered_by",
         ("queue", admin.AllValuesFieldListFilter),
+        ("account", admin.RelatedOnlyFieldListFilter),
         "enqueued_at",
     )
     search_fields = ("celery_task_id", "correlation_id")
     search_help_text = "Exact Celery task id or correlation id"
-    list_select_related = ("user",)
+    list_select_related = ("user", "account")
     list_per_page = 50
     # COUNT(*) over a large ledger on every page view is not worth it.
     show_full_result_count = False
     actions = ("cancel_runs", "run_again")
     inlines = (RunChildInline,)
     fieldsets = (
-        (None, {"fields": ("task_name", "celery_task_id", "state_badge", "queue", "worker", "correlation_id")}),
+        (
+            None,
+            {"fields": ("task_name", "account", "celery_task_id", "state_badge", "queue", "worker", "correlation_id")},
+        ),
         ("Trigger", {"fields": ("triggered_by", "trigger_detail", "user", "parent_link", "dead_letter_link")}),
         ("Timing", {"fields": ("enqueued_at", "started_at", "finished_at", "duration", "retries", "redeliveries")}),
         ("Input", {"fields": ("args_pretty", "kwargs_pretty")}),
@@ -230,6 +235,7 @@ class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMi
     )
     readonly_fields = (
         "task_name",
+        "account",
         "celery_task_id",
         "state_badge",
         "queue",
