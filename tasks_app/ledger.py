@@ -193,6 +193,7 @@ def record_enqueue(
     parent_id: uuid.UUID | None = None,
     correlation_id: str = "",
     if_absent: bool = False,
+    account_id: int | None = None,
 ) -> TaskRun:
     """Write the QUEUED row; with if_absent, a row already there for this Celery id wins (ON CONFLICT DO NOTHING)."""
     run = TaskRun(
@@ -209,7 +210,8 @@ def record_enqueue(
         state=RunState.QUEUED,
         enqueued_at=timezone.now(),
     )
-    account_id = account_of(run.kwargs)
+    # The account the run concerns (tenancy): its kwargs' account_id, or the caller's when the kwargs name none.
+    account_id = account_of(run.kwargs) or account_id
     # One plain INSERT instead of Model.save(): this runs for every enqueue, and the ORM's save
     # machinery cost as much client CPU as the statement itself (bench/tasks.py).
     with connection.cursor() as cursor:

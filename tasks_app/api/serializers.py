@@ -4,6 +4,7 @@ import re
 
 from rest_framework import serializers
 
+from costs_app.models import Budget
 from costs_app.selectors import budgets_for
 from providers_app.models import Role
 from providers_app.selectors import accounts_for, is_platform_admin
@@ -51,6 +52,10 @@ class AccountTaskRequest(StrictSerializer):
         """Whether the request names what it runs for (else: every account, an organisation-wide run)."""
         return self.validated_data.get("account_id") is not None
 
+    def run_account_id(self) -> int | None:
+        """The account the run concerns when its kwargs name none (see BudgetMonitorRequest)."""
+        return None
+
     def validate_account_id(self, value: int | None) -> int | None:
         if value is None:
             return value
@@ -85,6 +90,15 @@ class BudgetMonitorRequest(AccountTaskRequest):
     def names_scope(self) -> bool:
         return super().names_scope() or self.validated_data.get("budget_id") is not None
 
+    def run_account_id(self) -> int | None:
+        """A check of a budget of one account concerns that account: its team sees the run."""
+        budget_id = self.validated_data.get("budget_id")
+        if self.validated_data.get("account_id") is not None or budget_id is None:
+            return None
+        scope = Budget.accounts.through.objects.filter(budget_id=budget_id)
+        accounts = list(scope.values_list("cloudaccount_id", flat=True)[:2])
+        return accounts[0] if len(accounts) == 1 else None
+
     def validate_budget_id(self, value: int | None) -> int | None:
         budgets = budgets_for(_request_user(self), role=Role.OPERATOR, permission=None)
         if value is not None and not budgets.filter(id=value).exists():
@@ -95,6 +109,9 @@ class BudgetMonitorRequest(AccountTaskRequest):
 class CleanupRequest(StrictSerializer):
     def names_scope(self) -> bool:
         return False  # retention is organisation-wide
+
+    def run_account_id(self) -> int | None:
+        return None
 
     dry_run = serializers.BooleanField(
         required=False, default=False, help_text="Count what would be deleted without deleting it."

@@ -81,6 +81,7 @@ class TaskTriggerViewSet(viewsets.GenericViewSet):
             triggered_by=TriggerKind.API,
             user=request.user,
             correlation_id=request.correlation_id,
+            account_id=params.run_account_id(),
         )
         return accepted_response(request, run)
 

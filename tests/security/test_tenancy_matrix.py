@@ -219,7 +219,10 @@ def check_trigger(world, name):
         budget_b = world.b.rows["costs_app.budget"]
         refused = operator.post(path, {"budget_id": budget_b.id}, format="json")
         assert refused.status_code == 400 and "does not exist" in refused.json()["budget_id"][0]
-        assert operator.post(path, {"budget_id": world.a.rows["costs_app.budget"].id}, format="json").status_code == 202
+        mine = operator.post(path, {"budget_id": world.a.rows["costs_app.budget"].id}, format="json")
+        assert mine.status_code == 202
+        # a check of a budget of one account concerns that account: its operator follows the run
+        assert operator.get(f"/api/v1/tasks/status/{mine.json()['task_id']}").status_code == 200
 
 
 def check_cleanup(world, name):
