@@ -14,9 +14,11 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from finops.admin_mixins import ReadOnlyAdminMixin
+from finops.admin_mixins import ReadOnlyAdminMixin, TeamScopedAdminMixin
 from providers_app import focus_schema as focus
 from providers_app.admin import TRIGGER_PERMISSION, WriteOnlyField
+from providers_app.models import Role
+from providers_app.selectors import is_platform_admin
 
 from .models import (
     AlertDelivery,
@@ -34,8 +36,34 @@ from .models import (
     NotificationChannel,
     Recommendation,
 )
+from .selectors import budget_scope, channel_scope, daily_rollups_for
 from .services.anomalies import anomalies_status_set, anomaly_monitor_save
 from .services.notifications import channel_target_validate
+
+RELATED_ONLY = admin.RelatedOnlyFieldListFilter  # a filter listing only the rows the (scoped) changelist refers to
+
+
+class OperatorActionsMixin:
+    """Trigger-like actions act only on the selected rows whose team the user operates; the others are named."""
+
+    def operable(self, request, queryset):
+        allowed = self.scope_queryset(queryset, request.user, role=Role.OPERATOR)
+        refused = queryset.exclude(pk__in=allowed.values("pk")).count()
+        if refused:
+            self.message_user(request, f"{refused} left alone: you are not an operator of their team", messages.WARNING)
+        return allowed
+
+
+class OrgWideNeedsPlatformAdmin:
+    """A form field left empty makes the object organisation-wide: only platform admins may leave it empty."""
+
+    org_wide_field = ""
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if not is_platform_admin(request.user) and self.org_wide_field in form.base_fields:
+            form.base_fields[self.org_wide_field].required = True
+        return form
 
 
 def fixed_values_filter(title: str, field: str, values) -> type[admin.SimpleListFilter]:
@@ -76,7 +104,7 @@ class NotificationChannelForm(forms.ModelForm):
 
     class Meta:
         model = NotificationChannel
-        fields = ("name", "kind", "target", "is_active", "notify_task_failures")
+        fields = ("name", "team", "kind", "target", "is_active", "notify_task_failures")
 
     def clean_signing_secret(self):
         secret = self.cleaned_data.get("signing_secret") or ""
@@ -120,13 +148,15 @@ class NotificationChannelForm(forms.ModelForm):
 
 
 @admin.register(NotificationChannel)
-class NotificationChannelAdmin(admin.ModelAdmin):
+class NotificationChannelAdmin(OrgWideNeedsPlatformAdmin, TeamScopedAdminMixin, admin.ModelAdmin):
     form = NotificationChannelForm
-    list_display = ("name", "kind", "target_hint", "is_active", "notify_task_failures", "created_at")
-    list_filter = ("kind", "is_active", "notify_task_failures")
+    org_wide_field = "team"
+    list_display = ("name", "team", "kind", "target_hint", "is_active", "notify_task_failures", "created_at")
+    list_filter = ("kind", "is_active", "notify_task_failures", ("team", RELATED_ONLY))
     search_fields = ("name",)
     fields = (
         "name",
+        "team",
         "kind",
         "target",
         "target_hint",
@@ -138,6 +168,9 @@ class NotificationChannelAdmin(admin.ModelAdmin):
         "created_at",
     )
     readonly_fields = ("target_hint", "signing", "created_at")
+
+    def scope_queryset(self, queryset, user, *, role):
+        return channel_scope(queryset, user, role=role)
 
     @admin.display(description="webhook signed with")
     def signing(self, obj):
@@ -275,10 +308,11 @@ def _delivery_summary(alert) -> str:
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
+class BudgetAdmin(OrgWideNeedsPlatformAdmin, OperatorActionsMixin, TeamScopedAdminMixin, admin.ModelAdmin):
     form = BudgetForm
+    org_wide_field = "accounts"
     list_display = ("name", "scope", "amount", "currency", "period", "threshold_labels", "is_active")
-    list_filter = ("period", "is_active", "currency", "accounts")
+    list_filter = ("period", "is_active", "currency", ("accounts", RELATED_ONLY))
     search_fields = ("name", "tag_key")
     filter_horizontal = ("accounts", "channels")
     readonly_fields = ("created_at", "updated_at")
@@ -293,6 +327,9 @@ class BudgetAdmin(admin.ModelAdmin):
     )
     inlines = (BudgetAlertInline,)
     actions = ("check_now",)
+
+    def scope_queryset(self, queryset, user, *, role):
+        return budget_scope(queryset, user, role=role)
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("accounts")
@@ -325,7 +362,7 @@ class BudgetAdmin(admin.ModelAdmin):
 
     @admin.action(description="Check selected budgets now", permissions=["trigger"])
     def check_now(self, request, queryset):
-        ids = self._enqueue_check(request, list(queryset.values_list("id", flat=True)))
+        ids = self._enqueue_check(request, list(self.operable(request, queryset).values_list("id", flat=True)))
         self.message_user(request, f"Enqueued monitor_budget for {len(ids)} budget(s)")
 
     def _enqueue_check(self, request, budget_ids: list[int]) -> list[str]:
@@ -380,7 +417,7 @@ class AlertDeliveryInline(admin.TabularInline):
 
 
 @admin.register(BudgetAlert)
-class BudgetAlertAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class BudgetAlertAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "budget",
         "period_start",
@@ -394,10 +431,20 @@ class BudgetAlertAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "created_at",
         "notified_at",
     )
-    list_filter = (NotifiedFilter, DeliveryProblemFilter, "basis", "threshold_type", "period_start", "budget")
+    list_filter = (
+        NotifiedFilter,
+        DeliveryProblemFilter,
+        "basis",
+        "threshold_type",
+        "period_start",
+        ("budget", RELATED_ONLY),
+    )
     list_select_related = ("budget",)
     date_hierarchy = "period_start"
     inlines = (AlertDeliveryInline,)
+
+    def scope_queryset(self, queryset, user, *, role):
+        return budget_scope(queryset, user, role=role, path="budget_id")
 
     def get_queryset(self, request):
         return _with_delivery_counts(super().get_queryset(request))
@@ -412,7 +459,7 @@ class BudgetAlertAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(AlertDelivery)
-class AlertDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AlertDeliveryAdmin(OperatorActionsMixin, TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "alert",
         "channel",
@@ -423,17 +470,22 @@ class AlertDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "last_attempt_at",
         "sent_at",
     )
-    list_filter = ("status", "channel")
+    list_filter = ("status", ("channel", RELATED_ONLY))
     list_select_related = ("alert__budget", "channel")
     actions = ("retry_now",)
+
+    def scope_queryset(self, queryset, user, *, role):
+        return budget_scope(queryset, user, role=role, path="alert__budget_id")
 
     def has_trigger_permission(self, request) -> bool:
         return request.user.has_perm(TRIGGER_PERMISSION)
 
     @admin.action(description="Retry selected deliveries now (next budget check)", permissions=["trigger"])
     def retry_now(self, request, queryset):
-        count = queryset.exclude(status=DeliveryStatus.SENT).update(
-            status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=timezone.now()
+        count = (
+            self.operable(request, queryset)
+            .exclude(status=DeliveryStatus.SENT)
+            .update(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=timezone.now())
         )
         self.message_user(request, f"{count} delivery(ies) will be retried by the next budget check")
 
@@ -471,8 +523,9 @@ class AnomalyMonitorForm(forms.ModelForm):
 
 
 @admin.register(AnomalyMonitor)
-class AnomalyMonitorAdmin(admin.ModelAdmin):
+class AnomalyMonitorAdmin(OrgWideNeedsPlatformAdmin, TeamScopedAdminMixin, admin.ModelAdmin):
     form = AnomalyMonitorForm
+    org_wide_field = "account"
     list_display = (
         "name",
         "dimension_label",
@@ -483,7 +536,7 @@ class AnomalyMonitorAdmin(admin.ModelAdmin):
         "open_anomalies",
         "updated_at",
     )
-    list_filter = ("dimension", "is_active", "account")
+    list_filter = ("dimension", "is_active", ("account", RELATED_ONLY))
     search_fields = ("name", "tag_key")
     list_select_related = ("account",)
     filter_horizontal = ("channels",)
@@ -520,6 +573,7 @@ class AnomalyStatusNoteForm(forms.Form):
 
 def _status_action(modeladmin, request, queryset, *, action: str, status: str, label: str):
     """First a page asking for a note, then the change through the lifecycle service."""
+    queryset = modeladmin.operable(request, queryset)
     if "apply" in request.POST:
         form = AnomalyStatusNoteForm(request.POST)
         if form.is_valid():
@@ -549,7 +603,8 @@ def _status_action(modeladmin, request, queryset, *, action: str, status: str, l
 
 
 @admin.register(Anomaly)
-class AnomalyAdmin(admin.ModelAdmin):
+class AnomalyAdmin(OperatorActionsMixin, TeamScopedAdminMixin, admin.ModelAdmin):
+    change_role = Role.OPERATOR  # triage (acknowledge, resolve) is an operator's job
     list_display = (
         "end_day",
         "start_day",
@@ -564,7 +619,7 @@ class AnomalyAdmin(admin.ModelAdmin):
         "score",
         "status",
     )
-    list_filter = ("status", "monitor", "account", "currency")
+    list_filter = ("status", ("monitor", RELATED_ONLY), ("account", RELATED_ONLY), "currency")
     search_fields = ("dimension_value",)
     list_select_related = ("account", "monitor")
     date_hierarchy = "end_day"
@@ -731,7 +786,8 @@ def _transition_report(modeladmin, request, result, verb: str) -> None:
 
 
 @admin.register(Recommendation)
-class RecommendationAdmin(admin.ModelAdmin):
+class RecommendationAdmin(OperatorActionsMixin, TeamScopedAdminMixin, admin.ModelAdmin):
+    change_role = Role.OPERATOR  # dismissing and marking done is an operator's job
     list_display = (
         "title",
         "account",
@@ -743,7 +799,7 @@ class RecommendationAdmin(admin.ModelAdmin):
         "realised_monthly_saving",
         "last_found_at",
     )
-    list_filter = ("status", "rule", "saving_basis", "account", "currency")
+    list_filter = ("status", "rule", "saving_basis", ("account", RELATED_ONLY), "currency")
     search_fields = ("title", "provider_resource_id")
     list_select_related = ("account",)
     fields = (
@@ -783,6 +839,7 @@ class RecommendationAdmin(admin.ModelAdmin):
     def dismiss(self, request, queryset):
         from .services.recommendations import RecommendationStateError, recommendations_dismiss
 
+        queryset = self.operable(request, queryset)
         form = DismissForm(request.POST if "reason" in request.POST else None)
         if form.is_bound and form.is_valid():
             try:
@@ -811,6 +868,7 @@ class RecommendationAdmin(admin.ModelAdmin):
     def mark_done(self, request, queryset):
         from .services.recommendations import recommendations_mark_done
 
+        queryset = self.operable(request, queryset)
         result = recommendations_mark_done(
             ids=list(queryset.values_list("id", flat=True)), user=request.user, now=timezone.now()
         )
@@ -820,6 +878,7 @@ class RecommendationAdmin(admin.ModelAdmin):
     def reopen(self, request, queryset):
         from .services.recommendations import recommendations_reopen
 
+        queryset = self.operable(request, queryset)
         result = recommendations_reopen(
             ids=list(queryset.values_list("id", flat=True)), user=request.user, now=timezone.now()
         )
@@ -836,7 +895,7 @@ class BillingPeriodFilter(admin.SimpleListFilter):
     parameter_name = "period"
 
     def lookups(self, request, model_admin):
-        starts = CostDailyRollup.objects.values_list("billing_period_start", flat=True).distinct()
+        starts = daily_rollups_for(request.user).values_list("billing_period_start", flat=True).distinct()
         return [(s.strftime("%Y-%m"), s.strftime("%Y-%m")) for s in sorted(starts, reverse=True)[:36]]
 
     def queryset(self, request, queryset):
@@ -850,7 +909,7 @@ class BillingPeriodFilter(admin.SimpleListFilter):
 
 
 @admin.register(CostLineItem)
-class CostLineItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class CostLineItemAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "charge_period_start",
         "account",
@@ -863,7 +922,7 @@ class CostLineItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "region_id",
     )
     list_filter = (
-        "account",
+        ("account", RELATED_ONLY),
         fixed_values_filter("charge category", "charge_category", focus.CHARGE_CATEGORIES),
         fixed_values_filter("service category", "service_category", focus.SERVICE_CATEGORIES),
         fixed_values_filter("charge frequency", "charge_frequency", focus.CHARGE_FREQUENCIES),
@@ -886,7 +945,7 @@ class CostLineItemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(CostDailyRollup)
-class CostDailyRollupAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class CostDailyRollupAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "day",
         "account",
@@ -898,7 +957,7 @@ class CostDailyRollupAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "effective_cost",
         "line_count",
     )
-    list_filter = ("account", "billing_currency", "service_category", BillingPeriodFilter)
+    list_filter = (("account", RELATED_ONLY), "billing_currency", "service_category", BillingPeriodFilter)
     search_fields = ("service_name",)
     date_hierarchy = "day"
     list_select_related = ("account",)

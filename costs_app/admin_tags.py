@@ -3,12 +3,14 @@
 from django.contrib import admin, messages
 from django.db import transaction
 
+from finops.admin_mixins import PlatformAdminOnlyMixin, TeamScopedAdminMixin
+
 from .models import CostAllocationTag, CostTagRollup
 from .services.ingest import tag_rollups_rebuild
 
 
 @admin.register(CostAllocationTag)
-class CostAllocationTagAdmin(admin.ModelAdmin):
+class CostAllocationTagAdmin(PlatformAdminOnlyMixin, admin.ModelAdmin):
     list_display = ("key", "is_active", "created_at")
     list_filter = ("is_active",)
     search_fields = ("key",)
@@ -46,9 +48,9 @@ class CostAllocationTagAdmin(admin.ModelAdmin):
 
 
 @admin.register(CostTagRollup)
-class CostTagRollupAdmin(admin.ModelAdmin):
+class CostTagRollupAdmin(TeamScopedAdminMixin, admin.ModelAdmin):
     list_display = ("day", "account", "tag_key", "tag_value", "service_name", "region_id", "billed_cost")
-    list_filter = ("tag_key", "account", "billing_currency")
+    list_filter = ("tag_key", ("account", admin.RelatedOnlyFieldListFilter), "billing_currency")
     search_fields = ("tag_value",)
     date_hierarchy = "day"
     list_select_related = ("account",)

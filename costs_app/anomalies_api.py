@@ -4,10 +4,15 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.permissions import BasePermission, DjangoModelPermissions, IsAuthenticated
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
-from .models import Anomaly, AnomalyDimension, AnomalyMonitor, AnomalyStatus, NotificationChannel
+from finops.api_permissions import ModelPermissions
+from providers_app.models import Role
+from providers_app.selectors import accounts_for, is_platform_admin
+
+from .models import Anomaly, AnomalyDimension, AnomalyMonitor, AnomalyStatus
+from .selectors import anomalies_for, anomaly_monitors_for, channels_for
 from .services.anomalies import AnomalyMonitorError, AnomalyStatusError, anomaly_monitor_save, anomaly_status_set
 
 CHANGE_ANOMALY = "costs_app.change_anomaly"
@@ -24,9 +29,31 @@ class CanChangeAnomalies(BasePermission):
 # --- monitors ----------------------------------------------------------------------------------------------
 
 
+def _user(serializer):
+    return getattr(serializer.context.get("request"), "user", None)
+
+
+class _ScopedAccountField(serializers.PrimaryKeyRelatedField):
+    """Accounts where the user is an account admin: another team's id is "does not exist"."""
+
+    def get_queryset(self):
+        return accounts_for(_user(self), role=Role.ACCOUNT_ADMIN)
+
+
+class _ScopedChannelField(serializers.PrimaryKeyRelatedField):
+    def get_queryset(self):
+        return channels_for(_user(self), role=Role.ACCOUNT_ADMIN, permission=None)
+
+
 class AnomalyMonitorSerializer(serializers.ModelSerializer):
-    channels = serializers.PrimaryKeyRelatedField(
-        many=True, required=False, queryset=NotificationChannel.objects.all(), help_text="Channel ids."
+    channels = serializers.ManyRelatedField(
+        child_relation=_ScopedChannelField(), required=False, help_text="Channel ids (your teams' channels)."
+    )
+    account = _ScopedAccountField(
+        required=False,
+        allow_null=True,
+        help_text="Watch this account only (one where you are an account admin); empty watches every account, "
+        "which only platform admins may set up.",
     )
 
     class Meta:
@@ -55,6 +82,11 @@ class AnomalyMonitorSerializer(serializers.ModelSerializer):
         if dimension != AnomalyDimension.TAG and tag_key:
             raise serializers.ValidationError({"tag_key": "Only tag monitors have a tag key."})
         attrs["tag_key"] = tag_key
+        account = attrs["account"] if "account" in attrs else getattr(self.instance, "account", None)
+        if account is None and not is_platform_admin(_user(self)):
+            raise serializers.ValidationError(
+                {"account": "A monitor of every account is organisation-wide: only platform admins may set one up."}
+            )
         return attrs
 
     def _save(self, monitor: AnomalyMonitor, validated_data: dict) -> AnomalyMonitor:
@@ -93,12 +125,23 @@ class AnomalyMonitorViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Any signed-in user reads; adding, changing and deleting need costs_app.add/change/delete_anomalymonitor."""
+    """Reading needs costs_app.view_anomalymonitor (your teams' accounts' monitors); adding, changing and deleting
+    need costs_app.add/change/delete_anomalymonitor and the account admin role."""
 
     serializer_class = AnomalyMonitorSerializer
-    queryset = AnomalyMonitor.objects.prefetch_related("channels").order_by("name")
-    permission_classes = [IsAuthenticated, DjangoModelPermissions]
+    queryset = AnomalyMonitor.objects.none()  # for the schema and the permission class; get_queryset() is the real one
+    permission_classes = [IsAuthenticated, ModelPermissions]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        user = self.request.user
+        if self.action == "partial_update":
+            monitors = anomaly_monitors_for(user, role=Role.ACCOUNT_ADMIN, permission="change")
+        elif self.action == "destroy":
+            monitors = anomaly_monitors_for(user, role=Role.ACCOUNT_ADMIN, permission="delete")
+        else:
+            monitors = anomaly_monitors_for(user)
+        return monitors.prefetch_related("channels").order_by("name")
 
 
 # --- anomalies ---------------------------------------------------------------------------------------------
@@ -179,10 +222,15 @@ FILTERS = [
 @extend_schema(tags=["anomalies"])
 class AnomalyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = AnomalySerializer
-    permission_classes = [IsAuthenticated]
+    permission_classes = [IsAuthenticated, ModelPermissions]
+    queryset = Anomaly.objects.none()  # for the schema and the permission class; get_queryset() is the real one
 
     def get_queryset(self):
-        queryset = Anomaly.objects.select_related("monitor", "account", "status_changed_by")
+        if self.action == "status":
+            queryset = anomalies_for(self.request.user, role=Role.OPERATOR, permission="change")
+        else:
+            queryset = anomalies_for(self.request.user)
+        queryset = queryset.select_related("monitor", "account", "status_changed_by")
         params = self.request.query_params
         if self.action == "list":
             if params.get("status"):

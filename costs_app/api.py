@@ -1,8 +1,7 @@
 """Recommendations over the REST API: list and read them, dismiss (with a reason), mark done, reopen; the rules.
 
-Anyone signed in reads; changing a recommendation's status needs costs_app.change_recommendation (the
-model permission, as for the other write endpoints). Single-tenant for now: every signed-in user sees
-every account's recommendations (see tasks_app/api/permissions.py).
+Reading needs costs_app.view_recommendation and shows your teams' accounts' recommendations; changing a
+status needs costs_app.change_recommendation and the operator role in the account's team (costs_app.selectors).
 """
 
 from django.utils import timezone
@@ -12,7 +11,11 @@ from rest_framework.decorators import action
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
+from finops.api_permissions import ModelPermissions
+from providers_app.models import Role
+
 from .models import Recommendation, RecommendationStatus
+from .selectors import recommendations_for
 from .services.optimization import RULES_BY_NAME, rules_catalogue
 from .services.recommendations import RecommendationStateError, recommendation_transition_one
 
@@ -110,17 +113,21 @@ class RecommendationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     """Optimisation recommendations, largest estimated saving first."""
 
     serializer_class = RecommendationSerializer
-    queryset = Recommendation.objects.select_related("account", "status_changed_by").order_by(
-        "-estimated_monthly_saving", "id"
-    )
+    queryset = Recommendation.objects.none()  # for the schema and the permission class; get_queryset() is the real one
 
     def get_permissions(self):
         if self.action in ("dismiss", "done", "reopen"):
             return [IsAuthenticated(), CanChangeRecommendations()]
-        return [IsAuthenticated()]
+        if self.action == "rules":
+            return [IsAuthenticated()]
+        return [IsAuthenticated(), ModelPermissions()]
 
     def get_queryset(self):
-        queryset = super().get_queryset()
+        if self.action in ("dismiss", "done", "reopen"):
+            queryset = recommendations_for(self.request.user, role=Role.OPERATOR, permission="change")
+        else:
+            queryset = recommendations_for(self.request.user)
+        queryset = queryset.select_related("account", "status_changed_by").order_by("-estimated_monthly_saving", "id")
         if self.action != "list":
             return queryset
         params = RecommendationFilter(data=self.request.query_params)

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from finops import crypto
 from providers_app import focus_schema as focus
-from providers_app.models import CloudAccount, Resource
+from providers_app.models import CloudAccount, Resource, Team
 
 MONEY = {"max_digits": 38, "decimal_places": 15}
 # The account of the bulk-loaded tables (cost lines, rollups): no database FK constraint and no index of its own.
@@ -156,6 +156,14 @@ class ChannelKind(models.TextChoices):
 
 class NotificationChannel(models.Model):
     name = models.CharField(max_length=200, unique=True)
+    team = models.ForeignKey(
+        Team,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="channels",
+        help_text="The team whose budgets and monitors may use it; empty: organisation-wide (platform admins).",
+    )
     kind = models.CharField(max_length=16, choices=ChannelKind.choices)
     # Email addresses (comma-separated) or the webhook URL; encrypted because webhook URLs are secrets.
     target_ciphertext = models.TextField(editable=False)

@@ -10,8 +10,12 @@ from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 
-from .models import CloudAccount, Credential, Resource
+from finops.admin_mixins import TeamScopedAdminMixin
+
+from .models import CloudAccount, Credential, Membership, Resource, Role, Team
+from .selectors import is_platform_admin, visible_to
 from .services.accounts import account_egress_validate
+from .services.teams import team_member_remove, team_member_set
 
 TRIGGER_PERMISSION = "tasks_app.trigger_tasks"
 
@@ -131,14 +135,76 @@ class CredentialInline(admin.StackedInline):
         return 1 if obj is None or not hasattr(obj, "credential") else 0
 
 
+# --- Teams: platform admins manage them; memberships go through the service that keeps the role groups in line ---
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    fields = ("user", "role")
+    extra = 1
+    autocomplete_fields = ()
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ("name", "members", "created_at")
+    search_fields = ("name",)
+    inlines = (MembershipInline,)
+
+    def get_queryset(self, request):
+        from .selectors import teams_for
+
+        return teams_for(request.user) if not is_platform_admin(request.user) else super().get_queryset(request)
+
+    def has_add_permission(self, request):
+        return is_platform_admin(request.user) and super().has_add_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        return is_platform_admin(request.user) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return is_platform_admin(request.user) and super().has_delete_permission(request, obj)
+
+    @admin.display(description="members")
+    def members(self, obj):
+        return obj.memberships.count()
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not Membership:
+            return super().save_formset(request, form, formset, change)
+        # Through the service, so each user's role groups follow their memberships.
+        for inline_form in formset.forms:
+            data = getattr(inline_form, "cleaned_data", None) or {}
+            if not data or not data.get("user"):
+                continue
+            if data.get("DELETE"):
+                team_member_remove(team=form.instance, user=data["user"])
+            elif inline_form.has_changed() or inline_form.instance.pk is None:
+                if inline_form.instance.pk and inline_form.instance.user_id != data["user"].pk:
+                    old = Membership.objects.get(pk=inline_form.instance.pk).user
+                    team_member_remove(team=form.instance, user=old)
+                team_member_set(team=form.instance, user=data["user"], role=data["role"])
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+
+
 @admin.register(CloudAccount)
-class CloudAccountAdmin(admin.ModelAdmin):
+class CloudAccountAdmin(TeamScopedAdminMixin, admin.ModelAdmin):
     form = CloudAccountForm
-    list_display = ("name", "provider", "external_id", "is_active", "credential_hint", "last_synced_at", "updated_at")
-    list_filter = ("provider", "is_active")
+    scope_path = ""  # the account itself
+    list_display = (
+        "name",
+        "team",
+        "provider",
+        "external_id",
+        "is_active",
+        "credential_hint",
+        "last_synced_at",
+        "updated_at",
+    )
+    list_filter = ("provider", "is_active", ("team", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "external_id")
     readonly_fields = ("created_at", "updated_at", "last_synced_at")
-    fields = ("name", "provider", "external_id", "is_active", "settings", *readonly_fields)
+    fields = ("name", "team", "provider", "external_id", "is_active", "settings", *readonly_fields)
     inlines = (CredentialInline,)
     actions = ("test_connection_now", "sync_cost_data_now", "discover_resources_now")
     change_form_template = "admin/providers_app/cloudaccount/change_form.html"
@@ -162,10 +228,22 @@ class CloudAccountAdmin(admin.ModelAdmin):
     def has_trigger_permission(self, request) -> bool:
         return request.user.has_perm(TRIGGER_PERMISSION)
 
+    def operable(self, request, queryset):
+        """The accounts of `queryset` the user may act on: viewed (view permission) and operated (operator role);
+        the others are named in a warning and left alone."""
+        allowed = visible_to(queryset, request.user, account_path="", role=Role.OPERATOR, permission="view")
+        refused = queryset.exclude(pk__in=allowed.values("pk")).count()
+        if refused:
+            self.message_user(
+                request, f"{refused} account(s) left alone: you are not an operator of their team", messages.WARNING
+            )
+        return allowed
+
     def _enqueue_per_account(self, request, queryset, task_name: str) -> None:
         from tasks_app.models import TriggerKind
         from tasks_app.services.runs import task_enqueue
 
+        queryset = self.operable(request, queryset)
         with transaction.atomic():
             ids = [
                 task_enqueue(
@@ -189,19 +267,23 @@ class CloudAccountAdmin(admin.ModelAdmin):
             return redirect(reverse("admin:providers_app_cloudaccount_change", args=[object_id]))
         if not self.has_trigger_permission(request):
             raise PermissionDenied
-        account = get_object_or_404(CloudAccount, pk=object_id)
+        # Trigger permission alone is not enough: the account must be one the user views and operates.
+        accounts = visible_to(CloudAccount.objects.all(), request.user, account_path="", role=Role.OPERATOR)
+        account = get_object_or_404(accounts, pk=object_id)
         self._test_connections(request, [account])
         return redirect(reverse("admin:providers_app_cloudaccount_change", args=[object_id]))
 
     @admin.action(description="Test connection", permissions=["trigger"])
     def test_connection_now(self, request, queryset):
-        self._test_connections(request, list(queryset))
+        self._test_connections(request, list(self.operable(request, queryset)))
 
     def _test_connections(self, request, accounts: list[CloudAccount]) -> None:
         """Enqueue check_provider_connection per account (the worker does it) and show the answers."""
         from tasks_app.models import FINAL_STATES, RunState, TaskRun, TriggerKind
         from tasks_app.services.runs import task_enqueue
 
+        if not accounts:
+            return
         with transaction.atomic():
             runs = [
                 task_enqueue(
@@ -245,7 +327,7 @@ class CloudAccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(Resource)
-class ResourceAdmin(admin.ModelAdmin):
+class ResourceAdmin(TeamScopedAdminMixin, admin.ModelAdmin):
     """The inventory is written by discovery; people look, filter and (rarely) delete."""
 
     list_display = (
@@ -259,7 +341,13 @@ class ResourceAdmin(admin.ModelAdmin):
         "is_terminated",
         "last_seen",
     )
-    list_filter = ("account__provider", "resource_type", "region", "is_terminated", "account")
+    list_filter = (
+        "account__provider",
+        "resource_type",
+        "region",
+        "is_terminated",
+        ("account", admin.RelatedOnlyFieldListFilter),
+    )
     search_fields = ("resource_id", "name")
     list_select_related = ("account",)
     show_full_result_count = False

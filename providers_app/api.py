@@ -5,10 +5,21 @@ import json
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.permissions import DjangoModelPermissions, IsAuthenticated
+from rest_framework.permissions import IsAuthenticated
 
-from .models import CloudAccount, Credential
+from finops.api_permissions import ModelPermissions
+
+from .models import CloudAccount, Credential, Role, Team
+from .selectors import is_platform_admin, teams_for, visible_to
 from .services.accounts import account_create, account_egress_validate, account_update
+
+
+class TeamField(serializers.PrimaryKeyRelatedField):
+    """A team where the requesting user is an account admin (any team for a platform admin)."""
+
+    def get_queryset(self):
+        request = self.context.get("request")
+        return teams_for(getattr(request, "user", None), role=Role.ACCOUNT_ADMIN)
 
 
 class CloudAccountSerializer(serializers.ModelSerializer):
@@ -22,11 +33,17 @@ class CloudAccountSerializer(serializers.ModelSerializer):
     )
     has_credentials = serializers.SerializerMethodField()
     credential_hint = serializers.SerializerMethodField()
+    team = TeamField(
+        required=False,
+        help_text="The owning team, one where you are an account admin. May be omitted on creation when you are "
+        'the account admin of a single team (platform admins: the team "Default").',
+    )
 
     class Meta:
         model = CloudAccount
         fields = [
             "id",
+            "team",
             "provider",
             "name",
             "external_id",
@@ -82,7 +99,26 @@ class CloudAccountSerializer(serializers.ModelSerializer):
             credentials=attrs.get("credentials"),
             account=self.instance,
         )
+        if self.instance is None and attrs.get("team") is None:
+            attrs["team"] = self._only_team()
         return attrs
+
+    def _only_team(self) -> Team:
+        user = getattr(self.context.get("request"), "user", None)
+        if is_platform_admin(user):
+            from .services.teams import team_default
+
+            return team_default()
+        teams = list(teams_for(user, role=Role.ACCOUNT_ADMIN)[:2])
+        if len(teams) != 1:
+            raise serializers.ValidationError(
+                {
+                    "team": "Name the owning team: one where you are an account admin."
+                    if teams
+                    else "You are the account admin of no team: an account must belong to one."
+                }
+            )
+        return teams[0]
 
     def create(self, validated_data):
         return account_create(**validated_data)
@@ -111,12 +147,24 @@ class CloudAccountViewSet(
     mixins.UpdateModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Any signed-in user reads; adding or changing needs providers_app.add/change_cloudaccount."""
+    """Reading needs providers_app.view_cloudaccount and shows your teams' accounts; adding or changing needs
+    providers_app.add/change_cloudaccount and the account admin role in the account's team. Another team's
+    account is not found (404)."""
 
     serializer_class = CloudAccountSerializer
-    queryset = CloudAccount.objects.select_related("credential").order_by("name")
-    permission_classes = [IsAuthenticated, DjangoModelPermissions]
+    queryset = CloudAccount.objects.none()  # for the schema and the permission class; get_queryset() is the real one
+    permission_classes = [IsAuthenticated, ModelPermissions]
     http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def get_queryset(self):
+        accounts = CloudAccount.objects.select_related("credential").order_by("name")
+        if self.action == "partial_update":
+            return visible_to(
+                accounts, self.request.user, account_path="", role=Role.ACCOUNT_ADMIN, permission="change"
+            )
+        if self.action == "test_connection":
+            return visible_to(accounts, self.request.user, account_path="", role=Role.OPERATOR, permission="view")
+        return visible_to(accounts, self.request.user, account_path="")
 
     @extend_schema(
         summary="Test the account's connection (credentials, export location, inventory access)",
@@ -127,7 +175,7 @@ class CloudAccountViewSet(
                 "each check, naming the bad key, missing permission, bucket or export."
             ),
             403: OpenApiResponse(description="Lacks the tasks_app.trigger_tasks permission."),
-            404: OpenApiResponse(description="No such account."),
+            404: OpenApiResponse(description="No such account among those you operate (view and operator role)."),
         },
     )
     @action(detail=True, methods=["post"], url_path="test-connection")

@@ -1,7 +1,8 @@
-"""The clouds: accounts, their encrypted credentials, and the resource inventory."""
+"""The clouds: teams that own accounts, accounts, their encrypted credentials, and the resource inventory."""
 
 import json
 
+from django.conf import settings as django_settings
 from django.db import models
 from django.utils import timezone
 
@@ -15,7 +16,59 @@ class Provider(models.TextChoices):
     FOCUS = "focus", "FOCUS files"
 
 
+class Role(models.TextChoices):
+    """A member's role in a team, from the least to the most: each role can do what the ones before it can."""
+
+    VIEWER = "viewer", "Viewer"
+    OPERATOR = "operator", "Operator"
+    ACCOUNT_ADMIN = "account_admin", "Account admin"
+
+    @property
+    def rank(self) -> int:
+        return ROLE_ORDER.index(self.value)
+
+    def at_least(self) -> list[str]:
+        """This role and the ones above it (the memberships that grant it)."""
+        return ROLE_ORDER[self.rank :]
+
+
+ROLE_ORDER = [Role.VIEWER.value, Role.OPERATOR.value, Role.ACCOUNT_ADMIN.value]
+
+
+class Team(models.Model):
+    """Owns cloud accounts; everything derived from an account is seen through its team's memberships."""
+
+    name = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("platform_admin", "Platform administrator: every team's data and the organisation's settings")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user's role in a team. Written through providers_app.services.teams, which keeps the role groups in line."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+
+    class Meta:
+        ordering = ["team", "user"]
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="membership_team_user_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} ({self.get_role_display()})"
+
+
 class CloudAccount(models.Model):
+    # Required in the admin and the API (blank=False); commands without a team use the team "Default"
+    # (services.teams.team_default). A NULL left in the column makes the account organisation-wide: only
+    # platform admins see it.
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="accounts", null=True)
     provider = models.CharField(max_length=16, choices=Provider.choices)
     name = models.CharField(max_length=200, unique=True)
     external_id = models.CharField(

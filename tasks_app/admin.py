@@ -8,10 +8,15 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.urls import reverse
 from django.utils.html import format_html
+from django_celery_beat import admin as beat_admin
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
-from django_celery_beat.models import PeriodicTask
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
+from django_celery_results import admin as results_admin
+from django_celery_results.models import GroupResult, TaskResult
 
-from finops.admin_mixins import ReadOnlyAdminMixin
+from finops.admin_mixins import PlatformAdminOnlyMixin, ReadOnlyAdminMixin, TeamScopedAdminMixin
+from providers_app.models import Role
+from providers_app.selectors import is_platform_admin
 
 from .models import DeadLetter, RetentionPolicy, RunState, TaskRun, TriggerKind
 from .services.runs import UnknownTask, dead_letter_replay, run_cancel, task_enqueue
@@ -77,15 +82,29 @@ def _report(modeladmin, request, done: list[str], failed: list[str], verb: str) 
 
 
 # --- Schedules: django-celery-beat's admin, with "run now" going through the ledger ---
+# Organisation-wide: platform admins only. Beat's own enable/disable/toggle actions declare no permission, so
+# a view-only user could run them: they are re-declared here needing the change permission.
 
 admin.site.unregister(PeriodicTask)
 
 
 @admin.register(PeriodicTask)
-class PeriodicTaskAdmin(TriggerPermissionMixin, BeatPeriodicTaskAdmin):
+class PeriodicTaskAdmin(PlatformAdminOnlyMixin, TriggerPermissionMixin, BeatPeriodicTaskAdmin):
     # Beat's own "run_tasks" publishes behind the ledger's back (no user, no trigger kind); ours replaces it.
     actions = ("run_now", "enable_tasks", "disable_tasks", "toggle_tasks")
     list_display = ("name", "task", "enabled", "scheduler", "last_run_at", "total_run_count", "one_off")
+
+    @admin.action(description="Enable selected tasks", permissions=["change"])
+    def enable_tasks(self, request, queryset):
+        return super().enable_tasks(request, queryset)
+
+    @admin.action(description="Disable selected tasks", permissions=["change"])
+    def disable_tasks(self, request, queryset):
+        return super().disable_tasks(request, queryset)
+
+    @admin.action(description="Toggle activity of selected tasks", permissions=["change"])
+    def toggle_tasks(self, request, queryset):
+        return super().toggle_tasks(request, queryset)
 
     @admin.action(description="Run selected schedules now", permissions=["trigger"])
     def run_now(self, request, queryset):
@@ -115,6 +134,35 @@ class PeriodicTaskAdmin(TriggerPermissionMixin, BeatPeriodicTaskAdmin):
         _report(self, request, done, failed, "Enqueued")
 
 
+for _model, _admin in (
+    (ClockedSchedule, beat_admin.ClockedScheduleAdmin),
+    (CrontabSchedule, beat_admin.CrontabScheduleAdmin),
+    (SolarSchedule, beat_admin.SolarScheduleAdmin),
+    (IntervalSchedule, beat_admin.IntervalScheduleAdmin),
+    (TaskResult, results_admin.TaskResultAdmin),
+    (GroupResult, results_admin.GroupResultAdmin),
+):
+    admin.site.unregister(_model)
+    admin.site.register(_model, type(_admin.__name__, (PlatformAdminOnlyMixin, _admin), {}))
+
+
+def runs_operable(modeladmin, request, queryset, *, path: str = "account"):
+    """The rows of `queryset` (runs, or dead letters with path "run__account") the user operates: the others
+    (another team's, or organisation-wide for a non platform admin) are named in a warning and left alone."""
+    from providers_app.selectors import visible_to
+
+    allowed = visible_to(queryset, request.user, account_path=path, role=Role.OPERATOR, permission="view")
+    refused = queryset.exclude(pk__in=allowed.values("pk")).count()
+    if refused:
+        modeladmin.message_user(
+            request,
+            f"{refused} left alone: you are not an operator of their account's team "
+            "(runs of no single account are for platform admins)",
+            messages.WARNING,
+        )
+    return allowed
+
+
 # --- The TaskRun audit trail ---
 
 
@@ -128,6 +176,11 @@ class RunChildInline(ReadOnlyAdminMixin, admin.TabularInline):
     verbose_name = "child run"
     verbose_name_plural = "child runs (fan-out)"
 
+    def get_queryset(self, request):
+        from .selectors import runs_for
+
+        return super().get_queryset(request).filter(pk__in=runs_for(request.user, permission=None).values("pk"))
+
     @admin.display(description="run")
     def child(self, obj):
         return run_link(obj)
@@ -138,9 +191,10 @@ class RunChildInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 
 @admin.register(TaskRun)
-class TaskRunAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "task_name",
+        "account",
         "state_badge",
         "triggered_by",
         "trigger_who",
@@ -158,25 +212,30 @@ class TaskRunAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
         ("task_name", admin.AllValuesFieldListFilter),
         "triggered_by",
         ("queue", admin.AllValuesFieldListFilter),
+        ("account", admin.RelatedOnlyFieldListFilter),
         "enqueued_at",
     )
     search_fields = ("celery_task_id", "correlation_id")
     search_help_text = "Exact Celery task id or correlation id"
-    list_select_related = ("user",)
+    list_select_related = ("user", "account")
     list_per_page = 50
     # COUNT(*) over a large ledger on every page view is not worth it.
     show_full_result_count = False
     actions = ("cancel_runs", "run_again")
     inlines = (RunChildInline,)
     fieldsets = (
-        (None, {"fields": ("task_name", "celery_task_id", "state_badge", "queue", "worker", "correlation_id")}),
+        (
+            None,
+            {"fields": ("task_name", "account", "celery_task_id", "state_badge", "queue", "worker", "correlation_id")},
+        ),
         ("Trigger", {"fields": ("triggered_by", "trigger_detail", "user", "parent_link", "dead_letter_link")}),
         ("Timing", {"fields": ("enqueued_at", "started_at", "finished_at", "duration", "retries", "redeliveries")}),
         ("Input", {"fields": ("args_pretty", "kwargs_pretty")}),
-        ("Outcome", {"fields": ("result_pretty", "error_type", "error")}),
+        ("Outcome", {"fields": ("result_pretty", "error_type", "error", "error_traceback")}),
     )
     readonly_fields = (
         "task_name",
+        "account",
         "celery_task_id",
         "state_badge",
         "queue",
@@ -198,7 +257,17 @@ class TaskRunAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
         "result_pretty",
         "error_type",
         "error",
+        "error_traceback",
     )
+
+    def get_fieldsets(self, request, obj=None):
+        # The traceback (install paths, code) and the worker (host and pid) are for platform admins only.
+        if is_platform_admin(request.user):
+            return self.fieldsets
+        hidden = {"error_traceback", "worker"}
+        return [
+            (name, {**opts, "fields": [f for f in opts["fields"] if f not in hidden]}) for name, opts in self.fieldsets
+        ]
 
     def get_search_results(self, request, queryset, search_term):
         # Ids are matched exactly so the unique / btree indexes serve the lookup on a large ledger.
@@ -246,6 +315,7 @@ class TaskRunAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
     @admin.action(description="Cancel selected runs", permissions=["trigger"])
     def cancel_runs(self, request, queryset):
         done, failed = [], []
+        queryset = runs_operable(self, request, queryset)
         for celery_task_id in queryset.values_list("celery_task_id", flat=True):
             outcome = run_cancel(celery_task_id=celery_task_id)
             (done if outcome.cancelled else failed).append(
@@ -256,6 +326,7 @@ class TaskRunAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin)
     @admin.action(description="Run again", permissions=["trigger"])
     def run_again(self, request, queryset):
         done, failed = [], []
+        queryset = runs_operable(self, request, queryset)
         with transaction.atomic():
             for run in queryset.select_related(None).only("task_name", "kwargs", "celery_task_id"):
                 try:
@@ -289,7 +360,8 @@ class ReplayedFilter(admin.SimpleListFilter):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class DeadLetterAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    scope_path = "run__account"
     list_display = ("task_name", "error_type", "short_error", "retries", "created_at", "replayed_at", "original_run")
     list_filter = (("task_name", admin.AllValuesFieldListFilter), "error_type", ReplayedFilter, "created_at")
     search_fields = ("run__celery_task_id", "task_name")
@@ -328,6 +400,7 @@ class DeadLetterAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdm
     @admin.action(description="Replay", permissions=["trigger"])
     def replay(self, request, queryset):
         done, failed = [], []
+        queryset = runs_operable(self, request, queryset, path="run__account")
         for letter_id in queryset.values_list("id", flat=True):
             try:
                 run = dead_letter_replay(dead_letter_id=letter_id, user=request.user, triggered_by=TriggerKind.ADMIN)
@@ -342,7 +415,7 @@ class DeadLetterAdmin(TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdm
 
 
 @admin.register(RetentionPolicy)
-class RetentionPolicyAdmin(TriggerPermissionMixin, admin.ModelAdmin):
+class RetentionPolicyAdmin(PlatformAdminOnlyMixin, TriggerPermissionMixin, admin.ModelAdmin):
     list_display = (
         "data_class",
         "enabled",

@@ -22,10 +22,11 @@ HOSTNAME = socket.gethostname()
 _CLAIM_SQL = """
 INSERT INTO tasks_app_taskrun AS r (
     id, task_name, celery_task_id, queue, args, kwargs, triggered_by, trigger_detail, correlation_id,
-    state, enqueued_at, started_at, worker, retries, redeliveries, lease_expires_at, error, error_type
+    state, enqueued_at, started_at, worker, retries, redeliveries, lease_expires_at, error, error_type,
+    error_traceback, account_id
 )
 SELECT %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, 'STARTED', %s::timestamptz, %s::timestamptz, %s, %s, 0,
-       %s::timestamptz, '', ''
+       %s::timestamptz, '', '', '', (SELECT id FROM providers_app_cloudaccount WHERE id = %s)
 -- Asynchronous commit for this statement's own transaction only (see claim()); in the statement, not a
 -- separate SET LOCAL, so the claim stays one round trip.
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
@@ -40,8 +41,16 @@ RETURNING r.id
 _ENQUEUE_SQL = """
 INSERT INTO tasks_app_taskrun (
     id, task_name, celery_task_id, queue, args, kwargs, triggered_by, trigger_detail, user_id, parent_id,
-    correlation_id, state, enqueued_at, worker, retries, redeliveries, error, error_type
-) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'QUEUED', %s, '', 0, 0, '', '')"""
+    correlation_id, state, enqueued_at, worker, retries, redeliveries, error, error_type, error_traceback, account_id
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'QUEUED', %s, '', 0, 0, '', '', '',
+          (SELECT id FROM providers_app_cloudaccount WHERE id = %s))"""
+
+
+def account_of(kwargs: dict | None) -> int | None:
+    """The account a run concerns, for tenancy (TaskRun.account): its kwargs' account_id, when it is one."""
+    value = (kwargs or {}).get("account_id")
+    # A sub-select turns an id that names no account into NULL rather than a foreign-key error.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def worker_name(hostname: str | None = None) -> str:
@@ -80,6 +89,7 @@ def claim(
         worker_name(hostname),
         retries,
         lease_end(now),
+        account_of(kwargs),
     ]
     # The claim's commit does not wait for its WAL flush (_CLAIM_SQL sets synchronous_commit off for its
     # own transaction; ~10% end to end in bench/tasks.py). Nothing is given up: exclusion between
@@ -131,15 +141,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def finish(*, run_id: uuid.UUID, state: str, now: datetime, result=None, error: str = "", error_type: str = "") -> bool:
+def finish(
+    *,
+    run_id: uuid.UUID,
+    state: str,
+    now: datetime,
+    result=None,
+    error: str = "",
+    error_type: str = "",
+    error_traceback: str = "",
+) -> bool:
     """False when the run was no longer STARTED (cancelled, or taken over meanwhile): nothing was recorded."""
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE tasks_app_taskrun SET state = %s, finished_at = %s, result = %s, error = %s, error_type = %s,"
-            " lease_expires_at = NULL,"
+            " error_traceback = %s, lease_expires_at = NULL,"
             " duration_ms = (EXTRACT(EPOCH FROM (%s - started_at)) * 1000)::integer"
             " WHERE id = %s AND state = 'STARTED'",
-            [state, now, json.dumps(result) if result is not None else None, error, error_type, now, run_id],
+            [
+                state,
+                now,
+                json.dumps(result) if result is not None else None,
+                error,
+                error_type,
+                error_traceback,
+                now,
+                run_id,
+            ],
         )
         return cursor.rowcount == 1
 
@@ -165,6 +193,7 @@ def record_enqueue(
     parent_id: uuid.UUID | None = None,
     correlation_id: str = "",
     if_absent: bool = False,
+    account_id: int | None = None,
 ) -> TaskRun:
     """Write the QUEUED row; with if_absent, a row already there for this Celery id wins (ON CONFLICT DO NOTHING)."""
     run = TaskRun(
@@ -181,11 +210,13 @@ def record_enqueue(
         state=RunState.QUEUED,
         enqueued_at=timezone.now(),
     )
+    # The account the run concerns (tenancy): its kwargs' account_id, or the caller's when the kwargs name none.
+    account_id = account_of(run.kwargs) or account_id
     # One plain INSERT instead of Model.save(): this runs for every enqueue, and the ORM's save
     # machinery cost as much client CPU as the statement itself (bench/tasks.py).
     with connection.cursor() as cursor:
         cursor.execute(
-            _ENQUEUE_SQL + (" ON CONFLICT (celery_task_id) DO NOTHING" if if_absent else ""),
+            _ENQUEUE_SQL + (" ON CONFLICT (celery_task_id) DO NOTHING" if if_absent else "") + " RETURNING account_id",
             [
                 run.id,
                 run.task_name,
@@ -199,8 +230,12 @@ def record_enqueue(
                 run.parent_id,
                 run.correlation_id,
                 run.enqueued_at,
+                account_id,
             ],
         )
+        row = cursor.fetchone()
+    # The sub-select may have found no such account: the caller's copy holds what the row holds.
+    run.account_id = row[0] if row else None
     run._state.adding = False
     run._state.db = connection.alias
     return run

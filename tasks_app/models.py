@@ -42,6 +42,11 @@ class TaskRun(models.Model):
     # Who exactly: the user name, schedule name, command name or parent run id.
     trigger_detail = models.CharField(max_length=255, blank=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # The cloud account the run concerns (kwargs["account_id"]), for tenancy: who may see it. None: organisation-
+    # wide (a fan-out parent, retention, a budget check), which only platform admins see.
+    account = models.ForeignKey(
+        "providers_app.CloudAccount", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     correlation_id = models.CharField(max_length=64, blank=True)
     state = models.CharField(max_length=16, choices=RunState.choices, default=RunState.QUEUED)
@@ -55,8 +60,10 @@ class TaskRun(models.Model):
     redeliveries = models.IntegerField(default=0)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)
+    # The message a user can act on; the traceback (install paths, code) apart, shown to platform admins only.
     error = models.TextField(blank=True)
     error_type = models.CharField(max_length=200, blank=True)
+    error_traceback = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-enqueued_at"]

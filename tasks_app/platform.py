@@ -156,18 +156,26 @@ class FinOpsTask(Task):
             self._fail(run_id, exc, str(exc))
             raise
         except Exception as exc:
-            self._fail(run_id, exc, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+            # The message for users, the traceback apart (platform admins and the logs only).
+            self._fail(run_id, exc, f"{type(exc).__name__}: {exc}", tb=traceback.format_exc(limit=8))
             raise
         ledger.finish(run_id=run_id, state=RunState.SUCCESS, now=timezone.now(), result=result)
         return result
 
-    def _fail(self, run_id, exc: BaseException, message: str) -> None:
+    def _fail(self, run_id, exc: BaseException, message: str, tb: str = "") -> None:
         from .services.runs import run_dead_letter
 
         logger.error("%s failed: %s", self.name, message.splitlines()[0] if message else type(exc).__name__)
+        if tb:
+            logger.error("%s traceback (run %s):\n%s", self.name, run_id, tb)
         try:
             failed = ledger.finish(
-                run_id=run_id, state=RunState.FAILURE, now=timezone.now(), error=message, error_type=type(exc).__name__
+                run_id=run_id,
+                state=RunState.FAILURE,
+                now=timezone.now(),
+                error=message,
+                error_type=type(exc).__name__,
+                error_traceback=tb,
             )
             # A run cancelled meanwhile stays cancelled: no dead letter to replay, no failure alert.
             if failed:

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from celery import current_app
 from django.db.models import QuerySet
 
+from providers_app.models import Role
+from providers_app.selectors import is_platform_admin, visible_to
+
 from .models import ACTIVE_STATES, DeadLetter, TaskRun
 
 logger = logging.getLogger(__name__)
@@ -21,15 +24,26 @@ class BrokerUnavailable(Exception):
 # --- the ledger ---------------------------------------------------------------------------------
 
 
+def runs_for(user, *, role: Role = Role.VIEWER, permission: str | None = "view") -> QuerySet[TaskRun]:
+    """Runs of the user's accounts (TaskRun.account); runs with no account are org-wide: platform admins only."""
+    return visible_to(TaskRun.objects.all(), user, role=role, permission=permission)
+
+
+def dead_letters_for(user, *, role: Role = Role.VIEWER, permission: str | None = "view") -> QuerySet[DeadLetter]:
+    return visible_to(DeadLetter.objects.all(), user, account_path="run__account", role=role, permission=permission)
+
+
 def task_runs_list(
     *,
+    runs: QuerySet[TaskRun] | None = None,
     task_name: str | None = None,
     state: str | None = None,
     triggered_by: str | None = None,
     correlation_id: str | None = None,
     account_id: int | None = None,
 ) -> QuerySet[TaskRun]:
-    runs = TaskRun.objects.select_related("user")
+    """`runs`: the caller's scope (runs_for(user)); None only for operator-level callers (commands)."""
+    runs = (TaskRun.objects.all() if runs is None else runs).select_related("user")
     if task_name:
         runs = runs.filter(task_name=task_name)
     if state:
@@ -51,12 +65,16 @@ def task_run_by_celery_id(*, celery_task_id: str) -> TaskRun | None:
     return TaskRun.objects.select_related("user").filter(celery_task_id=celery_task_id).first()
 
 
-def active_runs_list() -> QuerySet[TaskRun]:
-    return TaskRun.objects.select_related("user").filter(state__in=ACTIVE_STATES).order_by("enqueued_at")
+def active_runs_list(*, runs: QuerySet[TaskRun] | None = None) -> QuerySet[TaskRun]:
+    runs = TaskRun.objects.all() if runs is None else runs
+    return runs.select_related("user").filter(state__in=ACTIVE_STATES).order_by("enqueued_at")
 
 
-def dead_letters_list(*, task_name: str | None = None, replayed: bool | None = None) -> QuerySet[DeadLetter]:
-    letters = DeadLetter.objects.select_related("run", "replay_run")
+def dead_letters_list(
+    *, letters: QuerySet[DeadLetter] | None = None, task_name: str | None = None, replayed: bool | None = None
+) -> QuerySet[DeadLetter]:
+    """`letters`: the caller's scope (dead_letters_for(user)); None only for operator-level callers."""
+    letters = (DeadLetter.objects.all() if letters is None else letters).select_related("run", "replay_run")
     if task_name:
         letters = letters.filter(task_name=task_name)
     if replayed is not None:
@@ -143,10 +161,15 @@ class ActiveTasks:
     inspect_error: str = ""
 
 
-def active_tasks(*, timeout: float = INSPECT_TIMEOUT) -> ActiveTasks:
-    """The ledger's active runs, plus what each live worker is executing, holding or has scheduled."""
-    runs = active_runs_list()
+def active_tasks(
+    *, runs: QuerySet[TaskRun] | None = None, workers: bool = True, timeout: float = INSPECT_TIMEOUT
+) -> ActiveTasks:
+    """The ledger's active runs (of `runs`, the caller's scope), plus, with `workers` (platform admins only:
+    hostnames, pids, every account's arguments), what each live worker is executing, holding or has scheduled."""
+    runs = active_runs_list(runs=runs)
     outcome = ActiveTasks(runs=list(runs[:ACTIVE_RUNS_LIMIT]), runs_total=runs.count())
+    if not workers:
+        return outcome
     try:
         outcome.workers = workers_ping(timeout=timeout)
         if outcome.workers:
@@ -285,9 +308,15 @@ class TaskStatus:
         return self.celery.state in ("SUCCESS", "FAILURE", "REVOKED")
 
 
-def task_status(*, task_id: str) -> TaskStatus | None:
-    """None when neither the ledger nor the result backend has heard of the id."""
-    status = TaskStatus(
-        task_id=task_id, run=task_run_by_celery_id(celery_task_id=task_id), celery=celery_state(task_id=task_id)
-    )
+def task_status(*, task_id: str, user=None, role: Role = Role.VIEWER) -> TaskStatus | None:
+    """None when neither the ledger nor the result backend has heard of the id, or when `user` (None: an
+    operator-level caller) may not see its run with `role`. A task the ledger does not know (only Celery
+    does) has no account to scope it by: platform admins only."""
+    if user is not None:
+        run = runs_for(user, role=role).select_related("user").filter(celery_task_id=task_id).first()
+        if run is None and (TaskRun.objects.filter(celery_task_id=task_id).exists() or not is_platform_admin(user)):
+            return None
+    else:
+        run = task_run_by_celery_id(celery_task_id=task_id)
+    status = TaskStatus(task_id=task_id, run=run, celery=celery_state(task_id=task_id))
     return status if status.known_to else None

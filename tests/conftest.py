@@ -1,22 +1,47 @@
-"""Shared fixtures: users with and without the trigger permission, and API clients for them."""
+"""Shared fixtures: a viewer and an operator of the team "Default" (where the factories put accounts), a platform
+admin, and API clients for them."""
 
 import pytest
 from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
+from providers_app.models import Role
+from providers_app.services.teams import team_default, team_member_set
 from tests.factories import UserFactory
 
 
 @pytest.fixture
-def user(db):
-    return UserFactory(username="viewer")
+def default_team(db):
+    return team_default()
 
 
 @pytest.fixture
-def trigger_user(db):
+def user(default_team):
+    """A viewer of the team "Default": reads its accounts and everything derived from them."""
+    viewer = UserFactory(username="viewer")
+    team_member_set(team=default_team, user=viewer, role=Role.VIEWER)
+    return viewer
+
+
+@pytest.fixture
+def trigger_user(default_team):
+    """An operator of the team "Default": triggers, cancels and replays for its accounts."""
     operator = UserFactory(username="operator")
+    team_member_set(team=default_team, user=operator, role=Role.OPERATOR)
     operator.user_permissions.add(Permission.objects.get(codename="trigger_tasks"))
     return operator
+
+
+@pytest.fixture
+def platform_admin(db):
+    """Sees and runs everything, organisation-wide runs and settings included (not a superuser)."""
+    from django.contrib.auth.models import Group
+
+    from providers_app.roles import PLATFORM_ADMINS_GROUP
+
+    admin = UserFactory(username="platform-admin", is_staff=True)
+    admin.groups.add(Group.objects.get(name=PLATFORM_ADMINS_GROUP))
+    return admin
 
 
 @pytest.fixture
@@ -35,6 +60,13 @@ def viewer_client(user):
 def operator_client(trigger_user):
     client = APIClient()
     client.force_authenticate(trigger_user)
+    return client
+
+
+@pytest.fixture
+def platform_client(platform_admin):
+    client = APIClient()
+    client.force_authenticate(platform_admin)
     return client
 
 

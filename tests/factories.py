@@ -7,7 +7,8 @@ import factory
 from django.contrib.auth import get_user_model
 
 from costs_app.models import Budget, ChannelKind, CostLineItem, NotificationChannel, thresholds_parse
-from providers_app.models import CloudAccount, Provider, Resource
+from providers_app.models import CloudAccount, Provider, Resource, Team
+from providers_app.services.teams import team_default
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -19,10 +20,21 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.PostGenerationMethodCall("set_password", "pass-word-123")
 
 
+class TeamFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Team
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"team-{n}")
+
+
 class CloudAccountFactory(factory.django.DjangoModelFactory):
+    """In the team "Default" unless told otherwise (the `user` / `trigger_user` fixtures are members of it)."""
+
     class Meta:
         model = CloudAccount
 
+    team = factory.LazyFunction(team_default)
     provider = Provider.FOCUS
     name = factory.Sequence(lambda n: f"account-{n}")
     external_id = factory.Sequence(lambda n: f"{100000000000 + n}")
@@ -71,6 +83,7 @@ class NotificationChannelFactory(factory.django.DjangoModelFactory):
         model = NotificationChannel
 
     name = factory.Sequence(lambda n: f"channel-{n}")
+    team = factory.LazyFunction(team_default)
     kind = ChannelKind.EMAIL
     target = "finops@example.com"
 

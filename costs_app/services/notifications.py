@@ -178,9 +178,20 @@ def channels_notify(*, channels: Iterable[NotificationChannel], subject: str, te
     return errors
 
 
-def task_failure_notify(*, task_name: str, celery_task_id: str, error: str, correlation_id: str) -> int:
-    """Alert every active channel that asked for task failures; returns how many channels got the message."""
-    channels = list(NotificationChannel.objects.filter(is_active=True, notify_task_failures=True))
+def task_failure_notify(
+    *, task_name: str, celery_task_id: str, error: str, correlation_id: str, account_id: int | None = None
+) -> int:
+    """Alert the active channels that asked for task failures and may hear of this one: organisation-wide channels
+    (no team) always, a team's channels for failures of its own accounts' runs only. Returns how many got it."""
+    from django.db.models import Q
+
+    from providers_app.models import CloudAccount
+
+    team_id = (
+        CloudAccount.objects.filter(id=account_id).values_list("team_id", flat=True).first() if account_id else None
+    )
+    audience = Q(team__isnull=True) | (Q(team_id=team_id) if team_id is not None else Q(pk__in=[]))
+    channels = list(NotificationChannel.objects.filter(audience, is_active=True, notify_task_failures=True))
     if not channels:
         return 0
     first_line = (error or "unknown error").strip().splitlines()[0][:500]

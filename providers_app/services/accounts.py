@@ -10,7 +10,7 @@ from finops.egress import EgressRefused
 
 from ..connectors import connection_check
 from ..connectors.endpoints import credential_check, endpoint_changes, settings_check
-from ..models import CloudAccount, Credential
+from ..models import CloudAccount, Credential, Team
 
 
 def account_egress_validate(
@@ -76,10 +76,16 @@ def account_create(
     settings: dict | None = None,
     credentials: dict | str | None = None,
     credential_kind: str | None = None,
+    team: Team | None = None,
 ) -> CloudAccount:
+    """`team`: the owning team; the API and the admin require one, other callers get the team "Default"."""
     account_egress_validate(provider=provider, settings=settings or {}, credentials=credentials)
+    if team is None:
+        from .teams import team_default
+
+        team = team_default()
     account = CloudAccount.objects.create(
-        provider=provider, name=name, external_id=external_id, is_active=is_active, settings=settings or {}
+        team=team, provider=provider, name=name, external_id=external_id, is_active=is_active, settings=settings or {}
     )
     if credentials is not None:
         _credential_store(account=account, secret=credentials, kind=credential_kind)
@@ -87,7 +93,7 @@ def account_create(
 
 
 # Fields an update may change; the provider is fixed once data has been loaded under it.
-UPDATABLE = ("name", "external_id", "is_active", "settings")
+UPDATABLE = ("team", "name", "external_id", "is_active", "settings")
 
 
 @transaction.atomic

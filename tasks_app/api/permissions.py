@@ -1,7 +1,8 @@
-"""Who may do what in the task API: anyone signed in reads; triggering, cancelling and replaying need a permission.
+"""Who may do what in the task API: reads need view_taskrun / view_deadletter; triggering, cancelling and replaying
+need the trigger permission.
 
-Object level: the system is single-tenant for now, so every signed-in user sees every run, account
-and dead letter. When tenants arrive, scope the selectors by the user's organisation here.
+Object level (which runs, accounts and dead letters): the selectors scope every queryset by the user's teams
+(tasks_app.selectors.runs_for / dead_letters_for, providers_app.selectors); an id outside it is not found.
 """
 
 from rest_framework.permissions import BasePermission

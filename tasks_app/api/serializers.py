@@ -5,7 +5,9 @@ import re
 from rest_framework import serializers
 
 from costs_app.models import Budget
-from providers_app.models import CloudAccount
+from costs_app.selectors import budgets_for
+from providers_app.models import Role
+from providers_app.selectors import accounts_for, is_platform_admin
 
 from ..models import DeadLetter, RetentionDataClass, RunState, TaskRun, TriggerKind
 
@@ -32,18 +34,34 @@ def validate_period(value: str) -> str:
 # --- trigger requests ---------------------------------------------------------------------------
 
 
+def _request_user(serializer: serializers.Serializer):
+    request = serializer.context.get("request")
+    return getattr(request, "user", None)
+
+
 class AccountTaskRequest(StrictSerializer):
     account_id = serializers.IntegerField(
         required=False,
         allow_null=True,
         min_value=1,
-        help_text="Run for this cloud account only; omit to run for every active account.",
+        help_text="Run for this cloud account only (one where you are an operator); omitting it runs for every "
+        "active account, which only platform admins may do.",
     )
+
+    def names_scope(self) -> bool:
+        """Whether the request names what it runs for (else: every account, an organisation-wide run)."""
+        return self.validated_data.get("account_id") is not None
+
+    def run_account_id(self) -> int | None:
+        """The account the run concerns when its kwargs name none (see BudgetMonitorRequest)."""
+        return None
 
     def validate_account_id(self, value: int | None) -> int | None:
         if value is None:
             return value
-        account = CloudAccount.objects.filter(id=value).values("is_active").first()
+        # Another team's account answers exactly as one that does not exist.
+        accounts = accounts_for(_request_user(self), role=Role.OPERATOR)
+        account = accounts.filter(id=value).values("is_active").first()
         if account is None:
             raise serializers.ValidationError(f"Cloud account {value} does not exist.")
         if not account["is_active"]:
@@ -69,13 +87,32 @@ class BudgetMonitorRequest(AccountTaskRequest):
         required=False, allow_null=True, min_value=1, help_text="Evaluate this budget only."
     )
 
+    def names_scope(self) -> bool:
+        return super().names_scope() or self.validated_data.get("budget_id") is not None
+
+    def run_account_id(self) -> int | None:
+        """A check of a budget of one account concerns that account: its team sees the run."""
+        budget_id = self.validated_data.get("budget_id")
+        if self.validated_data.get("account_id") is not None or budget_id is None:
+            return None
+        scope = Budget.accounts.through.objects.filter(budget_id=budget_id)
+        accounts = list(scope.values_list("cloudaccount_id", flat=True)[:2])
+        return accounts[0] if len(accounts) == 1 else None
+
     def validate_budget_id(self, value: int | None) -> int | None:
-        if value is not None and not Budget.objects.filter(id=value).exists():
+        budgets = budgets_for(_request_user(self), role=Role.OPERATOR, permission=None)
+        if value is not None and not budgets.filter(id=value).exists():
             raise serializers.ValidationError(f"Budget {value} does not exist.")
         return value
 
 
 class CleanupRequest(StrictSerializer):
+    def names_scope(self) -> bool:
+        return False  # retention is organisation-wide
+
+    def run_account_id(self) -> int | None:
+        return None
+
     dry_run = serializers.BooleanField(
         required=False, default=False, help_text="Count what would be deleted without deleting it."
     )
@@ -104,6 +141,10 @@ class TaskRunSerializer(serializers.ModelSerializer):
     task_id = serializers.CharField(source="celery_task_id")
     user = serializers.SerializerMethodField()
     status_url = serializers.SerializerMethodField()
+    worker = serializers.SerializerMethodField(help_text="host/pid of the worker; platform admins only.")
+    error_traceback = serializers.SerializerMethodField(
+        help_text="The traceback of an unexpected failure; platform admins only (others see the message, error)."
+    )
 
     class Meta:
         model = TaskRun
@@ -130,9 +171,19 @@ class TaskRunSerializer(serializers.ModelSerializer):
             "result",
             "error",
             "error_type",
+            "error_traceback",
             "status_url",
         ]
         read_only_fields = fields
+
+    def _platform_admin(self) -> bool:
+        return is_platform_admin(_request_user(self))
+
+    def get_worker(self, run: TaskRun) -> str:
+        return run.worker if self._platform_admin() else ""
+
+    def get_error_traceback(self, run: TaskRun) -> str:
+        return run.error_traceback if self._platform_admin() else ""
 
     def get_user(self, run: TaskRun) -> str | None:
         return run.user.get_username() if run.user_id else None
@@ -292,8 +343,8 @@ class FocusExportQuerySerializer(StrictSerializer):
     end = serializers.CharField(required=False, validators=[validate_period], help_text="Last period, YYYY-MM.")
     format = serializers.ChoiceField(choices=["csv", "parquet"], default="csv")
 
-    def validate_account(self, value: str) -> CloudAccount:
-        account = CloudAccount.objects.filter(name=value).first()
+    def validate_account(self, value: str):
+        account = accounts_for(_request_user(self)).filter(name=value).first()
         if account is None:
             raise serializers.ValidationError(f"Cloud account {value!r} does not exist.")
         return account

@@ -7,16 +7,19 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from costs_app.services.export import focus_export
+from finops.api_permissions import HasModelPermission, IsPlatformAdmin, ModelPermissions
+from providers_app.models import Role
+from providers_app.selectors import is_platform_admin
 
 from .. import selectors
-from ..models import TaskRun, TriggerKind
+from ..models import DeadLetter, TaskRun, TriggerKind
 from ..services import health
 from ..services.runs import dead_letter_replay, run_cancel, task_enqueue
 from . import serializers as s
@@ -56,18 +59,29 @@ class TaskTriggerViewSet(viewsets.GenericViewSet):
             202: s.TaskAcceptedSerializer,
             400: OpenApiResponse(description="Invalid input, e.g. unknown or inactive account, bad period."),
             401: UNAUTHENTICATED,
-            403: FORBIDDEN,
+            403: OpenApiResponse(
+                s.ErrorSerializer,
+                description="Lacks the tasks_app.trigger_tasks permission, or names no account (every account: "
+                "platform admins only).",
+            ),
         },
     )
     def create(self, request):
         params = self.get_serializer(data=request.data)
         params.is_valid(raise_exception=True)
+        if not params.names_scope() and not is_platform_admin(request.user):
+            # No account means every account, other teams' included.
+            raise PermissionDenied(
+                "Without account_id this runs for every account of the organisation, which only platform admins "
+                "may do: name one of your accounts (account_id)."
+            )
         run = task_enqueue(
             task_name=self.task_name,
             kwargs=dict(params.validated_data),
             triggered_by=TriggerKind.API,
             user=request.user,
             correlation_id=request.correlation_id,
+            account_id=params.run_account_id(),
         )
         return accepted_response(request, run)
 
@@ -109,6 +123,7 @@ class CleanupViewSet(TaskTriggerViewSet):
 
     task_name = "cleanup_old_data"
     serializer_class = s.CleanupRequest
+    permission_classes = [IsAuthenticated, CanTriggerTasks, IsPlatformAdmin]  # retention is organisation-wide
 
 
 # --- monitoring ---------------------------------------------------------------------------------
@@ -126,7 +141,7 @@ class TaskMonitorViewSet(viewsets.ViewSet):
         responses={200: s.TaskStatusSerializer, 401: UNAUTHENTICATED, 404: s.ErrorSerializer},
     )
     def status(self, request, task_id: str):
-        found = selectors.task_status(task_id=task_id)
+        found = selectors.task_status(task_id=task_id, user=request.user)
         if found is None:
             raise NotFound(f"No task {task_id} in the ledger or the result backend.")
         return Response(s.TaskStatusSerializer(found, context={"request": request}).data)
@@ -139,14 +154,21 @@ class TaskMonitorViewSet(viewsets.ViewSet):
         responses={200: s.ActiveTasksSerializer, 401: UNAUTHENTICATED},
     )
     def active(self, request):
-        return Response(s.ActiveTasksSerializer(selectors.active_tasks(), context={"request": request}).data)
+        active = selectors.active_tasks(runs=selectors.runs_for(request.user), workers=is_platform_admin(request.user))
+        return Response(s.ActiveTasksSerializer(active, context={"request": request}).data)
 
     @extend_schema(
         tags=["monitor"],
         summary="Worker statistics",
         description="One entry per worker answering a ping: pool, concurrency, tasks processed, queues consumed. "
-        "An empty list when no worker answers; 503 only when the broker itself cannot be reached.",
-        responses={200: s.WorkersStatsResponseSerializer, 401: UNAUTHENTICATED, 503: s.ErrorSerializer},
+        "An empty list when no worker answers; 503 only when the broker itself cannot be reached. "
+        "Platform admins only (hostnames and pids).",
+        responses={
+            200: s.WorkersStatsResponseSerializer,
+            401: UNAUTHENTICATED,
+            403: s.ErrorSerializer,
+            503: s.ErrorSerializer,
+        },
     )
     def workers(self, request):
         try:
@@ -171,7 +193,7 @@ class TaskMonitorViewSet(viewsets.ViewSet):
         },
     )
     def cancel(self, request, task_id: str):
-        found = selectors.task_status(task_id=task_id)
+        found = selectors.task_status(task_id=task_id, user=request.user, role=Role.OPERATOR)
         if found is None:
             raise NotFound(f"No task {task_id} in the ledger or the result backend.")
         if found.run is None and found.finished:
@@ -194,6 +216,8 @@ class TaskMonitorViewSet(viewsets.ViewSet):
     def get_permissions(self):
         if self.action == "cancel":
             return [IsAuthenticated(), CanTriggerTasks()]
+        if self.action == "workers":
+            return [IsAuthenticated(), IsPlatformAdmin()]
         return [IsAuthenticated()]
 
 
@@ -203,11 +227,19 @@ class HealthView(APIView):
         summary="Task system health",
         description="Checks the database (SELECT 1), the broker (Redis PING), the result backend, the workers "
         "(at least one answers a control ping) and beat (its heartbeat is younger than BEAT_HEARTBEAT_MAX_AGE). "
-        "503 names the failing checks in `failing`.",
+        "503 names the failing checks in `failing`. Only platform admins see each check's details (worker names, "
+        "errors); others get the status, the failing checks' names and each check's ok.",
         responses={200: s.HealthSerializer, 401: UNAUTHENTICATED, 503: s.HealthSerializer},
     )
     def get(self, request):
         report = health.system_health()
+        if not is_platform_admin(request.user):
+            report = {
+                **report,
+                "checks": {
+                    name: {"ok": c["ok"], "latency_ms": c["latency_ms"]} for name, c in report["checks"].items()
+                },
+            }
         code = status.HTTP_200_OK if report["status"] == "ok" else status.HTTP_503_SERVICE_UNAVAILABLE
         return Response(s.HealthSerializer(report).data, status=code)
 
@@ -239,15 +271,17 @@ class TaskRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     """The audit trail: one TaskRun per task execution."""
 
     serializer_class = s.TaskRunSerializer
-    queryset = TaskRun.objects.none()  # for the schema; get_queryset() is the real one
+    queryset = TaskRun.objects.none()  # for the schema and the permission class; get_queryset() is the real one
+    permission_classes = [IsAuthenticated, ModelPermissions]
 
     def get_queryset(self):
+        runs = selectors.runs_for(self.request.user)
         if self.action == "list":
             params = s.RunFilterSerializer(data=self.request.query_params)
             params.is_valid(raise_exception=True)
             filters = {k: v for k, v in params.validated_data.items() if k not in ("limit", "offset")}
-            return selectors.task_runs_list(**filters)
-        return selectors.task_runs_list()
+            return selectors.task_runs_list(runs=runs, **filters)
+        return selectors.task_runs_list(runs=runs)
 
     @extend_schema(parameters=[s.RunFilterSerializer], responses={200: s.TaskRunSerializer(many=True), 400: None})
     def list(self, request, *args, **kwargs):
@@ -259,21 +293,28 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     """Tasks that failed for good (permanent error or retries exhausted), replayable."""
 
     serializer_class = s.DeadLetterSerializer
-    queryset = selectors.dead_letters_list()
+    queryset = DeadLetter.objects.none()  # for the schema and the permission class; get_queryset() is the real one
 
     def get_queryset(self):
+        if self.action == "replay":
+            return selectors.dead_letters_list(
+                letters=selectors.dead_letters_for(self.request.user, role=Role.OPERATOR)
+            )
+        letters = selectors.dead_letters_for(self.request.user)
         if self.action == "list":
             params = s.DeadLetterFilterSerializer(data=self.request.query_params)
             params.is_valid(raise_exception=True)
             return selectors.dead_letters_list(
-                task_name=params.validated_data.get("task_name"), replayed=params.validated_data.get("replayed")
+                letters=letters,
+                task_name=params.validated_data.get("task_name"),
+                replayed=params.validated_data.get("replayed"),
             )
-        return selectors.dead_letters_list()
+        return selectors.dead_letters_list(letters=letters)
 
     def get_permissions(self):
         if self.action == "replay":
             return [IsAuthenticated(), CanTriggerTasks()]
-        return [IsAuthenticated()]
+        return [IsAuthenticated(), ModelPermissions()]
 
     @extend_schema(parameters=[s.DeadLetterFilterSerializer], responses={200: s.DeadLetterSerializer(many=True)})
     def list(self, request, *args, **kwargs):
@@ -319,6 +360,7 @@ EXPORT_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
 class FocusExportView(APIView):
     content_negotiation_class = _IgnoreFormatParameter
+    permission_classes = [IsAuthenticated, HasModelPermission.of("costs_app.view_costlineitem")]
 
     @extend_schema(
         tags=["costs"],
@@ -329,12 +371,13 @@ class FocusExportView(APIView):
         responses={
             (200, "text/csv"): OpenApiTypes.BINARY,
             (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY,
-            400: OpenApiResponse(description="Unknown account, bad period or format."),
+            400: OpenApiResponse(description="Unknown account (or not one of yours), bad period or format."),
             401: UNAUTHENTICATED,
+            403: OpenApiResponse(s.ErrorSerializer, description="Lacks costs_app.view_costlineitem."),
         },
     )
     def get(self, request):
-        params = s.FocusExportQuerySerializer(data=request.query_params)
+        params = s.FocusExportQuerySerializer(data=request.query_params, context={"request": request})
         params.is_valid(raise_exception=True)
         query = params.validated_data
         fmt = query["format"]

@@ -55,8 +55,12 @@ def task_enqueue(
     parent_id: uuid.UUID | None = None,
     correlation_id: str | None = None,
     countdown: float | None = None,
+    account_id: int | None = None,
 ) -> TaskRun:
-    """Record the run, then publish it once the surrounding transaction has committed (`countdown` s later)."""
+    """Record the run, then publish it once the surrounding transaction has committed (`countdown` s later).
+
+    account_id: the account the run concerns when its kwargs do not name one (e.g. a check of a budget of one
+    account), so that account's team sees the run (TaskRun.account)."""
     if not is_finops_task(task_name):
         raise UnknownTask(f"unknown task {task_name!r}")
     run = ledger.record_enqueue(
@@ -70,6 +74,7 @@ def task_enqueue(
         user_id=user.pk if user is not None else None,
         parent_id=parent_id,
         correlation_id=correlation_id or correlation.get() or correlation.new_id(),
+        account_id=account_id,
     )
     transaction.on_commit(lambda: _publish(run, countdown=countdown))
     return run
@@ -134,6 +139,7 @@ def _alert_failure(run: TaskRun) -> None:
             celery_task_id=run.celery_task_id,
             error=run.error,
             correlation_id=run.correlation_id,
+            account_id=run.account_id,
         )
     except Exception:
         logger.exception("could not send the failure alert for %s", run.celery_task_id)

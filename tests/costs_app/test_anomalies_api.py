@@ -10,14 +10,18 @@ from rest_framework.test import APIClient
 
 from costs_app.models import Anomaly, AnomalyMonitor, AnomalyStatus, CostAllocationTag, CostTagRollup
 from costs_app.services.ingest import focus_file_import
+from providers_app.models import Role
+from providers_app.services.teams import team_default, team_member_set
 from tests.costs_app.anomaly_data import Usage, focus_file, steady
 from tests.factories import CloudAccountFactory, NotificationChannelFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
 
-def client_with(*codenames: str, username: str = "someone") -> APIClient:
+def client_with(*codenames: str, username: str = "someone", role: Role = Role.ACCOUNT_ADMIN) -> APIClient:
+    """A member of the team "Default" (the factories' accounts) with `role`, and these permissions."""
     user = UserFactory(username=username)
+    team_member_set(team=team_default(), user=user, role=role)
     user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
     client = APIClient()
     client.force_authenticate(user)
@@ -83,7 +87,7 @@ def test_anomalies_are_listed_filtered_and_shown_to_any_signed_in_user(anomaly, 
 
 def test_status_change_needs_the_change_permission_and_records_who_and_why(anomaly, viewer_client):
     # given
-    analyst = client_with("change_anomaly", username="analyst")
+    analyst = client_with("change_anomaly", username="analyst", role=Role.OPERATOR)
     # when
     refused = viewer_client.post(f"/api/v1/anomalies/{anomaly.pk}/status/", {"status": "acknowledged"})
     acknowledged = analyst.post(
@@ -126,7 +130,13 @@ def test_monitors_are_managed_with_model_permissions(viewer_client):
     refused = viewer_client.post("/api/v1/anomaly-monitors/", {"name": "x"}, format="json")
     created = manager.post(
         "/api/v1/anomaly-monitors/",
-        {"name": "Big services", "dimension": "service", "min_impact": "250", "channels": [channel.pk]},
+        {
+            "name": "Big services",
+            "dimension": "service",
+            "account": CloudAccountFactory().pk,
+            "min_impact": "250",
+            "channels": [channel.pk],
+        },
         format="json",
     )
     monitor_id = created.json()["id"]
@@ -157,7 +167,9 @@ def test_a_tag_monitor_through_the_api_activates_and_backfills_its_key(tmp_path)
         "/api/v1/anomaly-monitors/", {"name": "Teams", "dimension": "account", "tag_key": "team"}, format="json"
     )
     created = manager.post(
-        "/api/v1/anomaly-monitors/", {"name": "Teams", "dimension": "tag", "tag_key": " team "}, format="json"
+        "/api/v1/anomaly-monitors/",
+        {"name": "Teams", "dimension": "tag", "tag_key": " team ", "account": account.pk},
+        format="json",
     )
     # then
     assert missing_key.status_code == stray_key.status_code == 400

@@ -129,10 +129,12 @@ def test_failing_channel_does_not_block_the_others(webhook_sink, caplog):  # noq
 
 
 def test_task_failure_goes_only_to_active_channels_that_asked():
-    # given
-    NotificationChannelFactory(name="oncall", target="oncall@example.com", notify_task_failures=True)
-    NotificationChannelFactory(name="finance", target="finance@example.com", notify_task_failures=False)
-    NotificationChannelFactory(name="old", target="old@example.com", notify_task_failures=True, is_active=False)
+    # given: organisation-wide channels (no team) hear of every failure
+    NotificationChannelFactory(name="oncall", target="oncall@example.com", notify_task_failures=True, team=None)
+    NotificationChannelFactory(name="finance", target="finance@example.com", notify_task_failures=False, team=None)
+    NotificationChannelFactory(
+        name="old", target="old@example.com", notify_task_failures=True, is_active=False, team=None
+    )
     # when
     sent = task_failure_notify(
         task_name="sync_provider_cost_data", celery_task_id="abc-1", error="boom\ntraceback...", correlation_id="c-9"
@@ -146,9 +148,36 @@ def test_task_failure_goes_only_to_active_channels_that_asked():
     assert "abc-1" in message.body and "c-9" in message.body
 
 
+def test_a_teams_channel_hears_only_of_its_own_accounts_failures():
+    # given: a channel of team "Default" and one of another team, both asking for task failures
+    from tests.factories import CloudAccountFactory, TeamFactory
+
+    ours = CloudAccountFactory()
+    other_team = TeamFactory(name="other")
+    theirs = CloudAccountFactory(team=other_team)
+    NotificationChannelFactory(name="ours", target="ours@example.com", notify_task_failures=True)
+    NotificationChannelFactory(name="theirs", target="theirs@example.com", notify_task_failures=True, team=other_team)
+    # when
+    for account in (ours, theirs, None):
+        task_failure_notify(
+            task_name="sync_provider_cost_data",
+            celery_task_id=f"run-{account.name if account else 'org'}",
+            error="boom",
+            correlation_id="c",
+            account_id=account.id if account else None,
+        )
+    # then: each team's channel got its own account's failure; an organisation-wide run goes to neither
+    assert sorted((m.to[0], m.body.split("Celery task id: ")[1].split()[0]) for m in mail.outbox) == [
+        ("ours@example.com", f"run-{ours.name}"),
+        ("theirs@example.com", f"run-{theirs.name}"),
+    ]
+
+
 def test_dead_lettered_run_alerts_the_failure_channels(webhook_sink):  # noqa: F811
     # given
-    NotificationChannelFactory(kind=ChannelKind.WEBHOOK, target=webhook_sink.url("/fail"), notify_task_failures=True)
+    NotificationChannelFactory(
+        kind=ChannelKind.WEBHOOK, target=webhook_sink.url("/fail"), notify_task_failures=True, team=None
+    )
     run = TaskRun.objects.create(
         task_name="detect_cost_anomalies",
         celery_task_id="dead-1",

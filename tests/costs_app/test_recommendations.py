@@ -235,8 +235,13 @@ def test_realised_savings_compare_the_cost_before_and_after_done(aws, settings, 
 
 
 @pytest.fixture
-def changer_client():
+def changer_client(db):
+    """An operator of the team "Default" (the factories' accounts): dismisses and marks done."""
+    from providers_app.models import Role
+    from providers_app.services.teams import team_default, team_member_set
+
     user = UserFactory(username="changer")
+    team_member_set(team=team_default(), user=user, role=Role.OPERATOR)
     user.user_permissions.add(Permission.objects.get(codename="change_recommendation"))
     client = APIClient()
     client.force_authenticate(user)

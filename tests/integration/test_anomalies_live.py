@@ -41,8 +41,9 @@ def detect(**kwargs) -> TaskRun:
 
 
 def api_client(*codenames: str, username: str) -> APIClient:
+    """A platform admin (the monitors here watch every account) holding only these model permissions."""
     user = UserFactory(username=username)
-    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    user.user_permissions.add(*Permission.objects.filter(codename__in=[*codenames, "platform_admin"]))
     client = APIClient()
     client.force_authenticate(user)
     return client

@@ -9,6 +9,7 @@ from django.conf import settings
 from tasks_app.models import RunState, TaskRun, TriggerKind
 from tasks_app.services.runs import task_enqueue
 from tests.celery_procs import flush_broker, start_worker, wait_for
+from tests.factories import CloudAccountFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -18,9 +19,9 @@ def health(client):
     return response.status_code, response.json()
 
 
-def test_health_is_ok_with_worker_and_beat(viewer_client, celery_worker_proc, celery_beat_proc):
-    # when: beat has ticked at least once
-    code, body = wait_for(lambda: (r := health(viewer_client))[0] == 200 and r, timeout=30, what="healthy system")
+def test_health_is_ok_with_worker_and_beat(platform_client, celery_worker_proc, celery_beat_proc):
+    # when: beat has ticked at least once (each check's details: a platform admin's view)
+    code, body = wait_for(lambda: (r := health(platform_client))[0] == 200 and r, timeout=30, what="healthy system")
     # then
     assert body["status"] == "ok"
     assert body["failing"] == []
@@ -31,27 +32,27 @@ def test_health_is_ok_with_worker_and_beat(viewer_client, celery_worker_proc, ce
 
 
 def test_health_names_beat_once_it_has_been_stopped_too_long(
-    viewer_client, celery_worker_proc, celery_beat_proc, settings
+    platform_client, celery_worker_proc, celery_beat_proc, settings
 ):
     # given
     settings.BEAT_HEARTBEAT_MAX_AGE = 2
-    wait_for(lambda: health(viewer_client)[0] == 200, timeout=30, what="healthy system")
+    wait_for(lambda: health(platform_client)[0] == 200, timeout=30, what="healthy system")
     # when
     celery_beat_proc.stop()
     time.sleep(settings.BEAT_HEARTBEAT_MAX_AGE + 1.5)
-    code, body = health(viewer_client)
+    code, body = health(platform_client)
     # then
     assert code == 503
     assert body["failing"] == ["beat"]
     assert "beat is not running" in body["checks"]["beat"]["error"]
 
 
-def test_workers_stats_lists_the_worker(viewer_client, celery_worker_proc):
+def test_workers_stats_lists_the_worker(platform_client, celery_worker_proc):
     # given: one task processed, so the totals are not trivially empty
     run = task_enqueue(task_name="platform_noop", triggered_by=TriggerKind.COMMAND, correlation_id="live-stats")
     wait_for(lambda: TaskRun.objects.filter(id=run.id, state=RunState.SUCCESS).exists(), what="noop to finish")
     # when
-    response = viewer_client.get("/api/v1/tasks/workers/stats")
+    response = platform_client.get("/api/v1/tasks/workers/stats")
     # then
     assert response.status_code == 200
     body = response.json()
@@ -65,20 +66,28 @@ def test_workers_stats_lists_the_worker(viewer_client, celery_worker_proc):
     assert worker["processed"] >= 1
 
 
-def test_running_task_shows_in_active_and_is_cancelled(viewer_client, operator_client, celery_worker_proc):
-    # given
+def test_running_task_shows_in_active_and_is_cancelled(
+    viewer_client, operator_client, platform_client, celery_worker_proc
+):
+    # given: a run of an account of the team "Default" (whose viewer and operator the clients are)
     run = task_enqueue(
-        task_name="platform_probe", kwargs={"sleep": 30}, triggered_by=TriggerKind.COMMAND, correlation_id="live-cancel"
+        task_name="platform_probe",
+        kwargs={"sleep": 30, "account_id": CloudAccountFactory().id},
+        triggered_by=TriggerKind.COMMAND,
+        correlation_id="live-cancel",
     )
     wait_for(lambda: TaskRun.objects.filter(id=run.id, state=RunState.STARTED).exists(), what="probe to start")
-    # when
-    active = viewer_client.get("/api/v1/tasks/active").json()
+    # when (what the workers hold, hosts and arguments of every team: a platform admin's view)
+    active = platform_client.get("/api/v1/tasks/active").json()
+    team_view = viewer_client.get("/api/v1/tasks/active").json()
     cancel = operator_client.delete(f"/api/v1/tasks/cancel/{run.celery_task_id}")
     # then
     assert [r["task_id"] for r in active["runs"]] == [run.celery_task_id]
     assert active["runs"][0]["state"] == "STARTED"
     seen = [t for t in active["worker_tasks"] if t["task_id"] == run.celery_task_id]
     assert [(t["kind"], t["name"], t["run_id"]) for t in seen] == [("active", "platform_probe", str(run.id))]
+    assert [r["task_id"] for r in team_view["runs"]] == [run.celery_task_id]
+    assert team_view["worker_tasks"] == team_view["workers"] == []
     assert cancel.status_code == 200
     assert (cancel.json()["state"], cancel.json()["message"]) == ("CANCELLED", "cancelled while running")
     # the worker's pool process is terminated: Celery records REVOKED, never SUCCESS
@@ -95,7 +104,8 @@ def test_running_task_shows_in_active_and_is_cancelled(viewer_client, operator_c
 def test_queued_task_cancelled_before_a_worker_consumes_it_never_runs(operator_client, tmp_path):
     # given: no worker yet, the message waits in the broker
     flush_broker()
-    accepted = operator_client.post("/api/v1/tasks/monitor/budgets", {}, format="json").json()
+    account = CloudAccountFactory()
+    accepted = operator_client.post("/api/v1/tasks/monitor/budgets", {"account_id": account.id}, format="json").json()
     task_id = accepted["task_id"]
     # when
     cancel = operator_client.delete(f"/api/v1/tasks/cancel/{task_id}")

@@ -1,10 +1,10 @@
 """Cloud accounts over the API: credentials are write-only and stored encrypted; writes need model permissions."""
 
 import pytest
-from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
-from providers_app.models import CloudAccount, Credential
+from providers_app.models import CloudAccount, Credential, Role
+from providers_app.services.teams import team_member_set
 from tests.factories import CloudAccountFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -13,10 +13,10 @@ SECRET = {"aws_access_key_id": "AKIAEXAMPLE", "aws_secret_access_key": "wJalrXUt
 
 
 @pytest.fixture
-def admin_client():
-    """A user with the add/change permissions on accounts (and nothing else)."""
+def admin_client(default_team):
+    """An account admin of the team "Default" (the factories' team)."""
     user = UserFactory(username="account-admin")
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["add_cloudaccount", "change_cloudaccount"]))
+    team_member_set(team=default_team, user=user, role=Role.ACCOUNT_ADMIN)
     client = APIClient()
     client.force_authenticate(user)
     return client

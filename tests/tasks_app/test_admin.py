@@ -24,6 +24,7 @@ from costs_app.models import (
     RecommendationStatus,
 )
 from providers_app.models import CloudAccount, Credential
+from providers_app.services.teams import team_default
 from tasks_app import ledger
 from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
 from tests.celery_procs import flush_broker
@@ -75,11 +76,18 @@ def action(client, model: str, name: str, ids) -> object:
 
 @pytest.fixture
 def staff_viewer(db):
-    """Staff who may look at task pages but lacks tasks_app.trigger_tasks."""
+    """Staff who may look at task pages (organisation-wide ones too: a platform admin) but lacks
+    tasks_app.trigger_tasks."""
     viewer = UserFactory(username="staff-viewer", is_staff=True)
     viewer.user_permissions.add(
         *Permission.objects.filter(
-            codename__in=["view_taskrun", "view_deadletter", "view_periodictask", "change_periodictask"]
+            codename__in=[
+                "view_taskrun",
+                "view_deadletter",
+                "view_periodictask",
+                "change_periodictask",
+                "platform_admin",
+            ]
         )
     )
     return viewer
@@ -212,6 +220,7 @@ def test_account_credential_is_write_only_and_encrypted(admin_client):
     add_url = reverse("admin:providers_app_cloudaccount_add")
     form = {
         "name": "new-aws",
+        "team": str(team_default().pk),
         "provider": "aws",
         "external_id": "111122223333",
         "is_active": "on",
@@ -252,6 +261,7 @@ def test_empty_secret_keeps_the_stored_one_and_a_new_one_replaces_it(admin_clien
     change_url = reverse("admin:providers_app_cloudaccount_change", args=[account.pk])
     form = {
         "name": account.name,
+        "team": str(account.team_id),
         "provider": account.provider,
         "external_id": account.external_id,
         "is_active": "on",

@@ -11,6 +11,8 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
+from providers_app.models import Role
+from providers_app.services.teams import team_default, team_member_set
 from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
 from tasks_app.services.runs import task_enqueue
 from tests.factories import BudgetFactory, CloudAccountFactory, UserFactory
@@ -47,7 +49,14 @@ def queued_run(**kwargs) -> TaskRun:
     return task_enqueue(task_name=kwargs.pop("task_name", "platform_noop"), triggered_by=TriggerKind.COMMAND, **kwargs)
 
 
+def account_run(**kwargs) -> TaskRun:
+    """A queued run of an account of the team "Default", whose viewer and operator the fixtures are."""
+    kwargs["kwargs"] = {"account_id": CloudAccountFactory().id, **kwargs.get("kwargs", {})}
+    return queued_run(**kwargs)
+
+
 def dead_letter(task_name: str = "monitor_budget", **kwargs) -> DeadLetter:
+    kwargs.setdefault("account_id", CloudAccountFactory().id)  # a run of the team "Default"
     run = queued_run(task_name=task_name, kwargs=kwargs)
     TaskRun.objects.filter(id=run.id).update(state=RunState.FAILURE, error="boom")
     return DeadLetter.objects.create(run=run, task_name=task_name, kwargs=kwargs, queue=run.queue, error="boom")
@@ -117,7 +126,7 @@ def test_viewer_may_not_replay(viewer_client):
 
 def test_viewer_reads_runs_and_dead_letters(viewer_client):
     # given
-    run = queued_run()
+    run = account_run()
     letter = dead_letter()
     # when
     runs = viewer_client.get("/api/v1/tasks/runs")
@@ -149,7 +158,7 @@ def test_superuser_may_trigger_without_the_explicit_permission(django_capture_on
 
 def test_jwt_obtain_refresh_and_use(api_client):
     # given
-    UserFactory(username="jwt-user")
+    team_member_set(team=team_default(), user=UserFactory(username="jwt-user"), role=Role.VIEWER)
     # when
     tokens = api_client.post("/api/v1/auth/token", {"username": "jwt-user", "password": "pass-word-123"}, format="json")
     refreshed = api_client.post("/api/v1/auth/token/refresh", {"refresh": tokens.json()["refresh"]}, format="json")
@@ -181,7 +190,9 @@ def test_jwt_operator_triggers(api_client, trigger_user, django_capture_on_commi
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {access}")
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        response = api_client.post("/api/v1/tasks/analyze/anomalies", {}, format="json")
+        response = api_client.post(
+            "/api/v1/tasks/analyze/anomalies", {"account_id": CloudAccountFactory().id}, format="json"
+        )
     # then
     assert response.status_code == 202
     assert TaskRun.objects.get(celery_task_id=response.json()["task_id"]).user == trigger_user
@@ -202,11 +213,11 @@ def test_session_login_reads(user):
 
 @pytest.mark.parametrize(("path", "task_name", "queue"), TRIGGERS)
 def test_trigger_records_run_and_publishes_to_the_seed_queue(
-    operator_client, trigger_user, django_capture_on_commit_callbacks, broker, path, task_name, queue
+    platform_client, platform_admin, django_capture_on_commit_callbacks, broker, path, task_name, queue
 ):
-    # when
+    # when: no account, i.e. every account (organisation-wide): a platform admin's trigger
     with django_capture_on_commit_callbacks(execute=True):
-        response = operator_client.post(path, {}, format="json", HTTP_X_CORRELATION_ID="corr-trigger-1")
+        response = platform_client.post(path, {}, format="json", HTTP_X_CORRELATION_ID="corr-trigger-1")
     # then
     assert response.status_code == 202, response.content
     body = response.json()
@@ -221,7 +232,7 @@ def test_trigger_records_run_and_publishes_to_the_seed_queue(
         "correlation_id": "corr-trigger-1",
     }
     assert response["X-Correlation-ID"] == "corr-trigger-1"
-    assert (run.triggered_by, run.user, run.correlation_id) == (TriggerKind.API, trigger_user, "corr-trigger-1")
+    assert (run.triggered_by, run.user, run.correlation_id) == (TriggerKind.API, platform_admin, "corr-trigger-1")
     messages = queued_messages(broker, queue)
     assert [m["headers"]["id"] for m in messages] == [run.celery_task_id]
     assert messages[0]["headers"]["task"] == task_name
@@ -254,11 +265,11 @@ def test_cost_sync_with_billing_period(operator_client):
     assert run.kwargs == {"account_id": account.id, "billing_period": "2024-09"}
 
 
-def test_cleanup_dry_run_and_budget_id(operator_client):
+def test_cleanup_dry_run_and_budget_id(operator_client, platform_client):
     # given
-    budget = BudgetFactory()
+    budget = BudgetFactory(account=CloudAccountFactory())
     # when
-    cleanup = operator_client.post(
+    cleanup = platform_client.post(
         "/api/v1/tasks/maintenance/cleanup", {"dry_run": True, "classes": ["task_runs"]}, format="json"
     )
     monitor = operator_client.post("/api/v1/tasks/monitor/budgets", {"budget_id": budget.id}, format="json")
@@ -270,8 +281,8 @@ def test_cleanup_dry_run_and_budget_id(operator_client):
     assert TaskRun.objects.get(celery_task_id=monitor.json()["task_id"]).kwargs == {"budget_id": budget.id}
 
 
-def test_cleanup_refuses_an_unknown_data_class(operator_client):
-    response = operator_client.post(
+def test_cleanup_refuses_an_unknown_data_class(platform_client):
+    response = platform_client.post(
         "/api/v1/tasks/maintenance/cleanup", {"classes": ["cost_lines", "logs"]}, format="json"
     )
     assert response.status_code == 400
@@ -281,7 +292,12 @@ def test_cleanup_refuses_an_unknown_data_class(operator_client):
 
 def test_unsafe_correlation_id_is_replaced(operator_client):
     # when
-    response = operator_client.post("/api/v1/tasks/sync/resources", {}, format="json", HTTP_X_CORRELATION_ID="a b;c")
+    response = operator_client.post(
+        "/api/v1/tasks/sync/resources",
+        {"account_id": CloudAccountFactory().id},
+        format="json",
+        HTTP_X_CORRELATION_ID="a b;c",
+    )
     # then
     body = response.json()
     assert body["correlation_id"] != "a b;c"
@@ -302,9 +318,9 @@ def test_unsafe_correlation_id_is_replaced(operator_client):
         ("/api/v1/tasks/maintenance/cleanup", {"dry_run": "maybe"}, "dry_run", "valid boolean"),
     ],
 )
-def test_bad_trigger_input_is_400(operator_client, broker, path, payload, field, message):
+def test_bad_trigger_input_is_400(platform_client, broker, path, payload, field, message):
     # when
-    response = operator_client.post(path, payload, format="json")
+    response = platform_client.post(path, payload, format="json")
     # then
     assert response.status_code == 400
     assert message in " ".join(response.json()[field])
@@ -326,7 +342,7 @@ def test_inactive_account_is_400(operator_client):
 
 def test_status_of_a_queued_run(viewer_client):
     # given
-    run = queued_run(kwargs={"value": 3}, correlation_id="corr-status")
+    run = account_run(kwargs={"value": 3}, correlation_id="corr-status")
     # when
     response = viewer_client.get(f"/api/v1/tasks/status/{run.celery_task_id}")
     # then
@@ -334,12 +350,12 @@ def test_status_of_a_queued_run(viewer_client):
     body = response.json()
     assert (body["state"], body["celery_state"], body["known_to"]) == ("QUEUED", "PENDING", ["ledger"])
     assert body["run"]["correlation_id"] == "corr-status"
-    assert body["run"]["kwargs"] == {"value": 3}
+    assert body["run"]["kwargs"] == {"value": 3, "account_id": run.account_id}
 
 
 def test_status_of_a_finished_run_merges_result_and_timings(viewer_client):
     # given
-    run = queued_run()
+    run = account_run()
     current_app.backend.store_result(run.celery_task_id, 5, "SUCCESS")
     TaskRun.objects.filter(id=run.id).update(state=RunState.SUCCESS, result=5, duration_ms=12)
     # when
@@ -350,13 +366,15 @@ def test_status_of_a_finished_run_merges_result_and_timings(viewer_client):
     assert body["run"]["duration_ms"] == 12
 
 
-def test_status_of_a_task_only_celery_knows(viewer_client):
+def test_status_of_a_task_only_celery_knows(viewer_client, platform_client):
     # given
     task_id = f"plain-{uuid.uuid4()}"
     current_app.backend.store_result(task_id, {"x": 1}, "SUCCESS")
-    # when
-    body = viewer_client.get(f"/api/v1/tasks/status/{task_id}").json()
+    # when: no run, so no account to scope it by: platform admins only
+    hidden = viewer_client.get(f"/api/v1/tasks/status/{task_id}")
+    body = platform_client.get(f"/api/v1/tasks/status/{task_id}").json()
     # then
+    assert hidden.status_code == 404
     assert (body["state"], body["known_to"], body["run"], body["result"]) == ("SUCCESS", ["celery"], None, {"x": 1})
 
 
@@ -372,7 +390,7 @@ def test_status_of_an_unknown_task_is_404(viewer_client):
 
 def test_cancel_a_queued_run(operator_client):
     # given
-    run = queued_run()
+    run = account_run()
     # when
     response = operator_client.delete(f"/api/v1/tasks/cancel/{run.celery_task_id}")
     # then
@@ -391,7 +409,7 @@ def test_cancel_a_queued_run(operator_client):
 
 def test_cancel_a_finished_run_is_409_and_changes_nothing(operator_client):
     # given
-    run = queued_run()
+    run = account_run()
     TaskRun.objects.filter(id=run.id).update(state=RunState.SUCCESS)
     # when
     response = operator_client.delete(f"/api/v1/tasks/cancel/{run.celery_task_id}")
@@ -402,12 +420,14 @@ def test_cancel_a_finished_run_is_409_and_changes_nothing(operator_client):
     assert run.state == RunState.SUCCESS
 
 
-def test_cancel_a_finished_plain_celery_task_is_409(operator_client):
+def test_cancel_a_finished_plain_celery_task_is_409(platform_admin):
     # given
     task_id = f"plain-{uuid.uuid4()}"
     current_app.backend.store_result(task_id, 1, "SUCCESS")
+    client = APIClient()
+    client.force_authenticate(platform_admin)
     # when
-    response = operator_client.delete(f"/api/v1/tasks/cancel/{task_id}")
+    response = client.delete(f"/api/v1/tasks/cancel/{task_id}")
     # then
     assert response.status_code == 409
     assert response.json()["state"] == "SUCCESS"
@@ -425,8 +445,8 @@ def test_cancel_an_unknown_task_is_404(operator_client):
 
 def test_active_lists_ledger_runs_when_no_worker_answers(viewer_client):
     # given
-    queued = queued_run()
-    done = queued_run()
+    queued = account_run()
+    done = account_run()
     TaskRun.objects.filter(id=done.id).update(state=RunState.SUCCESS)
     # when
     response = viewer_client.get("/api/v1/tasks/active")
@@ -438,10 +458,11 @@ def test_active_lists_ledger_runs_when_no_worker_answers(viewer_client):
     assert (body["workers"], body["worker_tasks"], body["inspect_error"]) == ([], [], "")
 
 
-def test_workers_stats_is_an_empty_list_when_no_worker_answers(viewer_client):
+def test_workers_stats_is_an_empty_list_when_no_worker_answers(viewer_client, platform_client):
     # when
-    response = viewer_client.get("/api/v1/tasks/workers/stats")
-    # then
+    response = platform_client.get("/api/v1/tasks/workers/stats")
+    # then: hostnames and pids are for platform admins only
+    assert viewer_client.get("/api/v1/tasks/workers/stats").status_code == 403
     assert response.status_code == 200
     assert response.json() == {"count": 0, "workers": []}
 
@@ -453,7 +474,7 @@ def test_runs_filters(viewer_client):
     # given
     account = CloudAccountFactory()
     mine = queued_run(task_name="monitor_budget", kwargs={"account_id": account.id}, correlation_id="corr-f")
-    other = queued_run(task_name="detect_cost_anomalies", kwargs={"account_id": account.id + 1})
+    other = queued_run(task_name="detect_cost_anomalies", kwargs={"account_id": CloudAccountFactory().id})
     TaskRun.objects.filter(id=other.id).update(state=RunState.FAILURE, triggered_by=TriggerKind.SCHEDULE)
 
     def ids(query):
@@ -487,7 +508,11 @@ def test_replay_a_dead_letter(operator_client, trigger_user, django_capture_on_c
     # then
     assert response.status_code == 202
     replay = TaskRun.objects.get(celery_task_id=response.json()["task_id"])
-    assert (replay.task_name, replay.kwargs, replay.triggered_by) == ("monitor_budget", {"budget_id": 7}, "replay")
+    assert (replay.task_name, replay.kwargs, replay.triggered_by) == (
+        "monitor_budget",
+        {"budget_id": 7, "account_id": letter.run.account_id},
+        "replay",
+    )
     assert replay.user == trigger_user
     assert replay.correlation_id == letter.run.correlation_id
     letter.refresh_from_db()
@@ -531,9 +556,10 @@ def test_dead_letters_filter_replayed(viewer_client, operator_client):
 # --- health -------------------------------------------------------------------------------------
 
 
-def test_health_without_worker_or_beat_is_503_naming_them(viewer_client, broker):
+def test_health_without_worker_or_beat_is_503_naming_them(viewer_client, platform_client, broker):
     # when
-    response = viewer_client.get("/api/v1/tasks/health")
+    response = platform_client.get("/api/v1/tasks/health")
+    summary = viewer_client.get("/api/v1/tasks/health")
     # then
     assert response.status_code == 503
     body = response.json()
@@ -541,9 +567,13 @@ def test_health_without_worker_or_beat_is_503_naming_them(viewer_client, broker)
     assert body["failing"] == ["workers", "beat"]
     assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
     assert "never written" in body["checks"]["beat"]["error"]
+    # any signed-in user: the status and the failing checks' names, no details
+    assert summary.status_code == 503
+    assert summary.json()["failing"] == ["workers", "beat"]
+    assert "error" not in summary.json()["checks"]["beat"]
 
 
-def test_health_beat_freshness(viewer_client, broker, settings):
+def test_health_beat_freshness(platform_client, broker, settings):
     # given
     import time
 
@@ -552,9 +582,9 @@ def test_health_beat_freshness(viewer_client, broker, settings):
     settings.BEAT_HEARTBEAT_MAX_AGE = 30
     # when
     broker.set(HEARTBEAT_KEY, str(time.time() - 5))
-    fresh = viewer_client.get("/api/v1/tasks/health").json()["checks"]["beat"]
+    fresh = platform_client.get("/api/v1/tasks/health").json()["checks"]["beat"]
     broker.set(HEARTBEAT_KEY, str(time.time() - 60))
-    stale = viewer_client.get("/api/v1/tasks/health").json()["checks"]["beat"]
+    stale = platform_client.get("/api/v1/tasks/health").json()["checks"]["beat"]
     # then
     assert fresh["ok"] is True and 4 < fresh["age_s"] < 30
     assert stale["ok"] is False and "max 30 s" in stale["error"]

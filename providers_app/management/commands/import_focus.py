@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from finops.errors import PermanentError
 from providers_app.models import CloudAccount, Provider
+from providers_app.services.teams import team_default
 
 
 class Command(BaseCommand):
@@ -24,7 +25,8 @@ class Command(BaseCommand):
         if not source.exists():
             raise CommandError(f"{path} does not exist")
         target, created = CloudAccount.objects.get_or_create(
-            name=account, defaults={"provider": Provider.FOCUS, "settings": {"path": str(source)}}
+            name=account,
+            defaults={"provider": Provider.FOCUS, "settings": {"path": str(source)}, "team": team_default()},
         )
         if target.provider != Provider.FOCUS:
             raise CommandError(f"account {account!r} is a {target.provider} account, not a focus one")

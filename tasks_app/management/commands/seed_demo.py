@@ -16,9 +16,10 @@ from django.utils import timezone
 
 from costs_app.models import Budget, BudgetPeriod, ChannelKind, NotificationChannel
 from finops.errors import PermanentError
-from providers_app.models import CloudAccount, Provider
+from providers_app.models import CloudAccount, Provider, Team
 
 DEMO_ACCOUNT = "demo-focus"
+DEMO_TEAM = "Demo team"
 DEMO_FILE = Path(settings.BASE_DIR) / "demo" / "focus_demo.csv.gz"
 # Where the demo data, moved to the current month, is written (gitignored).
 REBASED_DIR = Path(settings.BASE_DIR) / ".data" / "demo"
@@ -58,10 +59,11 @@ class Command(BaseCommand):
             # Budgets watch the current period and discovery the recent data: a demo from 2024 would show nothing.
             path = rebased_copy(path, REBASED_DIR / path.name, today=timezone.now().date())
         with transaction.atomic():
-            account = self._account(path)
-            channel = self._channel()
+            team, _ = Team.objects.get_or_create(name=DEMO_TEAM)
+            account = self._account(path, team)
+            channel = self._channel(team)
             budgets = self._budgets(account, channel)
-        self.stdout.write(f"account   {account.name} (provider {account.provider}, data {path})")
+        self.stdout.write(f"account   {account.name} (team {team.name}, provider {account.provider}, data {path})")
         self.stdout.write(f"channel   {channel.name} ({channel.kind} → {channel.target_hint})")
         for budget in budgets:
             thresholds = ", ".join(t.label(budget.currency) for t in budget.threshold_list())
@@ -70,21 +72,24 @@ class Command(BaseCommand):
         self._import(account, path)
         self._admin_user(username, password, email)
 
-    def _account(self, path: Path) -> CloudAccount:
+    def _account(self, path: Path, team: Team) -> CloudAccount:
         account, created = CloudAccount.objects.get_or_create(
             name=DEMO_ACCOUNT,
-            defaults={"provider": Provider.FOCUS, "external_id": "demo", "settings": {"path": str(path)}},
+            defaults={"provider": Provider.FOCUS, "external_id": "demo", "settings": {"path": str(path)}, "team": team},
         )
+        if account.team_id is None:
+            account.team = team
+            account.save(update_fields=["team", "updated_at"])
         if not created and account.settings.get("path") != str(path):
             account.settings = {**account.settings, "path": str(path)}
             account.save(update_fields=["settings", "updated_at"])
         return account
 
-    def _channel(self) -> NotificationChannel:
+    def _channel(self, team: Team) -> NotificationChannel:
         name, target = DEMO_CHANNEL
         channel = NotificationChannel.objects.filter(name=name).first()
         if channel is None:
-            channel = NotificationChannel(name=name, kind=ChannelKind.EMAIL)
+            channel = NotificationChannel(name=name, kind=ChannelKind.EMAIL, team=team)
             channel.set_target(target)
             channel.save()
         return channel
