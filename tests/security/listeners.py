@@ -129,3 +129,13 @@ class RecordingListener:
         self._stop.set()
         self._thread.join(timeout=2)
         self.sock.close()
+
+
+def member_of_default_team(user) -> None:
+    """Make `user` an account admin of the team "Default" (where account_create puts accounts) WITHOUT the role's
+    permission group: the attacker of these tests is inside the account's team, with only the narrow model
+    permissions the test gives them (e.g. change_cloudaccount but no view of credentials)."""
+    from providers_app.models import Membership, Role
+    from providers_app.services.teams import team_default
+
+    Membership.objects.create(team=team_default(), user=user, role=Role.ACCOUNT_ADMIN)

@@ -18,6 +18,7 @@ from providers_app.connectors import get_resource_source
 from providers_app.models import CloudAccount
 from providers_app.services.accounts import account_connection_check, account_create
 from tests.factories import UserFactory
+from tests.security.listeners import member_of_default_team
 
 from .listeners import RecordingListener, self_signed_certificate
 
@@ -98,6 +99,7 @@ def accounts():
 def changer():
     """A user who may change cloud accounts and nothing else: no view of credentials, no trigger permission."""
     user = UserFactory(username="changer")
+    member_of_default_team(user)
     user.user_permissions.add(Permission.objects.get(codename="change_cloudaccount"))
     client = APIClient()
     client.force_authenticate(user)
@@ -240,6 +242,7 @@ def test_changing_an_endpoint_needs_the_credential_again(accounts, changer, atta
 def test_admin_form_refuses_the_endpoint_and_needs_the_credential_again(client, accounts, attacker, settings):
     # given: a staff user who may change accounts only
     staff = UserFactory(username="staff-changer", is_staff=True)
+    member_of_default_team(staff)
     staff.user_permissions.add(*Permission.objects.filter(codename__in=["change_cloudaccount", "view_cloudaccount"]))
     client.force_login(staff)
     account = accounts["azure"]
@@ -247,6 +250,7 @@ def test_admin_form_refuses_the_endpoint_and_needs_the_credential_again(client, 
     credential_id = account.credential.pk
     form = {
         "name": account.name,
+        "team": str(account.team_id),
         "provider": "azure",
         "external_id": account.external_id,
         "is_active": "on",

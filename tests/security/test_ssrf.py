@@ -18,7 +18,9 @@ from finops import crypto
 from finops.errors import PermanentError, TransientError
 from providers_app.models import CloudAccount
 from providers_app.services.accounts import account_connection_check, account_create
+from providers_app.services.teams import team_default
 from tests.factories import UserFactory
+from tests.security.listeners import member_of_default_team
 
 from .listeners import RecordingListener
 
@@ -44,6 +46,7 @@ def internal():
 @pytest.fixture
 def account_admin():
     user = UserFactory(username="account-admin")
+    member_of_default_team(user)
     user.user_permissions.add(*Permission.objects.filter(codename__in=["add_cloudaccount", "change_cloudaccount"]))
     client = APIClient()
     client.force_authenticate(user)
@@ -53,6 +56,7 @@ def account_admin():
 @pytest.fixture
 def channel_admin(client):
     staff = UserFactory(username="channel-admin", is_staff=True)
+    member_of_default_team(staff)
     staff.user_permissions.add(*Permission.objects.filter(codename__in=["add_notificationchannel"]))
     client.force_login(staff)
     return client
@@ -123,7 +127,7 @@ def test_channel_targets_pointing_inside_are_refused_at_save(no_operator_hosts, 
         # when
         response = channel_admin.post(
             reverse("admin:costs_app_notificationchannel_add"),
-            {"name": f"ssrf-{index}", "kind": kind, "target": target, "is_active": "on"},
+            {"name": f"ssrf-{index}", "kind": kind, "target": target, "is_active": "on", "team": team_default().pk},
         )
         # then
         page = response.content.decode()
@@ -138,7 +142,7 @@ def test_a_public_looking_channel_is_saved(no_operator_hosts, channel_admin):
     # when
     response = channel_admin.post(
         reverse("admin:costs_app_notificationchannel_add"),
-        {"name": "ok", "kind": "slack", "target": "https://hooks.slack.com/services/T0/B0/x", "is_active": "on"},
+        {"name": "ok", "kind": "slack", "target": "https://hooks.slack.com/services/T0/B0/x", "is_active": "on", "team": team_default().pk},
     )
     # then
     assert response.status_code == 302
@@ -163,7 +167,7 @@ def test_a_name_that_resolves_inside_is_refused_at_call_time(no_operator_hosts, 
     target = f"https://{name}:{internal.port}/hook"
     response = channel_admin.post(
         reverse("admin:costs_app_notificationchannel_add"),
-        {"name": "intranet", "kind": "webhook", "target": target, "is_active": "on"},
+        {"name": "intranet", "kind": "webhook", "target": target, "is_active": "on", "team": team_default().pk},
     )
     assert response.status_code == 302
     channel = NotificationChannel.objects.get(name="intranet")
