@@ -39,6 +39,9 @@ precision_K = true alerts on K series / alerts on K series; recall_K = events wi
 days_to_detect = first flagged day in the event's window − its first day; false alerts per 1,000 quiet
 days = false alerts on non-drift series / their judged days outside event windows. `seconds` = the whole
 replay of N series (one core call per simulated day); the last line is the figures as key=value pairs.
+
+**Baseline, same run**: the detector as it was before issue 12 (bench/previous_anomaly_detector.py, verbatim,
+with its 3.5 threshold) replayed on the same data and scored the same way.
 """
 
 import argparse
@@ -57,7 +60,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from costs_app.services import anomaly_detector as detector  # noqa: E402
+import previous_anomaly_detector  # noqa: E402
+
+from costs_app.services import anomaly_detector  # noqa: E402
 
 KINDS = ("spike", "level_shift", "drift", "quiet")
 SHARES = (0.25, 0.25, 0.10, 0.40)
@@ -200,22 +205,22 @@ def _core_kwargs(cfg: dict) -> dict:
     return {k: cfg[k] for k in ("baseline_days", "score_threshold", "min_impact", "min_impact_percent")}
 
 
-def _history(cfg: dict) -> int:
+def _history(cfg: dict, core=anomaly_detector) -> int:
     """Days of data before a judged day that the core reads (as the task loads them)."""
-    return getattr(detector, "history_days", lambda baseline: baseline)(cfg["baseline_days"])
+    return getattr(core, "history_days", lambda baseline: baseline)(cfg["baseline_days"])
 
 
-def _evaluate(costs: np.ndarray, first_column: int, first_date: date, cfg: dict):
+def _evaluate(costs: np.ndarray, first_column: int, first_date: date, cfg: dict, core=anomaly_detector):
     kwargs = _core_kwargs(cfg)
-    if "month_starts" in inspect.signature(detector.series_evaluate).parameters:
+    if "month_starts" in inspect.signature(core.series_evaluate).parameters:
         kwargs["month_starts"] = _month_starts(first_date, costs.shape[1])
-    return detector.series_evaluate(costs, first_column=first_column, **kwargs)
+    return core.series_evaluate(costs, first_column=first_column, **kwargs)
 
 
-def replay(data: Labelled, cfg: dict) -> tuple[np.ndarray, np.ndarray, float, float]:
+def replay(data: Labelled, cfg: dict, core=anomaly_detector) -> tuple[np.ndarray, np.ndarray, float, float]:
     """One core call per simulated day on the data up to it; returns (flags, judged, wall s, CPU s)."""
     n, days = data.costs.shape
-    baseline, history = cfg["baseline_days"], _history(cfg)
+    baseline, history = cfg["baseline_days"], _history(cfg, core)
     account = np.arange(n) // SERIES_PER_ACCOUNT
     account_first = np.full(account.max() + 1, days)
     np.minimum.at(account_first, account, data.start)
@@ -224,7 +229,7 @@ def replay(data: Labelled, cfg: dict) -> tuple[np.ndarray, np.ndarray, float, fl
     started, cpu_started = time.perf_counter(), time.process_time()
     for d in range(baseline, days):
         lo = max(0, d - history)
-        result = _evaluate(data.costs[:, lo : d + 1], d - lo, FIRST_DAY + timedelta(days=lo), cfg)
+        result = _evaluate(data.costs[:, lo : d + 1], d - lo, FIRST_DAY + timedelta(days=lo), cfg, core)
         flags[:, d] = result.flags[:, -1]
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     judged = np.arange(days)[None, :] >= judged_from[:, None]
@@ -247,7 +252,7 @@ def check_lookback(data: Labelled, flags: np.ndarray, judged: np.ndarray, cfg: d
 
 
 def score(data: Labelled, flags: np.ndarray, judged: np.ndarray, gap: int) -> dict:
-    runs = detector.flagged_runs(flags, gap=gap)
+    runs = anomaly_detector.flagged_runs(flags, gap=gap)
     windows: dict[int, list[tuple[int, int, int]]] = {}
     event_mask = np.zeros_like(flags)
     for series, kind, lo, hi in data.events:
@@ -412,6 +417,9 @@ def main() -> None:
     cfg = project_settings()
     data = generate(args.series, args.days, args.seed, cfg["baseline_days"])
 
+    # Baseline, same data, same replay: the detector as it was, with the settings it had (a 3.5 threshold).
+    before_flags, judged, before_seconds, _ = replay(data, {**cfg, "score_threshold": 3.5}, previous_anomaly_detector)
+    before = score(data, before_flags, judged, cfg["gap"])
     flags, judged, seconds, cpu = replay(data, cfg)
     figures = score(data, flags, judged, cfg["gap"])
     checked = check_lookback(data, flags, judged, cfg, min(args.lookback_sample, args.series))
@@ -454,6 +462,12 @@ def main() -> None:
             f"{task['seconds']:.1f} s; its service anomalies = the replay's flagged days ({task['days']})"
         )
     print(f"replay: {seconds:.2f} s wall, {cpu:.2f} s CPU for {args.series} series x {args.days} days")
+    print(
+        f"baseline, the previous detector (threshold 3.5) on the same replay: precision_spike="
+        f"{before['spike']['precision']:.3f} recall_spike={before['spike']['recall']:.3f} precision_shift="
+        f"{before['level_shift']['precision']:.3f} recall_shift={before['level_shift']['recall']:.3f} "
+        f"false_alerts_per_1000_quiet_days={before['quiet']['per_1000']:.2f} seconds={before_seconds:.2f}"
+    )
     print(
         f"precision_spike={figures['spike']['precision']:.3f} recall_spike={figures['spike']['recall']:.3f} "
         f"precision_shift={figures['level_shift']['precision']:.3f} "
