@@ -264,7 +264,7 @@ ANOMALY_SCORE_THRESHOLD = env.float("ANOMALY_SCORE_THRESHOLD", default=6.5)
 ANOMALY_LOOKBACK_DAYS = env.int("ANOMALY_LOOKBACK_DAYS", default=7)
 # Anomalous days of a series separated by at most this many normal days are one anomaly (0 = strictly consecutive).
 ANOMALY_MERGE_GAP_DAYS = env.int("ANOMALY_MERGE_GAP_DAYS", default=2)
-# Optimisation rules (costs_app/services/optimization.py; the README has the catalogue).
+# Optimisation rules (costs_app/services/optimization/; the README has the catalogue).
 OPTIMIZATION_STALE_RESOURCE_DAYS = env.int("OPTIMIZATION_STALE_RESOURCE_DAYS", default=7)
 OPTIMIZATION_LOOKBACK_DAYS = env.int("OPTIMIZATION_LOOKBACK_DAYS", default=30)
 OPTIMIZATION_MIN_MONTHLY_SAVING = env.float("OPTIMIZATION_MIN_MONTHLY_SAVING", default=1.0)
