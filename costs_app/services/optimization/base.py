@@ -365,6 +365,8 @@ def _price_ratio(new: prices.InstanceType, old: prices.InstanceType) -> str:
 
 class Rule:
     name: ClassVar[str]
+    # What people read (lists, admin, API): the name is the stable key.
+    title: ClassVar[str]
     description: ClassVar[str]
     # Why an open recommendation of this rule is closed when the rule stops finding it.
     closed_reason: ClassVar[str]

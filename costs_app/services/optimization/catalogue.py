@@ -2,7 +2,7 @@
 
 from .base import Rule
 from .commitments import CommitmentCoverage, UnusedCommitment
-from .compute import IdleInstances, PreviousGeneration, Rightsizing, StoppedInstances
+from .compute import IdleDatabases, IdleInstances, PreviousGeneration, Rightsizing, StoppedInstances
 from .hygiene import BilledAfterTermination, IdleResources, UntaggedSpend
 from .network import IdleLoadBalancers, UnassociatedIps
 from .storage import OldSnapshots, OrphanedSnapshots, UnattachedVolumes
@@ -11,6 +11,7 @@ from .storage import OldSnapshots, OrphanedSnapshots, UnattachedVolumes
 RULES: tuple[Rule, ...] = (
     BilledAfterTermination(),
     IdleInstances(),
+    IdleDatabases(),
     StoppedInstances(),
     Rightsizing(),
     PreviousGeneration(),
@@ -32,6 +33,7 @@ def rules_catalogue() -> list[dict]:
     return [
         {
             "name": rule.name,
+            "title": rule.title,
             "description": rule.description,
             "saving_estimate": rule.saving,
             "thresholds": rule.thresholds(),

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 class CommitmentCoverage(Rule):
     name = "commitment_coverage"
+    title = "On-demand spend a commitment would cover"
     description = (
         "Steady on-demand compute spend with no commitment discount: the lowest daily on-demand spend of the "
         "window runs every day, so committing to it (savings plan / reservation / CUD) saves the assumed "
@@ -87,6 +88,7 @@ class CommitmentCoverage(Rule):
 
 class UnusedCommitment(Rule):
     name = "unused_commitment"
+    title = "Unused commitments"
     description = (
         "Commitment discounts (reservations, savings plans) whose FOCUS CommitmentDiscountStatus is 'Unused': "
         "paid-for commitment nothing ran on."

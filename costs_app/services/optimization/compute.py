@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 class IdleInstances(InventoryRule):
     name = "idle_instances"
+    title = "Idle instances"
     description = (
         "Running instances whose hourly CPU p95 stayed below OPTIMIZATION_IDLE_CPU_P95 % over the last "
         "OPTIMIZATION_CPU_DAYS days (judged only with OPTIMIZATION_CPU_MIN_COVERAGE of the hours sampled): "
@@ -64,6 +65,7 @@ class IdleInstances(InventoryRule):
 
 class StoppedInstances(Rule):
     name = "stopped_instances"
+    title = "Stopped instances still billed"
     description = (
         "Instances stopped for more than OPTIMIZATION_STOPPED_DAYS days whose disks (or, on Azure, the stopped "
         "but not deallocated VM) are still billed: snapshot and delete them."
@@ -176,6 +178,7 @@ def _downsize_target(
 
 class Rightsizing(InventoryRule):
     name = "rightsizing"
+    title = "Oversized instances"
     description = (
         "Running instances whose CPU fits a smaller size of the same family: on the smaller size the p95 of "
         "hourly CPU must stay under (1 - OPTIMIZATION_RIGHTSIZING_HEADROOM) × 100 % and the peak under 100 % "
@@ -215,6 +218,7 @@ class Rightsizing(InventoryRule):
 
 class PreviousGeneration(InventoryRule):
     name = "previous_generation"
+    title = "Previous-generation instance types"
     description = (
         "Running instances of a previous-generation type (AWS m3/m4/c3/c4/r3/r4/t2/i2, Azure Dv2/Dv3/Dv4/Ev3, GCP "
         "N1) with a cheaper current-generation equivalent of at least the same size (mapping in cloud_prices.py)."
@@ -239,4 +243,44 @@ class PreviousGeneration(InventoryRule):
             details={},
             action=f"Change the instance type to {newer.name}: cheaper and faster "
             "(check AMI and driver support first).",
+        )
+
+
+# RDS "available", Azure SQL "online", Cloud SQL "runnable"; connectors lower-case the provider's state.
+DATABASE_UP_STATES = frozenset({"available", "online", "ready", "runnable", "running"})
+
+
+class IdleDatabases(InventoryRule):
+    name = "idle_databases"
+    title = "Idle databases"
+    description = (
+        "Managed databases (RDS, Azure SQL, Cloud SQL) that are up but whose hourly CPU p95 stayed below "
+        "OPTIMIZATION_IDLE_CPU_P95 % over the last OPTIMIZATION_CPU_DAYS days (judged only with "
+        "OPTIMIZATION_CPU_MIN_COVERAGE of the hours sampled): nobody is querying them."
+    )
+    closed_reason = "its CPU is no longer idle, it is no longer up, or its CPU data is too sparse to judge"
+    saving = "its whole monthly cost (its cost lines; there is no list price for database classes here)"
+    setting_names = ("OPTIMIZATION_IDLE_CPU_P95", "OPTIMIZATION_CPU_DAYS", "OPTIMIZATION_CPU_MIN_COVERAGE")
+    kind = "database"
+
+    def finding(self, ctx: Context, r: ResourceRow) -> Finding | None:
+        if r.state not in DATABASE_UP_STATES:
+            return None
+        stats = ctx.cpu(r)
+        if stats is None or not stats.sufficient or stats.p95 >= settings.OPTIMIZATION_IDLE_CPU_P95:
+            return None
+        engine = r.attributes.get("engine") or "database"
+        instance_class = r.attributes.get("instance_class") or ""
+        return self.resource_finding(
+            ctx,
+            r,
+            title=f"Database {r.label} ({engine}{', ' + instance_class if instance_class else ''}) looks unused: "
+            f"CPU p95 {stats.p95:.1f}% over {settings.OPTIMIZATION_CPU_DAYS} days",
+            details={
+                "engine": engine,
+                "instance_class": instance_class,
+                **stats.as_dict(),
+                "action": "Take a final snapshot and delete it, or stop it if it is only needed now and then.",
+            },
+            list_monthly=None,
         )

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 class BilledAfterTermination(Rule):
     name = "billed_after_termination"
+    title = "Billed after termination"
     description = (
         "Resources still billed although the inventory marks them terminated, or has not seen them for "
         "OPTIMIZATION_STALE_RESOURCE_DAYS days: forgotten leftovers, or billing for something nobody can find."
@@ -84,6 +85,7 @@ class BilledAfterTermination(Rule):
 
 class IdleResources(Rule):
     name = "idle_resources"
+    title = "Billed resources with no usage"
     description = (
         "Resources with usage charges but zero consumed quantity over the whole window: paying for capacity "
         "nobody uses. Works from the cost data alone (FOCUS files without an inventory); a resource an inventory "
@@ -130,6 +132,7 @@ class IdleResources(Rule):
 
 class UntaggedSpend(Rule):
     name = "untagged_spend"
+    title = "Spend without an owner tag"
     description = (
         "Accounts where more than OPTIMIZATION_UNTAGGED_MAX_SHARE of the spend is on resources lacking one of "
         "OPTIMIZATION_REQUIRED_TAG_KEYS (keys compared case-insensitively; only usage of a resource counts as "

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 class UnassociatedIps(InventoryRule):
     name = "unassociated_ips"
+    title = "Unassociated public IP addresses"
     description = (
         "Reserved public IP addresses associated with nothing for at least OPTIMIZATION_UNASSOCIATED_IP_DAYS days "
         "(since created): release them."
@@ -46,6 +47,7 @@ class UnassociatedIps(InventoryRule):
 
 class IdleLoadBalancers(InventoryRule):
     name = "idle_load_balancers"
+    title = "Idle load balancers"
     description = (
         "Load balancers with no targets, or with no day above OPTIMIZATION_IDLE_LB_MAX_DAILY_REQUESTS requests "
         "over the last OPTIMIZATION_IDLE_LB_DAYS days (and at least that old): delete them."

@@ -13,12 +13,14 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import connection, transaction
 
-from costs_app.models import RecommendationStatus
+from costs_app.models import RecommendationStatus, SavingBasis
 
 from .base import (
     Context,
     Finding,
+    Rule,
     Windows,
+    _cents,
     _query,
 )
 from .catalogue import RULES, RULES_BY_NAME
@@ -95,6 +97,12 @@ def recommendations_refresh(*, account_id: int | None = None, now: datetime) -> 
         kept = []
         for finding in rule.findings(ctx):
             key = (rule.name, finding.account_id, finding.provider_resource_id)
+            # Nothing to gain is nothing to say: a saving (or, for governance rules, the spend concerned) that
+            # rounds to 0.00 is never raised, whatever OPTIMIZATION_MIN_MONTHLY_SAVING says.
+            amount = finding.estimated_monthly_saving if rule.reports_saving else (finding.monthly_cost or 0)
+            if _cents(Decimal(amount)) <= 0:
+                why_not[key] = f"it concerns {_cents(Decimal(amount))} {finding.currency}/month: nothing to gain"
+                continue
             if rule.reports_saving and finding.estimated_monthly_saving < minimum:
                 why_not[key] = (
                     f"its estimated saving ({finding.estimated_monthly_saving} {finding.currency}/month) is below "
@@ -108,6 +116,7 @@ def recommendations_refresh(*, account_id: int | None = None, now: datetime) -> 
                     result.superseded += 1
                     continue
                 claimed[group_key] = rule.name
+            finding.details = {"summary": _summary(rule, finding), **finding.details}
             kept.append(finding)
         per_rule[rule.name] = kept
         result.found[rule.name] = len(kept)
@@ -123,6 +132,25 @@ def recommendations_refresh(*, account_id: int | None = None, now: datetime) -> 
         result.closed,
     )
     return result
+
+
+_BASIS = {
+    SavingBasis.COST_DATA: "from its cost lines",
+    SavingBasis.LIST_PRICE: "from list prices: no cost line names it",
+}
+
+
+def _summary(rule: Rule, finding: Finding) -> str:
+    """One paragraph a person can act on: what was found, what it is worth, what to do (details hold the evidence)."""
+    if rule.reports_saving:
+        worth = (
+            f"Estimated saving {_cents(finding.estimated_monthly_saving)} {finding.currency} a month "
+            f"({_BASIS.get(finding.saving_basis, 'estimated')})."
+        )
+    else:
+        worth = f"It concerns {_cents(Decimal(finding.monthly_cost or 0))} {finding.currency} of spend a month."
+    action = finding.details.get("action")
+    return " ".join(part for part in (f"{rule.title}: {finding.title}.", worth, action) if part)
 
 
 _UPSERT_SQL = f"""

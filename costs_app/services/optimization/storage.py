@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 class UnattachedVolumes(InventoryRule):
     name = "unattached_volumes"
+    title = "Unattached volumes"
     description = (
         "Block storage volumes attached to no instance, older than OPTIMIZATION_UNATTACHED_VOLUME_DAYS days: "
         "snapshot if needed, then delete."
@@ -61,6 +62,7 @@ def _snapshot_list_monthly(r: ResourceRow) -> Decimal | None:
 
 class OrphanedSnapshots(Rule):
     name = "orphaned_snapshots"
+    title = "Orphaned snapshots"
     description = (
         "Snapshots of volumes that no longer exist (terminated, or absent from an inventory that lists volumes), "
         "older than OPTIMIZATION_ORPHANED_SNAPSHOT_DAYS days: nothing restores from them by habit."
@@ -114,6 +116,7 @@ class OrphanedSnapshots(Rule):
 
 class OldSnapshots(InventoryRule):
     name = "old_snapshots"
+    title = "Old snapshots"
     description = "Snapshots older than OPTIMIZATION_SNAPSHOT_MAX_AGE_DAYS days: review and delete, or archive."
     closed_reason = "the snapshot was deleted"
     saving = "its monthly cost (cost lines, else size × list price per GB-month: an upper bound)"
