@@ -9,8 +9,8 @@ One run (`anomalies_detect`, called by the task `detect_cost_anomalies`):
    (CostDailyRollup, CostTagRollup), never the raw lines, from `anomaly_detector.history_days` before the first
    judged day (the baseline, and the previous two 1sts of the month for recurring month-start charges).
    EffectiveCost, not BilledCost, so an upfront commitment purchase is not a spending spike. All series of all
-   monitors form ONE series × days array
-   that `anomaly_detector.series_evaluate` judges in one vectorised pass, each row with its monitor's floors.
+   monitors form ONE series × days array that `anomaly_detector.series_evaluate` judges in one vectorised pass,
+   each row with its monitor's floors.
 3. Anomalies. The flagged days of a series become anomalies by day ownership: a day already in a closed
    anomaly (resolved, false positive) stays there and is never reported again; an open or acknowledged
    anomaly keeps its days before the window and those in the window that are still flagged, and grows
