@@ -215,8 +215,8 @@ def _month_start_charges(
     costs: np.ndarray, first_column: int, month_starts: np.ndarray, expected: np.ndarray, sigma: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per judged column that is a 1st: the charge it should carry, as seen on the previous two 1sts (0 if none),
-    and whether the series was live around one of them (False: the series' first month start, whose charge
-    cannot be known yet; it is not judged).
+    and whether the series was live at one of them (False: the series' first month start, whose charge cannot
+    be known yet; it is not judged).
 
     A 1st's charge is its excess over the median of the same weekday one and two weeks either side, as a share
     of that median (a support plan bills a share of the spend: it follows the level). It counts when it stands
@@ -236,7 +236,8 @@ def _month_start_charges(
             around = [d for d in (p - 14, p - 7, p + 7, p + 14) if 0 <= d < t]
             if len(around) < 2:
                 continue
-            live |= (costs[:, around] != 0).all(axis=1)
+            # Live at that 1st: spend on it or in the weeks before it (a series that started after it says nothing).
+            live |= (costs[:, [d for d in (p - 14, p - 7, p) if d >= 0]] != 0).any(axis=1)
             reference = _median(costs[:, around])
             with np.errstate(divide="ignore", invalid="ignore"):
                 seen = np.where(reference > 0, (costs[:, p] - reference) / reference, 0.0)

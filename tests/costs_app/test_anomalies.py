@@ -652,3 +652,26 @@ def test_detector_waits_for_a_new_series_to_have_a_baseline():
     # then: the new series is not judged against a baseline of zeros (its account's series sees its spend)
     assert result.flags[0, -7]
     assert not result.flags[1].any()
+
+
+def test_detector_judges_a_1st_of_a_series_that_was_live_at_the_previous_1st():
+    # given: a series that started 41 days before 1 December (so on 22 October: live on 1 November, not long
+    # before it) and jumps to 5x on 1 December; and one that started on 5 November, after the previous 1st
+    days = [date(2024, 8, 25) + timedelta(days=i) for i in range(99)]  # 25 August .. 1 December
+    rng = np.random.default_rng(9)
+    since_october = np.array([100 * (1 + rng.uniform(-0.03, 0.03)) if d >= date(2024, 10, 22) else 0 for d in days])
+    since_november = np.where(np.array(days) >= date(2024, 11, 5), since_october, 0.0)
+    since_october[-1] = since_november[-1] = 500.0
+    first = detector.history_days(28)
+    # when
+    result = detector.series_evaluate(
+        np.vstack([since_october, since_november])[:, -(first + 1) :],
+        first_column=first,
+        baseline_days=28,
+        score_threshold=6.5,
+        min_impact=10.0,
+        min_impact_percent=20.0,
+        month_starts=np.array([d.day == 1 for d in days])[-(first + 1) :],
+    )
+    # then: the first is judged (no charge was seen on 1 November), the second's first 1st is not
+    assert list(result.flags[:, -1]) == [True, False]
