@@ -231,17 +231,16 @@ def naive_spend(budget, *, today: date):
         if as_of is not None and as_of >= today - timedelta(days=lookback - 1):
             spend.as_of = as_of
             spend.window_start = max(as_of - timedelta(days=lookback - 1), days["first"])
-            spend.recent_start = max(spend.window_start, as_of - timedelta(days=6))
             series = (
                 model.objects.filter(scope, day__gte=spend.window_start, day__lte=as_of)
                 .values("day")
                 .annotate(total=Sum("billed_cost"))
             )
+            spend.daily = [Decimal(0)] * ((as_of - spend.window_start).days + 1)
             for row in series:
-                spend.weekday_sums[row["day"].weekday()] += row["total"]
-                if row["day"] >= spend.recent_start:
-                    spend.recent_sum += row["total"]
-        spend.forecast = spend_forecast(spend, min_days=settings.BUDGET_FORECAST_MIN_DAYS)
+                spend.daily[(row["day"] - spend.window_start).days] += row["total"]
+        forecast = spend_forecast(spend, min_days=settings.BUDGET_FORECAST_MIN_DAYS)
+        spend.forecast = forecast.point if forecast is not None else None
         results.append(spend)
     return results
 

@@ -434,6 +434,12 @@ class BudgetAlert(models.Model):
     currency = models.CharField(max_length=3, blank=True)
     spend = models.DecimalField(help_text="Actual spend of the period when the alert was created.", **MONEY)
     forecast = models.DecimalField(null=True, blank=True, help_text="Forecast for the whole period, then.", **MONEY)
+    forecast_low = models.DecimalField(
+        null=True, blank=True, help_text="Lower end of the forecast's 80 % prediction interval.", **MONEY
+    )
+    forecast_high = models.DecimalField(
+        null=True, blank=True, help_text="Upper end of the forecast's 80 % prediction interval.", **MONEY
+    )
     percentage = models.DecimalField(max_digits=20, decimal_places=2, help_text="Actual spend, % of the amount.")
     forecast_percentage = models.DecimalField(max_digits=20, decimal_places=2, null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

@@ -261,13 +261,13 @@ if ANOMALY_BASELINE_DAYS < 14 or ANOMALY_BASELINE_DAYS % 7:
 # Floors given to new monitors (each monitor keeps its own): impact in billing currency and in % of expected.
 ANOMALY_MIN_IMPACT = env.float("ANOMALY_MIN_IMPACT", default=10.0)
 ANOMALY_MIN_IMPACT_PERCENT = env.float("ANOMALY_MIN_IMPACT_PERCENT", default=20.0)
-# Width of the band in robust standard deviations of the prediction error.
-ANOMALY_SCORE_THRESHOLD = env.float("ANOMALY_SCORE_THRESHOLD", default=3.5)
+# Width of the band in standard deviations of the out-of-sample prediction error (bench/anomalies.py: 6.5).
+ANOMALY_SCORE_THRESHOLD = env.float("ANOMALY_SCORE_THRESHOLD", default=6.5)
 # Days up to each account's latest data day that every run (re)judges.
 ANOMALY_LOOKBACK_DAYS = env.int("ANOMALY_LOOKBACK_DAYS", default=7)
 # Anomalous days of a series separated by at most this many normal days are one anomaly (0 = strictly consecutive).
 ANOMALY_MERGE_GAP_DAYS = env.int("ANOMALY_MERGE_GAP_DAYS", default=2)
-# Optimisation rules (costs_app/services/optimization.py; the README has the catalogue).
+# Optimisation rules (costs_app/services/optimization/; the README has the catalogue).
 OPTIMIZATION_STALE_RESOURCE_DAYS = env.int("OPTIMIZATION_STALE_RESOURCE_DAYS", default=7)
 OPTIMIZATION_LOOKBACK_DAYS = env.int("OPTIMIZATION_LOOKBACK_DAYS", default=30)
 OPTIMIZATION_MIN_MONTHLY_SAVING = env.float("OPTIMIZATION_MIN_MONTHLY_SAVING", default=1.0)

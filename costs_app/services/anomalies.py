@@ -6,9 +6,11 @@ One run (`anomalies_detect`, called by the task `detect_cost_anomalies`):
    (ANOMALY_BASELINE_DAYS) of history before them and within NEWS_DAYS of today.
 2. Series. Every active monitor contributes its series — per account, per account × service, or per
    account × value of a tag key (untagged spend is the value "") — daily EffectiveCost from the rollups
-   (CostDailyRollup, CostTagRollup), never the raw lines. EffectiveCost, not BilledCost, so an upfront
-   commitment purchase is not a spending spike. All series of all monitors form ONE series × days array
-   that `anomaly_detector.series_evaluate` judges in one vectorised pass, each row with its monitor's floors.
+   (CostDailyRollup, CostTagRollup), never the raw lines, from `anomaly_detector.history_days` before the first
+   judged day (the baseline, and the previous two 1sts of the month for recurring month-start charges).
+   EffectiveCost, not BilledCost, so an upfront commitment purchase is not a spending spike. All series of all
+   monitors form ONE series × days array that `anomaly_detector.series_evaluate` judges in one vectorised pass,
+   each row with its monitor's floors.
 3. Anomalies. The flagged days of a series become anomalies by day ownership: a day already in a closed
    anomaly (resolved, false positive) stays there and is never reported again; an open or acknowledged
    anomaly keeps its days before the window and those in the window that are still flagged, and grows
@@ -139,12 +141,11 @@ class _Plan:
 def anomalies_detect(*, account_id: int | None = None, now: datetime) -> AnomalyResult:
     """Judge the latest days of every active monitor's series (of every active account, or one) and store."""
     result = AnomalyResult()
-    baseline = settings.ANOMALY_BASELINE_DAYS
     monitors = _monitors(account_id=account_id, result=result)
     windows = _windows(account_id=account_id, today=now.date())
     result.accounts = len(windows)
     if monitors and windows:
-        load_start = min(w.start for w in windows.values()) - timedelta(days=baseline)
+        load_start = min(w.start for w in windows.values()) - timedelta(days=_history_days())
         load_end = max(w.end for w in windows.values())
         series, matrix = _series_matrix(monitors, windows, load_start, load_end)
         result.monitors = len(monitors)
@@ -293,19 +294,29 @@ def _series_matrix(monitors, windows, start: date, end: date) -> tuple[list[_Ser
     return series, (np.vstack(blocks) if blocks else np.zeros((0, n_days)))
 
 
+def _history_days() -> int:
+    """Days loaded before the first judged day: the baseline, and at least back to the previous 1st of the month."""
+    return detector.history_days(settings.ANOMALY_BASELINE_DAYS)
+
+
+def _month_starts(start: date, n_days: int) -> np.ndarray:
+    return np.array([(start + timedelta(days=i)).day == 1 for i in range(n_days)])
+
+
 def _evaluate(series: list[_Series], matrix: np.ndarray, windows: dict[int, _Window], start: date):
-    baseline = settings.ANOMALY_BASELINE_DAYS
+    history = _history_days()
     evaluation = detector.series_evaluate(
         matrix,
-        first_column=baseline,
-        baseline_days=baseline,
+        first_column=history,
+        baseline_days=settings.ANOMALY_BASELINE_DAYS,
         score_threshold=settings.ANOMALY_SCORE_THRESHOLD,
         min_impact=np.array([float(s.monitor.min_impact) for s in series]),
         min_impact_percent=np.array([float(s.monitor.min_impact_percent) for s in series]),
+        month_starts=_month_starts(start, matrix.shape[1]),
     )
-    # Each row is judged only inside its account's window (columns are days from start + baseline).
-    lo = np.array([(windows[s.account_id].start - start).days - baseline for s in series])
-    hi = np.array([(windows[s.account_id].end - start).days - baseline for s in series])
+    # Each row is judged only inside its account's window (columns are days from start + history).
+    lo = np.array([(windows[s.account_id].start - start).days - history for s in series])
+    hi = np.array([(windows[s.account_id].end - start).days - history for s in series])
     cols = np.arange(evaluation.flags.shape[1])
     in_window = (cols[None, :] >= lo[:, None]) & (cols[None, :] <= hi[:, None])
     return evaluation, in_window
@@ -372,7 +383,7 @@ def anomaly_days_assign(
 
 
 def _plans(series, evaluation, flags, windows, start: date, records_by_series) -> list[_Plan]:
-    baseline = settings.ANOMALY_BASELINE_DAYS
+    history = _history_days()
     gap = settings.ANOMALY_MERGE_GAP_DAYS
     flagged_rows: dict[int, list[int]] = defaultdict(list)
     for row, col in zip(*np.nonzero(flags), strict=True):
@@ -388,7 +399,7 @@ def _plans(series, evaluation, flags, windows, start: date, records_by_series) -
             continue
         # A series with no rows any more (e.g. a service no longer used) has no flagged day in its window.
         cols = flagged_rows.get(row, []) if row is not None else []
-        day_of = {c: start + timedelta(days=baseline + c) for c in cols}
+        day_of = {c: start + timedelta(days=history + c) for c in cols}
         existing, new_groups = anomaly_days_assign(
             flagged=list(day_of.values()),
             window_start=window.start,
@@ -501,10 +512,10 @@ def _root_causes_attach(plans: list[_Plan], series: list[_Series], matrix: np.nd
     """Fill plan.root_causes: the sub-dimensions whose own increase explains the anomaly, largest first."""
     if not plans:
         return
-    baseline = settings.ANOMALY_BASELINE_DAYS
+    history = _history_days()
     n_days = matrix.shape[1]
     end = start + timedelta(days=n_days - 1)
-    judged_from = start + timedelta(days=baseline)
+    judged_from = start + timedelta(days=history)
     accounts = sorted({p.series.account_id for p in plans})
     daily = _fetch(
         """
@@ -547,14 +558,15 @@ def _root_causes_attach(plans: list[_Plan], series: list[_Series], matrix: np.nd
     if blocks:
         evaluation = detector.series_evaluate(
             np.vstack(blocks),
-            first_column=baseline,
-            baseline_days=baseline,
+            first_column=history,
+            baseline_days=settings.ANOMALY_BASELINE_DAYS,
             score_threshold=settings.ANOMALY_SCORE_THRESHOLD,
             min_impact=0.0,
             min_impact_percent=0.0,
+            month_starts=_month_starts(start, n_days),
         )
         for r, (i, meta) in enumerate(rows):
-            cols = day_cols[i] - baseline
+            cols = day_cols[i] - history
             expected = float(evaluation.expected[r, cols].sum())
             actual = float(evaluation.actual[r, cols].sum())
             contributions[i].append({**meta, "expected": expected, "actual": actual})

@@ -31,17 +31,32 @@ The forecast (the period-end projection, AWS Budgets' FORECASTED spend):
 - The data day (`as_of`) is the latest day with cost data among the budget's accounts (all accounts for
   a budget without an account filter); normally yesterday or today. Days after it are not known yet, so
   they are projected, even those already past (cost data lags by a day or two).
-- level = mean daily spend of the last 7 days up to `as_of` (fewer when there is less data).
-- weekday factor = the mean spend on that weekday ÷ the mean of the seven weekday means, over the last
-  BUDGET_FORECAST_LOOKBACK_DAYS days (28: four of each weekday). Used only when the data covers at least
-  14 days (two of each weekday); otherwise every factor is 1, a flat run rate. Weekends of a workload
-  that sleeps on Saturday and Sunday are then projected low, not at the weekday rate.
+- weekday factor = the median spend on that weekday ÷ the mean of the seven weekday medians, over the last
+  BUDGET_FORECAST_LOOKBACK_DAYS days (28: four of each weekday; medians, so a month-start charge or a refund
+  does not bend its weekday). Used only when the data covers at least 14 days (two of each weekday);
+  otherwise every factor is 1, a flat run rate. Weekends of a workload that sleeps on Saturday and Sunday
+  are then projected low, not at the weekday rate.
+- level = the mean of the last 7 days up to `as_of`, each divided by its weekday factor, without the highest
+  and the lowest (fewer days, none left out, when there is less data; days of factor 0 say nothing).
 - The window may reach back before the period start: on the 2nd of the month the run rate comes from
   last month's days, not from one day of this month.
 - Too little data: with fewer than BUDGET_FORECAST_MIN_DAYS days of data (a new account), or no data in
   the lookback window, there is no forecast and FORECASTED thresholds are not evaluated.
 - A day of data is a calendar day from the first day the budget's accounts have data in the window to
   `as_of`; a day without rollup rows in between counts as zero spend.
+
+The 80 % prediction interval (`forecast_low`, `forecast_high`; AWS Budgets shows one too) treats the window's
+daily spend divided by the weekday factors as a local level: each day is the level plus noise (variance s²),
+and the level wanders (variance q a day). The variance of differences y[i + L] − y[i] is 2 s² + L q: a
+least-squares line through lags 1 … 14 gives both (each variance without the largest tenth of the squared
+differences, so a month-start charge or a refund does not count). The variance of the spend still to come
+adds, weighted by the weekday factors of the days left: their noise; the level's error (LEVEL_NOISE_SHARE × s²,
+the variance of a trimmed mean of 7 days, and its lag behind the wander); the wander up to each day left; and
+a trend the run rate does not follow (the slope between the window's halves, carried from the level's centre
+to each day left, counted as one more error of its size). Interval = forecast ± 1.2816 × its standard
+deviation (a normal 80 % interval), never below the spend to date. bench/forecast.py measures MAPE and coverage
+(README there). FORECASTED thresholds compare the point forecast — the centre of the interval — with the
+threshold, as AWS Budgets compares its forecast; the alert records the interval with it.
 """
 
 import itertools
@@ -83,6 +98,16 @@ DIMENSIONS = ("account_id", "sub_account_id", "service_name", "region_id")
 ALL_UNFILTERED = (1 << len(DIMENSIONS)) - 1
 # Weekday factors need every weekday seen at least twice.
 WEEKDAY_PATTERN_MIN_DAYS = 14
+# A normal 80 % two-sided interval: ± this many standard deviations.
+INTERVAL_Z = 1.2815515655446004
+# Share of the largest squared day-to-day differences left out of the variance (one-off charges, refunds), and
+# the variance of a normal variable that this trimming keeps (E[z² | |z| < 1.645] × 0.9 ÷ 0.9).
+VARIANCE_TRIM = 0.1
+TRIMMED_NORMAL_VARIANCE = 0.6231
+# Variance of the level (a trimmed mean of the last 7 days) per unit of daily noise variance: 1/7 for a mean of 7.
+LEVEL_NOISE_SHARE = 1 / 7
+# Lags whose difference variances the noise and the wander are read from.
+MAX_LAG = 14
 RECENT_DAYS = 7
 ONE_DAY = timedelta(days=1)
 
@@ -170,11 +195,11 @@ class PeriodSpend:
     period_end: date  # exclusive
     actual: Decimal = Decimal(0)
     forecast: Decimal | None = None
+    forecast_low: Decimal | None = None  # the 80 % prediction interval of the forecast
+    forecast_high: Decimal | None = None
     as_of: date | None = None
     window_start: date | None = None
-    recent_start: date | None = None
-    weekday_sums: list[Decimal] = field(default_factory=lambda: [Decimal(0)] * 7)
-    recent_sum: Decimal = Decimal(0)
+    daily: list[Decimal] = field(default_factory=list)  # spend of each day window_start .. as_of
 
     @property
     def last_day(self) -> date:
@@ -190,29 +215,142 @@ class PeriodSpend:
         return self.percent_of_budget(self.actual) or Decimal(0)
 
 
-def spend_forecast(spend: PeriodSpend, *, min_days: int) -> Decimal | None:
-    """The period-end projection described in the module docstring; None with too little data."""
-    if spend.as_of is None or spend.window_start is None:
+@dataclass(frozen=True)
+class Forecast:
+    """The period-end projection and its 80 % prediction interval."""
+
+    point: Decimal
+    low: Decimal
+    high: Decimal
+
+
+def period_forecast(
+    *,
+    actual: Decimal,
+    daily: list[Decimal],
+    window_start: date,
+    period_start: date,
+    period_end: date,
+    min_days: int,
+) -> Forecast | None:
+    """The projection described in the module docstring from the daily spend window_start .. as_of; None with
+    too little data. period_end is exclusive."""
+    observed = len(daily)
+    if observed < min_days or not observed:
         return None
-    observed = (spend.as_of - spend.window_start).days + 1
-    if observed < min_days:
-        return None
-    first_left = max(spend.as_of + ONE_DAY, spend.period_start)
-    if first_left >= spend.period_end:
-        return spend.actual  # the period is over (for its data): nothing left to project
-    recent_days = (spend.as_of - spend.recent_start).days + 1
-    level = spend.recent_sum / recent_days
+    as_of = window_start + timedelta(days=observed - 1)
+    first_left = max(as_of + ONE_DAY, period_start)
+    last_day = period_end - ONE_DAY
+    if first_left > last_day:
+        return Forecast(actual, actual, actual)  # the period is over (for its data): nothing left to project
     factors = [Decimal(1)] * 7
     if observed >= WEEKDAY_PATTERN_MIN_DAYS:
-        counts = _days_per_weekday(spend.window_start, spend.as_of)
-        means = [total / count for total, count in zip(spend.weekday_sums, counts, strict=True)]
+        by_weekday = [[] for _ in range(7)]
+        for offset, value in enumerate(daily):
+            by_weekday[(window_start.weekday() + offset) % 7].append(value)
+        means = [_median(values) for values in by_weekday]
         mean_of_means = sum(means) / 7
         if mean_of_means > 0:
             factors = [mean / mean_of_means for mean in means]
-    left = _days_per_weekday(first_left, spend.last_day)
+    recent = daily[-RECENT_DAYS:]
+    level = _level(recent, factors, as_of)
+    left = _days_per_weekday(first_left, last_day)
     projected = sum((max(level * factor, Decimal(0)) * days for factor, days in zip(factors, left, strict=True)),
                     Decimal(0))  # fmt: skip
-    return spend.actual + projected
+    point = actual + projected
+    ahead = [
+        float(factors[(first_left + timedelta(days=h)).weekday()]) for h in range((last_day - first_left).days + 1)
+    ]
+    sd = _remaining_sd(daily, [float(f) for f in factors], window_start, ahead, len(recent))
+    half = Decimal(repr(INTERVAL_Z * sd))
+    return Forecast(point, max(actual, point - half), point + half)
+
+
+def _median(values: list[Decimal]) -> Decimal:
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+
+
+def _level(recent: list[Decimal], factors: list[Decimal], as_of: date) -> Decimal:
+    """Mean spend of a day of weekday factor 1 over the recent days: each day divided by its weekday's factor,
+    the highest and the lowest left out (a month-start charge or a refund is not a run rate) once there are
+    seven. Days of factor 0 (a weekday without spend) say nothing of the level."""
+    first = as_of - timedelta(days=len(recent) - 1)
+    values = sorted(
+        value / factors[(first + timedelta(days=i)).weekday()]
+        for i, value in enumerate(recent)
+        if factors[(first + timedelta(days=i)).weekday()] > 0
+    )
+    if len(values) >= RECENT_DAYS:
+        values = values[1:-1]
+    return sum(values, Decimal(0)) / len(values) if values else Decimal(0)
+
+
+def _trimmed_variance(differences: list[float]) -> float:
+    if not differences:
+        return 0.0
+    squares = sorted(d * d for d in differences)
+    keep = squares[: max(1, len(squares) - max(1, round(VARIANCE_TRIM * len(squares))))]
+    return sum(keep) / len(keep) / TRIMMED_NORMAL_VARIANCE
+
+
+def _remaining_sd(
+    daily: list[Decimal], factors: list[float], window_start: date, ahead: list[float], recent: int
+) -> float:
+    """Standard deviation of the spend of the days left (their weekday factors `ahead`), local-level model."""
+    start = window_start.weekday()
+    level = [
+        float(value) / factors[(start + i) % 7] if factors[(start + i) % 7] > 0 else None
+        for i, value in enumerate(daily)
+    ]
+
+    def lagged(lag: int) -> list[float]:
+        return [b - a for a, b in zip(level, level[lag:], strict=False) if a is not None and b is not None]
+
+    # Var(y[i + L] − y[i]) = 2 s² + L q: a least-squares line through the lags 1 .. 14 (those the window has).
+    lags = [lag for lag in range(1, MAX_LAG + 1) if len(lagged(lag)) >= 5]
+    if len(lags) >= 2:
+        variances = [_trimmed_variance(lagged(lag)) for lag in lags]
+        mean_lag, mean_var = sum(lags) / len(lags), sum(variances) / len(variances)
+        slope = sum((x - mean_lag) * (v - mean_var) for x, v in zip(lags, variances, strict=True)) / sum(
+            (x - mean_lag) ** 2 for x in lags
+        )
+        wander = max(0.0, slope)
+        noise = max(0.0, (mean_var - slope * mean_lag) / 2) if slope > 0 else mean_var / 2
+    else:
+        wander, noise = 0.0, _trimmed_variance(lagged(1)) / 2
+    total = sum(ahead)
+    variance = noise * sum(g * g for g in ahead)
+    # The level is a mean of `recent` days: their noise, and their lag behind a wandering level.
+    variance += (noise * LEVEL_NOISE_SHARE + wander * (recent - 1) * (2 * recent - 1) / (6 * recent)) * total * total
+    # A trend the point forecast does not follow: the slope between the window's two halves, carried from the
+    # level's centre (about recent / 2 days back) to each day left, counts as one more error of its size.
+    known = [y for y in level if y is not None]
+    half = len(known) // 2
+    if half >= RECENT_DAYS:
+        slope = (sum(known[-half:]) / half - sum(known[:half]) / half) / (len(known) - half)
+        drift = slope * sum((recent / 2 + h + 1) * g for h, g in enumerate(ahead))
+        variance += drift * drift
+    remaining = total
+    for g in ahead:  # the level wanders from as_of up to each day left
+        variance += wander * remaining * remaining
+        remaining -= g
+    return variance**0.5
+
+
+def spend_forecast(spend: PeriodSpend, *, min_days: int) -> Forecast | None:
+    """The forecast of one budget period from its loaded spend; None with too little data."""
+    if spend.as_of is None or spend.window_start is None:
+        return None
+    return period_forecast(
+        actual=spend.actual,
+        daily=spend.daily,
+        window_start=spend.window_start,
+        period_start=spend.period_start,
+        period_end=spend.period_end,
+        min_days=min_days,
+    )
 
 
 # The spend of every budget × period in one statement. `ev` holds the periods, `tu` the budgets' scopes
@@ -223,7 +361,7 @@ _SPEND_SQL = """
 WITH ev AS (
     SELECT * FROM jsonb_to_recordset(%(ev)s::jsonb)
         AS ev(eval_id int, budget_id bigint, currency text, lo date, actual_from date, actual_to date,
-              window_from date, recent_from date, as_of date)
+              window_from date, as_of date)
 ), tu AS (
     SELECT * FROM jsonb_to_recordset(%(tu)s::jsonb)
         AS tu(budget_id bigint, mask int, account_id bigint, sub_account_id text, service_name text, region_id text,
@@ -238,8 +376,7 @@ WITH ev AS (
 )
 SELECT e.eval_id,
        SUM(d.cost) FILTER (WHERE d.bucket BETWEEN e.actual_from AND e.actual_to),
-       SUM(d.cost) FILTER (WHERE d.bucket BETWEEN e.recent_from AND e.as_of),
-       {weekdays}
+       {days}
 FROM ev e
 JOIN tu t ON t.budget_id = e.budget_id
 LEFT JOIN data d
@@ -258,9 +395,8 @@ _DATA_SQL = """
     GROUP BY r.billing_currency, b.bucket, {tag_select} GROUPING SETS ({sets})
 """
 
-_WEEKDAY_SQL = (
-    "SUM(d.cost) FILTER (WHERE d.bucket BETWEEN e.window_from AND e.as_of AND extract(isodow FROM d.bucket) = {n})"
-)
+# The spend of the n-th day before as_of, inside the forecast window (one column per day of the lookback).
+_DAY_SQL = "SUM(d.cost) FILTER (WHERE d.bucket = e.as_of - {n} AND d.bucket >= e.window_from)"
 
 
 def _bit(index: int) -> int:
@@ -377,10 +513,11 @@ def budgets_spend(budgets: list[Budget], *, today: date) -> list[PeriodSpend]:
             continue  # no recent data: no forecast
         spend.as_of = as_of
         spend.window_start = max(as_of - timedelta(days=lookback - 1), min(first for first, _ in days))
-        spend.recent_start = max(spend.window_start, as_of - timedelta(days=RECENT_DAYS - 1))
-    _spend_sum(periods, accounts)
+    _spend_sum(periods, accounts, lookback=lookback)
     for spend in periods:
-        spend.forecast = spend_forecast(spend, min_days=settings.BUDGET_FORECAST_MIN_DAYS)
+        forecast = spend_forecast(spend, min_days=settings.BUDGET_FORECAST_MIN_DAYS)
+        if forecast is not None:
+            spend.forecast, spend.forecast_low, spend.forecast_high = forecast.point, forecast.low, forecast.high
     return periods
 
 
@@ -389,8 +526,9 @@ def _json(rows: list[dict]) -> str:
     return json.dumps(rows, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 
-def _spend_sum(periods: list[PeriodSpend], accounts: dict[int, list[int]]) -> None:
-    """Fill actual, recent and weekday sums of `periods` from the rollups, in one statement."""
+def _spend_sum(periods: list[PeriodSpend], accounts: dict[int, list[int]], *, lookback: int) -> None:
+    """Fill the actual spend and the daily spend of the forecast window of `periods` from the rollups, in one
+    statement."""
     ev = [
         {
             "eval_id": index,
@@ -400,7 +538,6 @@ def _spend_sum(periods: list[PeriodSpend], accounts: dict[int, list[int]]) -> No
             "actual_from": spend.period_start,
             "actual_to": spend.last_day,
             "window_from": spend.window_start,
-            "recent_from": spend.recent_start,
             "as_of": spend.as_of,
         }
         for index, spend in enumerate(periods)
@@ -436,7 +573,7 @@ def _spend_sum(periods: list[PeriodSpend], accounts: dict[int, list[int]]) -> No
         breaks.update((spend.period_start, spend.period_end))
     sql = _SPEND_SQL.format(
         data=_data_sql(plain_masks, tag_masks),
-        weekdays=",\n       ".join(_WEEKDAY_SQL.format(n=n) for n in range(1, 8)),
+        days=",\n       ".join(_DAY_SQL.format(n=n) for n in range(lookback)),
     )
     params = {
         "ev": _json(ev),
@@ -457,11 +594,12 @@ def _spend_sum(periods: list[PeriodSpend], accounts: dict[int, list[int]]) -> No
                        [settings.BUDGET_CHECK_WORK_MEM])  # fmt: skip
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    for eval_id, actual, recent, *weekdays in rows:
+    for eval_id, actual, *days in rows:
         spend = periods[eval_id]
         spend.actual = actual or Decimal(0)
-        spend.recent_sum = recent or Decimal(0)
-        spend.weekday_sums = [value or Decimal(0) for value in weekdays]
+        if spend.as_of is not None:
+            observed = (spend.as_of - spend.window_start).days + 1
+            spend.daily = [value or Decimal(0) for value in reversed(days[:observed])]
 
 
 # --- The check ---
@@ -469,12 +607,12 @@ def _spend_sum(periods: list[PeriodSpend], accounts: dict[int, list[int]]) -> No
 _INSERT_ALERTS_SQL = """
 INSERT INTO costs_app_budgetalert
     (budget_id, period_start, period_end, threshold_type, basis, threshold, threshold_amount, budget_amount,
-     currency, spend, forecast, percentage, forecast_percentage, created_at)
+     currency, spend, forecast, forecast_low, forecast_high, percentage, forecast_percentage, created_at)
 SELECT a.*, %(now)s
 FROM jsonb_to_recordset(%(rows)s::jsonb)
      AS a(budget_id bigint, period_start date, period_end date, threshold_type text, basis text, threshold numeric,
           threshold_amount numeric, budget_amount numeric, currency text, spend numeric, forecast numeric,
-          percentage numeric, forecast_percentage numeric)
+          forecast_low numeric, forecast_high numeric, percentage numeric, forecast_percentage numeric)
 -- Skips the alerts that exist (every hourly run after the first) without a speculative insert each;
 -- ON CONFLICT settles the race with a concurrent run.
 WHERE NOT EXISTS (
@@ -554,6 +692,8 @@ def _alert_rows(spends: list[PeriodSpend], thresholds: dict[int, list[Threshold]
                     "currency": budget.currency,
                     "spend": spend.actual,
                     "forecast": spend.forecast,
+                    "forecast_low": _cents(spend.forecast_low),
+                    "forecast_high": _cents(spend.forecast_high),
                     "percentage": spend.percentage,
                     "forecast_percentage": spend.percent_of_budget(spend.forecast),
                 }
@@ -770,8 +910,14 @@ def budget_message(alerts: list[BudgetAlert], *, account_names: list[str]) -> tu
     labels = [alert.threshold_spec.label(currency) for alert in alerts]
     scope = budget.scope_label(account_names)
     period = f"{latest.period_start} to {latest.period_end}" if latest.period_end else f"starting {latest.period_start}"
+    interval = (
+        f", 80 % interval {_money(latest.forecast_low)} to {_money(latest.forecast_high)}"
+        if latest.forecast_low is not None and latest.forecast_high is not None
+        else ""
+    )
     forecast_line = (
-        f"Forecast for the period: {_money(latest.forecast)} {currency} ({latest.forecast_percentage}% of the budget)."
+        f"Forecast for the period: {_money(latest.forecast)} {currency} ({latest.forecast_percentage}% of the budget"
+        f"{interval})."
         if latest.forecast is not None
         else "Forecast for the period: not enough cost data yet."
     )
@@ -802,6 +948,8 @@ def budget_message(alerts: list[BudgetAlert], *, account_names: list[str]) -> tu
         "spend": _money(latest.spend),
         "percentage": str(latest.percentage),
         "forecast": _money(latest.forecast) if latest.forecast is not None else None,
+        "forecast_low": _money(latest.forecast_low) if latest.forecast_low is not None else None,
+        "forecast_high": _money(latest.forecast_high) if latest.forecast_high is not None else None,
         "forecast_percentage": str(latest.forecast_percentage) if latest.forecast_percentage is not None else None,
         "thresholds": [
             {
@@ -815,6 +963,10 @@ def budget_message(alerts: list[BudgetAlert], *, account_names: list[str]) -> tu
         "alert_ids": [alert.id for alert in alerts],
     }
     return subject, text, payload
+
+
+def _cents(value: Decimal | None) -> Decimal | None:
+    return value.quantize(CENT, rounding=ROUND_HALF_UP) if value is not None else None
 
 
 def _money(value: Decimal | None) -> str:

@@ -607,3 +607,71 @@ def test_new_anomalies_are_sent_once_and_failed_channels_retried(webhook_sink, m
     assert [r.path for r in webhook_sink.received] == ["/good", "/bad", "/bad"]
     anomalies_detect(now=NOW)
     assert len(webhook_sink.received) == 3
+
+
+def test_detector_expects_a_charge_that_recurs_on_the_1st_of_the_month():
+    # given: 100 a day ± 3 % from 1 July to 1 October 2024, with a 250 charge on every 1st; in the second row the
+    # charge on 1 October is 250 more than usual
+    days = [date(2024, 7, 1) + timedelta(days=i) for i in range(93)]
+    rng = np.random.default_rng(4)
+    base = np.array([100 * (1 + rng.uniform(-0.03, 0.03)) + (250 if d.day == 1 else 0) for d in days])
+    grown = base.copy()
+    grown[-1] += 250
+    month_starts = np.array([d.day == 1 for d in days])
+    first = detector.history_days(28)
+    # when
+    result = detector.series_evaluate(
+        np.vstack([base, grown])[:, -(first + 1) :],
+        first_column=first,
+        baseline_days=28,
+        score_threshold=6.5,
+        min_impact=10.0,
+        min_impact_percent=20.0,
+        month_starts=month_starts[-(first + 1) :],
+    )
+    # then: the usual charge is expected (about 350), twice the charge is still an anomaly
+    assert 320 < result.expected[0, -1] < 380
+    assert list(result.flags[:, -1]) == [False, True]
+
+
+def test_detector_waits_for_a_new_series_to_have_a_baseline():
+    # given: a series that starts on day 40 of 56 and jumps on its 10th day, next to an old one with the same jump
+    old = 100 * (1 + np.random.default_rng(6).uniform(-0.03, 0.03, 56))
+    new = old.copy()
+    new[:40] = 0.0
+    old[-7] = new[-7] = 400.0
+    # when
+    result = detector.series_evaluate(
+        np.vstack([old, new]),
+        first_column=28,
+        baseline_days=28,
+        score_threshold=6.5,
+        min_impact=10.0,
+        min_impact_percent=20.0,
+    )
+    # then: the new series is not judged against a baseline of zeros (its account's series sees its spend)
+    assert result.flags[0, -7]
+    assert not result.flags[1].any()
+
+
+def test_detector_judges_a_1st_of_a_series_that_was_live_at_the_previous_1st():
+    # given: a series that started 41 days before 1 December (so on 22 October: live on 1 November, not long
+    # before it) and jumps to 5x on 1 December; and one that started on 5 November, after the previous 1st
+    days = [date(2024, 8, 25) + timedelta(days=i) for i in range(99)]  # 25 August .. 1 December
+    rng = np.random.default_rng(9)
+    since_october = np.array([100 * (1 + rng.uniform(-0.03, 0.03)) if d >= date(2024, 10, 22) else 0 for d in days])
+    since_november = np.where(np.array(days) >= date(2024, 11, 5), since_october, 0.0)
+    since_october[-1] = since_november[-1] = 500.0
+    first = detector.history_days(28)
+    # when
+    result = detector.series_evaluate(
+        np.vstack([since_october, since_november])[:, -(first + 1) :],
+        first_column=first,
+        baseline_days=28,
+        score_threshold=6.5,
+        min_impact=10.0,
+        min_impact_percent=20.0,
+        month_starts=np.array([d.day == 1 for d in days])[-(first + 1) :],
+    )
+    # then: the first is judged (no charge was seen on 1 November), the second's first 1st is not
+    assert list(result.flags[:, -1]) == [True, False]

@@ -4,6 +4,7 @@ import threading
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+import numpy as np
 import pytest
 from django.core import mail
 from django.core.exceptions import ValidationError
@@ -30,6 +31,7 @@ from costs_app.services.budgets import (
     budgets_check,
     budgets_spend,
     period_bounds,
+    period_forecast,
 )
 from tests.costs_app.webhook_sink import webhook_sink  # noqa: F401  (fixture)
 from tests.factories import BudgetFactory, CloudAccountFactory, CostLineItemFactory, NotificationChannelFactory
@@ -589,7 +591,11 @@ def test_forecasted_threshold_alerts_before_actual_spend_gets_there():
         message.subject
         == f"[FinOps] budget {budget.name}: 50% actual, 100% forecasted reached (70.00% spent, 105.00% forecast)"
     )
-    assert "Forecast for the period: 2100.00 USD (105.00% of the budget)." in message.body
+    # a series without noise: the 80 % interval is the forecast itself
+    assert "Forecast for the period: 2100.00 USD (105.00% of the budget, 80 % interval 2100.00 to 2100.00)." in (
+        message.body
+    )
+    assert (forecasted.forecast_low, forecasted.forecast_high) == (Decimal("2100.00"), Decimal("2100.00"))
 
 
 @pytest.mark.django_db
@@ -966,3 +972,82 @@ def test_retention_deletes_old_resolved_alerts_with_their_deliveries():
     assert result["deleted"] == {"resolved_alerts": 1}
     assert list(BudgetAlert.objects.all()) == [current]
     assert list(AlertDelivery.objects.values_list("alert_id", flat=True)) == [current.id]
+
+
+# --- Forecast interval ---
+
+
+def _noisy_month(rng: np.random.Generator, sd: float) -> list[Decimal]:
+    """August and September 2024 at ~100 a day with weekday-independent noise of `sd`."""
+    return [Decimal(f"{100 * (1 + sd * rng.standard_normal()):.2f}") for _ in range(31 + 30)]
+
+
+def test_forecast_interval_brackets_the_forecast_and_widens_with_noise():
+    # given: the same month at 2 % and at 10 % daily noise; data through 10 September
+    rng = np.random.default_rng(5)
+    quiet, noisy = _noisy_month(rng, 0.02), _noisy_month(rng, 0.10)
+
+    def forecast(days: list[Decimal]):
+        window = days[31 + 10 - 28 : 31 + 10]  # the 28 days up to 10 September
+        return period_forecast(
+            actual=sum(days[31 : 31 + 10], Decimal(0)),
+            daily=window,
+            window_start=date(2024, 9, 10) - timedelta(days=27),
+            period_start=date(2024, 9, 1),
+            period_end=date(2024, 10, 1),
+            min_days=7,
+        )
+
+    # when
+    calm, rough = forecast(quiet), forecast(noisy)
+    # then
+    for f in (calm, rough):
+        assert f.low < f.point < f.high
+    assert (rough.high - rough.low) > 2 * (calm.high - calm.low)
+    assert 2700 < calm.point < 3300 and 2700 < rough.point < 3300
+
+
+def test_forecast_interval_covers_about_eight_months_in_ten():
+    # given: 400 months of spend with a weekend pattern, a linear trend of up to ±0.3 % a day and 3–10 % noise
+    # (Gaussian or Laplace), forecast on day 10 from the 28 days before
+    rng = np.random.default_rng(8)
+    inside = []
+    for _ in range(400):
+        weekend, slope, sd = rng.uniform(0.6, 1.0), rng.uniform(-0.003, 0.003), rng.uniform(0.03, 0.10)
+        days = [date(2024, 8, 14) + timedelta(days=i) for i in range(18 + 30)]
+        noise = rng.standard_normal(len(days)) if rng.random() < 0.5 else rng.laplace(0, 2**-0.5, len(days))
+        costs = [
+            Decimal(f"{200 * (1 + slope * i) * (weekend if d.weekday() >= 5 else 1) * (1 + sd * z):.2f}")
+            for i, (d, z) in enumerate(zip(days, noise, strict=True))
+        ]
+        september = costs[18:]
+        f = period_forecast(
+            actual=sum(september[:10], Decimal(0)),
+            daily=costs[: 18 + 10][-28:],
+            window_start=date(2024, 9, 10) - timedelta(days=27),
+            period_start=date(2024, 9, 1),
+            period_end=date(2024, 10, 1),
+            min_days=7,
+        )
+        inside.append(f.low <= sum(september, Decimal(0)) <= f.high)
+    # then: an 80 % interval, measured (bench/forecast.py does it on many more months); ±0.02 is sampling noise
+    assert 0.75 <= np.mean(inside) <= 0.92
+
+
+@pytest.mark.django_db
+def test_budget_check_records_the_forecast_interval_with_the_alert():
+    # given: 100 a day ± 10 % since August; a budget whose forecast passes 100 %
+    rng = np.random.default_rng(3)
+    account = CloudAccountFactory()
+    budget = BudgetFactory(account=account, amount=Decimal("2500"), thresholds=[{"value": 100, "basis": "forecasted"}])
+    values = {date(2024, 8, 1) + timedelta(days=i): f"{100 * (1 + 0.1 * rng.standard_normal()):.2f}" for i in range(50)}
+    daily(account, date(2024, 8, 1), date(2024, 9, 19), lambda day: values[day])
+    # when
+    budgets_check(now=NOW)
+    [current] = budgets_spend([Budget.objects.get(id=budget.id)], today=NOW.date())
+    # then: the alert keeps the forecast and its interval of the moment, in cents
+    alert = BudgetAlert.objects.get(budget=budget)
+    assert current.forecast_low < current.forecast < current.forecast_high
+    assert alert.forecast_low == current.forecast_low.quantize(Decimal("0.01"))
+    assert alert.forecast_high == current.forecast_high.quantize(Decimal("0.01"))
+    assert alert.forecast_low >= alert.spend

@@ -636,3 +636,73 @@ def test_list_prices_scale_within_a_family():
     assert cloud_prices.previous_generation_replacement(cloud_prices.instance_type("gcp", "n1-standard-4")).name == (
         "e2-standard-4"
     )
+
+
+# --- idle databases, titles, nothing-to-gain findings ---------------------------------------------------------
+
+
+def test_idle_databases_are_up_with_low_cpu_and_enough_samples(aws, tmp_path):
+    # given: an idle RDS database, a busy one, one stopped, one with too few samples, one idle without cost lines
+    attrs = {"instance_class": "db.m5.large", "engine": "postgres"}
+    resource(aws, "database", "db-idle", state="available", **attrs, **steady_cpu(1.5))
+    resource(aws, "database", "db-busy", state="available", **attrs, **shaped_cpu(base=20, p95=45, peak=80))
+    resource(aws, "database", "db-stopped", state="stopped", **attrs, **steady_cpu(0.0))
+    resource(aws, "database", "db-sparse", state="available", **attrs, **steady_cpu(1.0, hours=100))
+    resource(aws, "database", "db-unbilled", state="available", **attrs, **steady_cpu(1.0))
+    ids = ("db-idle", "db-busy", "db-stopped", "db-sparse")
+    load(aws, [r for rid in ids for r in daily(rid, SEPTEMBER, "4.10", service_name="Amazon RDS")], tmp_path)
+    # when
+    recommendations_refresh(now=NOW)
+    # then: only the idle one that is up, well sampled and has a cost to save (no list price for databases)
+    found = recs("idle_databases")
+    assert set(found) == {"db-idle"}
+    rec = found["db-idle"]
+    assert rec.estimated_monthly_saving == cents(Decimal("4.10") * MONTH)
+    assert rec.title == "Database db-idle (postgres, db.m5.large) looks unused: CPU p95 1.5% over 14 days"
+    assert rec.details["cpu_p95"] == 1.5 and "snapshot" in rec.details["action"]
+    assert rec.details["summary"] == (
+        f"Idle databases: {rec.title}. Estimated saving {rec.estimated_monthly_saving:.2f} USD a month (from its cost "
+        "lines). Take a final snapshot and delete it, or stop it if it is only needed now and then."
+    )
+
+
+def test_idle_databases_threshold_comes_from_settings(aws, settings, tmp_path):
+    # given
+    resource(aws, "database", "db-quiet", state="available", engine="mysql", **steady_cpu(4.0))
+    load(aws, daily("db-quiet", SEPTEMBER, "3"), tmp_path)
+    settings.OPTIMIZATION_IDLE_CPU_P95 = 3.0
+    # when
+    recommendations_refresh(now=NOW)
+    # then: 4 % is not idle under a 3 % threshold
+    assert recs("idle_databases") == {}
+
+
+def test_every_rule_has_a_title_for_people(aws):
+    catalogue = rules_catalogue()
+    for entry in catalogue:
+        assert entry["title"] and entry["title"] != entry["name"] and "_" not in entry["title"], entry
+    assert {e["name"]: e["title"] for e in catalogue}["idle_databases"] == "Idle databases"
+
+
+def test_no_finding_is_raised_when_there_is_nothing_to_gain(settings, tmp_path):
+    # given: an account whose only spend is femto-dollars, all untagged (100 % of nothing), on an address that
+    # consumed nothing (idle, but saving 0.00); no minimum saving at all
+    settings.OPTIMIZATION_REQUIRED_TAG_KEYS = ["owner"]
+    settings.OPTIMIZATION_MIN_MONTHLY_SAVING = 0
+    account = CloudAccountFactory(provider="aws")
+    cols = {"service_category": "Networking", "service_name": "Amazon VPC", "consumed_unit": "Hours"}
+    load(account, daily("eip-free", SEPTEMBER, "0.000000000000001", consumed_quantity="0", **cols), tmp_path)
+    # when
+    result = recommendations_refresh(now=NOW)
+    # then: neither the 0.00 untagged spend nor the 0.00 saving is a recommendation
+    assert not Recommendation.objects.filter(account=account).exists()
+    assert result.found["untagged_spend"] == 0 and result.found["idle_resources"] == 0
+
+    # when: the same address costs 3.60 a day
+    load(account, daily("eip-free", SEPTEMBER, "3.60", consumed_quantity="0", **cols), tmp_path)
+    recommendations_refresh(now=NOW)
+    # then: both are raised (the test is not blind)
+    assert set(Recommendation.objects.filter(account=account).values_list("rule", flat=True)) == {
+        "idle_resources",
+        "untagged_spend",
+    }
