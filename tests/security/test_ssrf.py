@@ -142,7 +142,13 @@ def test_a_public_looking_channel_is_saved(no_operator_hosts, channel_admin):
     # when
     response = channel_admin.post(
         reverse("admin:costs_app_notificationchannel_add"),
-        {"name": "ok", "kind": "slack", "target": "https://hooks.slack.com/services/T0/B0/x", "is_active": "on", "team": team_default().pk},
+        {
+            "name": "ok",
+            "kind": "slack",
+            "target": "https://hooks.slack.com/services/T0/B0/x",
+            "is_active": "on",
+            "team": team_default().pk,
+        },
     )
     # then
     assert response.status_code == 302
