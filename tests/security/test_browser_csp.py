@@ -26,6 +26,9 @@ except ImportError:
     SELENIUM = False
 
 pytestmark = [
+    # Transactional (the live server reads what the test writes), so pytest-django orders it after the tests that
+    # rely on the rows data migrations create: the flush at its end empties every table.
+    pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not CHROMIUM, reason="chromium is not installed (Debian: apt-get install -y chromium)"),
     pytest.mark.skipif(not CHROMEDRIVER, reason="chromedriver is not installed (apt-get install -y chromium-driver)"),
     pytest.mark.skipif(not SELENIUM, reason="selenium is not installed (requirements/dev.txt)"),
