@@ -200,8 +200,8 @@ if not API_DOCS_PUBLIC:
 # --- Response headers ---
 # Content-Security-Policy (django-csp): everything from this origin only, no inline script, no plugins, no framing.
 # The admin and the API docs (Swagger UI from drf-spectacular-sidecar, its init script a separate file) work
-# under it; tests/security/test_headers.py and test_browser_csp.py check both. Swagger UI and the admin show
-# small SVG icons as data: URIs, hence img-src data:. CSP_REPORT_URI (optional) receives violation reports.
+# under it; tests/security/test_headers.py and test_browser_csp.py check both. Swagger UI's stylesheet draws
+# its icons as data: URIs, hence img-src data:. CSP_REPORT_URI (optional) receives violation reports.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
