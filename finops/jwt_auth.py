@@ -57,6 +57,8 @@ class TokenObtainPairSerializer(jwt_serializers.TokenObtainPairSerializer):
     def get_token(cls, user):
         token = super().get_token(user)
         token[FINGERPRINT_CLAIM] = password_fingerprint(user)  # copied into every access token made from it
+        # for_user() recorded the token before the claim was added: record the token as issued.
+        OutstandingToken.objects.filter(jti=token[api_settings.JTI_CLAIM]).update(token=str(token))
         return token
 
 

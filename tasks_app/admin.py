@@ -396,3 +396,6 @@ class RetentionPolicyAdmin(TriggerPermissionMixin, admin.ModelAdmin):
     @admin.action(description="Clean up now (delete what is past retention)", permissions=["trigger"])
     def clean_up_now(self, request, queryset):
         self._enqueue(request, queryset, dry_run=False)
+
+
+from . import admin_tokens  # noqa: E402,F401  (the JWT blacklist's admin, without the tokens themselves)

@@ -240,3 +240,24 @@ def test_with_debug_on_a_distinct_jwt_key_is_derived(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "64", "120.0"]
+
+
+def test_the_admin_never_shows_a_refresh_token(jwt_user, admin_client):
+    # given an outstanding refresh token and its blacklist entry (after one use)
+    token = obtain()["refresh"]
+    assert refresh(token).status_code == 200
+    outstanding = OutstandingToken.objects.get(token=token)
+    blacklisted = BlacklistedToken.objects.get(token=outstanding)
+    # when staff open the blacklist's admin pages
+    pages = [
+        admin_client.get(reverse("admin:token_blacklist_outstandingtoken_changelist")),
+        admin_client.get(reverse("admin:token_blacklist_outstandingtoken_change", args=[outstanding.pk])),
+        admin_client.get(reverse("admin:token_blacklist_blacklistedtoken_changelist")),
+        admin_client.get(reverse("admin:token_blacklist_blacklistedtoken_change", args=[blacklisted.pk])),
+    ]
+    # then they show the token's id, never the token (its signature part suffices to recognise it)
+    for page in pages:
+        assert page.status_code == 200
+        html = page.content.decode()
+        assert token.split(".")[2] not in html
+    assert outstanding.jti in pages[1].content.decode()
