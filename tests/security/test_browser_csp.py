@@ -1,4 +1,4 @@
-"""The admin and the API docs work in a real browser under the Content-Security-Policy.
+"""The admin, the browsable API and the API docs work in a real browser under the Content-Security-Policy.
 
 Headless chromium (the Debian package, driven by selenium through chromedriver) signs in to the admin, opens
 pages with their scripts and the Swagger UI, runs one API call from it, and records every CSP violation two ways:
@@ -126,6 +126,16 @@ def test_admin_and_api_docs_work_under_the_csp(live_server, browser, shots, djan
     assert badge.value_of_css_property("background-color") == "rgba(220, 53, 69, 1)"  # FAILURE red, from the file
     seen["task run"] = violations(browser)
 
+    # the browsable API: a list, and a detail page with its "Extra Actions" menu (test-connection)
+    visit(browser, f"{base}/api/v1/accounts/", shots / "04c-browsable-api-list.png", ".response-info")
+    seen["browsable api list"] = violations(browser)
+    visit(
+        browser, f"{base}/api/v1/accounts/{account.pk}/", shots / "04d-browsable-api-detail.png", "#extra-actions-menu"
+    )
+    menu = browser.find_element(By.ID, "extra-actions-menu").find_element(By.XPATH, "..")
+    assert menu.value_of_css_property("float") == "right"  # the rule moved from the style attribute to a file
+    seen["browsable api detail"] = violations(browser)
+
     # the API docs: Swagger UI renders the schema (fetched with the session) and lists the operations
     visit(browser, f"{base}/api/docs/", shots / "05-api-docs.png", ".swagger-ui .opblock", timeout=60)
     assert "FinOps task system API" in browser.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
@@ -154,7 +164,8 @@ def test_admin_and_api_docs_work_under_the_csp(live_server, browser, shots, djan
     )
     WebDriverWait(browser, 10).until(lambda d: d.execute_script("return (window.__cspViolations || []).length"))
     assert any("script-src" in v for v in violations(browser))
-    assert sorted(p.name for p in shots.glob("*.png"))[:7] == [
+    assert sorted(p.name for p in shots.glob("0*.png")) == [
         "01-admin-login.png", "02-admin-index.png", "03-admin-change.png", "04-admin-changelist.png",
-        "04b-admin-taskrun.png", "05-api-docs.png", "06-api-docs-try-it-out.png",
+        "04b-admin-taskrun.png", "04c-browsable-api-list.png", "04d-browsable-api-detail.png", "05-api-docs.png",
+        "06-api-docs-try-it-out.png",
     ]  # fmt: skip

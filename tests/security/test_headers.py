@@ -8,7 +8,7 @@ import pytest
 from django.contrib.staticfiles import finders
 from rest_framework.test import APIClient
 
-from tests.factories import UserFactory
+from tests.factories import CloudAccountFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -72,6 +72,16 @@ def test_api_responses_carry_the_csp_and_the_security_headers(signed_in):
     ):
         assert response.status_code in (200, 401)
         assert_security_headers(response)
+
+
+def test_browsable_api_pages_have_no_inline_style(signed_in):
+    # DRF inlines its code highlighting styles and two style attributes; our api.html moves them to a static file
+    account = CloudAccountFactory()
+    for path in ("/api/v1/accounts/", f"/api/v1/accounts/{account.pk}/"):
+        page = signed_in.get(path, HTTP_ACCEPT="text/html").content.decode()
+        assert "finops/drf_code.css" in page
+        assert "<style" not in page and 'style="' not in page, path
+    assert "extra-actions-menu" in page  # the detail page has the menu whose style attribute was cut
 
 
 def test_schema_and_docs_need_a_login(client):
