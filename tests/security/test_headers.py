@@ -5,6 +5,7 @@ behind login (DEBUG is off in the tests, as in production), the docs page served
 import re
 
 import pytest
+from django.conf import settings
 from django.contrib.staticfiles import finders
 from rest_framework.test import APIClient
 
@@ -85,7 +86,9 @@ def test_browsable_api_pages_have_no_inline_style(signed_in):
 
 
 def test_schema_and_docs_need_a_login(client):
-    # when nobody is signed in (DEBUG off, API_DOCS_PUBLIC off: the production defaults)
+    # given the production defaults: DEBUG off, API_DOCS_PUBLIC off
+    assert (settings.DEBUG, settings.API_DOCS_PUBLIC) == (False, False)
+    # when nobody is signed in
     schema = client.get("/api/schema/")
     docs = client.get("/api/docs/")
     script = client.get("/api/docs/?script=")
