@@ -154,6 +154,14 @@ class ChannelKind(models.TextChoices):
     WEBHOOK = "webhook", "Generic webhook"
 
 
+def target_hint(*, kind: str, target: str) -> str:
+    """What the admin shows of a channel's target: e-mail addresses as they are (64 characters at most); of a
+    Slack or webhook URL only the scheme and host, since its path or query is the secret."""
+    if kind == ChannelKind.EMAIL:
+        return target if len(target) <= 64 else target[:63] + "…"
+    return crypto.url_hint(target)
+
+
 class NotificationChannel(models.Model):
     name = models.CharField(max_length=200, unique=True)
     team = models.ForeignKey(
@@ -166,7 +174,7 @@ class NotificationChannel(models.Model):
     )
     kind = models.CharField(max_length=16, choices=ChannelKind.choices)
     # Email addresses (comma-separated) or the webhook URL; encrypted because webhook URLs are secrets.
-    target_ciphertext = models.TextField(editable=False)
+    target_ciphertext = crypto.EncryptedTextField(editable=False)
     target_hint = models.CharField(max_length=64, blank=True, editable=False)
     is_active = models.BooleanField(default=True)
     notify_task_failures = models.BooleanField(
@@ -174,7 +182,7 @@ class NotificationChannel(models.Model):
     )
     # Generic webhooks: the HMAC key the receiver verifies X-FinOps-Signature with (encrypted).
     # Empty means a key derived from SECRET_KEY and the channel name (see notifications.webhook_signing_key).
-    signing_secret_ciphertext = models.TextField(blank=True, default="", editable=False)
+    signing_secret_ciphertext = crypto.EncryptedTextField(blank=True, default="", editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -188,7 +196,7 @@ class NotificationChannel(models.Model):
 
     def set_target(self, target: str) -> None:
         self.target_ciphertext = crypto.encrypt(target)
-        self.target_hint = target if self.kind == ChannelKind.EMAIL else crypto.mask(target)
+        self.target_hint = target_hint(kind=self.kind, target=target)
 
     def get_target(self) -> str:
         return crypto.decrypt(self.target_ciphertext)

@@ -3,7 +3,7 @@
 import os
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
-os.environ.setdefault("ENCRYPTION_KEY", "test-encryption-key-0123456789ab")
+os.environ.setdefault("ENCRYPTION_KEY", "_m_nKzUzKMkqk4YjPKPP6khX4UyCWHW20MBfhj2hUoE=")  # a Fernet key, test use only
 os.environ.setdefault("JWT_SECRET_KEY", "test-jwt-secret-key-0123456789abcdef")
 os.environ.setdefault("EMAIL_BACKEND", "django.core.mail.backends.locmem.EmailBackend")
 # Separate Redis databases so tests never touch a running dev system's queues.

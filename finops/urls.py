@@ -1,9 +1,9 @@
-"""URL map: the admin, the API under /api/v1/, the OpenAPI schema and docs, an unauthenticated liveness probe."""
+"""URL map: the admin, the API under /api/v1/, the OpenAPI schema and docs (signed-in users), a liveness probe."""
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from finops.api_docs import SchemaView, SwaggerDocsView
 from tasks_app.api.views import LivenessView
 
 urlpatterns = [
@@ -11,7 +11,8 @@ urlpatterns = [
     path("api/v1/", include("tasks_app.urls")),
     path("api/v1/", include("providers_app.urls")),
     path("api/v1/", include("costs_app.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # Behind login unless API_DOCS_PUBLIC (finops/api_docs.py).
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", SwaggerDocsView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", LivenessView.as_view(), name="healthz"),
 ]

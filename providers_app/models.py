@@ -8,6 +8,8 @@ from django.utils import timezone
 
 from finops import crypto
 
+from .credential_hints import HINT_MAX_LENGTH, credential_hint
+
 
 class Provider(models.TextChoices):
     AWS = "aws", "AWS"
@@ -89,12 +91,14 @@ class CloudAccount(models.Model):
 
 
 class Credential(models.Model):
-    """A secret (JSON document) for one account, Fernet-encrypted; only a masked hint is ever shown."""
+    """A secret (JSON document) for one account, Fernet-encrypted; only a hint naming it is ever shown."""
 
     account = models.OneToOneField(CloudAccount, on_delete=models.CASCADE, related_name="credential")
     kind = models.CharField(max_length=50, blank=True, help_text="e.g. access_key, assume_role, service_principal")
-    ciphertext = models.TextField(editable=False)
-    hint = models.CharField(max_length=32, blank=True, editable=False)
+    ciphertext = crypto.EncryptedTextField(editable=False)
+    # Which credential this is (kind, AWS access key id's last 4, client id, service account), never any of the
+    # secret: see credential_hints.py.
+    hint = models.CharField(max_length=HINT_MAX_LENGTH, blank=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -106,14 +110,19 @@ class Credential(models.Model):
     def set_secret(self, secret: dict | str) -> None:
         text = secret if isinstance(secret, str) else json.dumps(secret, sort_keys=True)
         self.ciphertext = crypto.encrypt(text)
-        self.hint = crypto.mask(text.strip().rstrip("}").rstrip('"'))
+        self.hint = credential_hint(secret if isinstance(secret, dict) else _decoded(text))
 
     def get_secret(self) -> dict | str:
-        text = crypto.decrypt(self.ciphertext)
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
+        return _decoded(crypto.decrypt(self.ciphertext))
+
+
+def _decoded(text: str) -> dict | str:
+    """A secret as stored: a JSON object (most credentials) or a plain string."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
 
 
 class Resource(models.Model):

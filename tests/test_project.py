@@ -80,8 +80,9 @@ def deploy_check_warnings(env: dict) -> set[str]:
 
 def test_deploy_check_over_https_is_clean():
     env = {**production_env(), "HTTPS": "1"}
-    # HSTS for subdomains and preload are the domain owner's decision, off by default (W005, W021)
-    assert deploy_check_warnings(env) == {"security.W005", "security.W021"}
+    # HSTS for subdomains and preload are the domain owner's decision, off by default: their warnings (W005, W021)
+    # are silenced while off, with the reason written in settings.py (tests/security/test_check_deploy.py)
+    assert deploy_check_warnings(env) == set()
     env |= {"SECURE_HSTS_INCLUDE_SUBDOMAINS": "1", "SECURE_HSTS_PRELOAD": "1"}
     assert deploy_check_warnings(env) == set()
 

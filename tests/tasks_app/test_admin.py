@@ -570,8 +570,8 @@ def test_admin_index_shows_the_task_system_box(admin_client):
     assert "Task system" in html
     assert '<td id="task-system-queued">2</td>' in html
     assert '<td id="task-system-started">1</td>' in html
-    assert 'id="task-system-failed" style="color:#dc3545;font-weight:bold">1</td>' in html
-    assert 'id="task-system-dead-letters" style="color:#dc3545;font-weight:bold">1</td>' in html
+    assert 'id="task-system-failed" class="finops-alert">1</td>' in html
+    assert 'id="task-system-dead-letters" class="finops-alert">1</td>' in html
     assert "Recent actions" in html
 
 

@@ -1,0 +1,123 @@
+"""API tokens bound to the user's password: a password change ends every token issued before it.
+
+- Every token carries `pwd`, a fingerprint of the user's password hash (an HMAC under JWT_SECRET_KEY, so the
+  token reveals nothing of the hash). PasswordBoundJWTAuthentication refuses an access token whose fingerprint
+  is not the current one, and TokenRefreshSerializer refuses such a refresh token (and blacklists it). This holds
+  whatever path changed the password — set_password, the admin's form, `changepassword`, even a raw UPDATE.
+- A saved password change also blacklists all of the user's outstanding refresh tokens at once
+  (simplejwt's token_blacklist app), so they are refused by the blacklist check as well.
+- Refresh tokens are single-use (settings.SIMPLE_JWT: ROTATE_REFRESH_TOKENS + BLACKLIST_AFTER_ROTATION).
+"""
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models.signals import post_save, pre_save
+from django.utils.crypto import constant_time_compare, salted_hmac
+from drf_spectacular.contrib.rest_framework_simplejwt import (
+    SimpleJWTScheme,
+    TokenObtainPairSerializerExtension,
+    TokenRefreshSerializerExtension,
+)
+from rest_framework_simplejwt import serializers as jwt_serializers
+from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.exceptions import InvalidToken
+from rest_framework_simplejwt.settings import api_settings
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
+from rest_framework_simplejwt.tokens import RefreshToken
+
+FINGERPRINT_CLAIM = "pwd"
+PASSWORD_CHANGED = "the password was changed after this token was issued: sign in again"
+
+
+def password_fingerprint(user) -> str:
+    """Changes whenever the stored password hash changes (a new password, or the same one re-hashed)."""
+    return salted_hmac(
+        "finops.jwt.password-fingerprint", user.password or "", secret=settings.JWT_SECRET_KEY, algorithm="sha256"
+    ).hexdigest()[:32]
+
+
+def token_matches_password(token, user) -> bool:
+    claim = token.get(FINGERPRINT_CLAIM)
+    return isinstance(claim, str) and constant_time_compare(claim, password_fingerprint(user))
+
+
+class PasswordBoundJWTAuthentication(JWTAuthentication):
+    """simplejwt's authentication, refusing tokens issued before the user's last password change."""
+
+    def get_user(self, validated_token):
+        user = super().get_user(validated_token)
+        if not token_matches_password(validated_token, user):
+            raise InvalidToken(PASSWORD_CHANGED)
+        return user
+
+
+class TokenObtainPairSerializer(jwt_serializers.TokenObtainPairSerializer):
+    @classmethod
+    def get_token(cls, user):
+        token = super().get_token(user)
+        token[FINGERPRINT_CLAIM] = password_fingerprint(user)  # copied into every access token made from it
+        # for_user() recorded the token before the claim was added: record the token as issued.
+        OutstandingToken.objects.filter(jti=token[api_settings.JTI_CLAIM]).update(token=str(token))
+        return token
+
+
+class TokenRefreshSerializer(jwt_serializers.TokenRefreshSerializer):
+    def validate(self, attrs):
+        refresh = RefreshToken(attrs["refresh"])  # signature, expiry and blacklist checked here
+        # One use only, even for two requests racing with the same token: the second waits for the first's lock on
+        # the token's row, then finds it blacklisted (super() reads the blacklist again, after the lock).
+        with transaction.atomic():
+            OutstandingToken.objects.select_for_update().filter(jti=refresh[api_settings.JTI_CLAIM]).first()
+            user = (
+                get_user_model()
+                .objects.filter(**{api_settings.USER_ID_FIELD: refresh.payload.get(api_settings.USER_ID_CLAIM)})
+                .first()
+            )
+            if user is not None and token_matches_password(refresh, user):
+                return super().validate(attrs)
+        refresh.blacklist()
+        raise InvalidToken(PASSWORD_CHANGED if user is not None else "the user of this token no longer exists")
+
+
+def blacklist_outstanding_tokens(user) -> int:
+    """Blacklist every refresh token of `user` not yet blacklisted; how many were."""
+    outstanding = OutstandingToken.objects.filter(user=user, blacklistedtoken__isnull=True)
+    created = BlacklistedToken.objects.bulk_create(
+        [BlacklistedToken(token=token) for token in outstanding], ignore_conflicts=True
+    )
+    return len(created)
+
+
+def _remember_password_change(sender, instance, raw=False, update_fields=None, **kwargs):
+    instance._finops_password_changed = False
+    if raw or instance.pk is None or (update_fields is not None and "password" not in update_fields):
+        return
+    before = sender.objects.filter(pk=instance.pk).values_list("password", flat=True).first()
+    instance._finops_password_changed = before is not None and before != instance.password
+
+
+def _blacklist_on_password_change(sender, instance, created=False, raw=False, **kwargs):
+    if not raw and not created and getattr(instance, "_finops_password_changed", False):
+        instance._finops_password_changed = False
+        blacklist_outstanding_tokens(instance)
+
+
+def connect_signals() -> None:
+    """Called from TasksAppConfig.ready(): every save of a user with a new password hash blacklists its tokens."""
+    user_model = get_user_model()
+    pre_save.connect(_remember_password_change, sender=user_model, dispatch_uid="finops.jwt.pre_save")
+    post_save.connect(_blacklist_on_password_change, sender=user_model, dispatch_uid="finops.jwt.post_save")
+
+
+# The OpenAPI schema describes our subclasses as it describes simplejwt's (drf-spectacular matches exact classes).
+class PasswordBoundJWTScheme(SimpleJWTScheme):
+    target_class = "finops.jwt_auth.PasswordBoundJWTAuthentication"
+
+
+class PasswordBoundTokenObtainPairSerializerExtension(TokenObtainPairSerializerExtension):
+    target_class = "finops.jwt_auth.TokenObtainPairSerializer"
+
+
+class PasswordBoundTokenRefreshSerializerExtension(TokenRefreshSerializerExtension):
+    target_class = "finops.jwt_auth.TokenRefreshSerializer"
