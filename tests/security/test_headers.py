@@ -9,6 +9,8 @@ from django.conf import settings
 from django.contrib.staticfiles import finders
 from rest_framework.test import APIClient
 
+from providers_app.models import Role
+from providers_app.services.teams import team_default, team_member_set
 from tests.factories import CloudAccountFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -48,8 +50,11 @@ def assert_security_headers(response) -> None:
 
 @pytest.fixture
 def signed_in(db):
+    # an account admin of the team "Default", where the factories put accounts (the detail page shows its actions)
+    user = UserFactory(username="reader")
+    team_member_set(team=team_default(), user=user, role=Role.ACCOUNT_ADMIN)
     client = APIClient()
-    client.force_login(UserFactory(username="reader"))
+    client.force_login(user)
     return client
 
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 from django.apps import apps as django_apps
-from django.contrib.auth.models import Permission
 from django.urls import reverse
 from rest_framework.test import APIClient
 
 from costs_app.models import ChannelKind, NotificationChannel
 from providers_app.credential_hints import credential_hint
-from providers_app.models import Credential
+from providers_app.models import Credential, Role
+from providers_app.services.teams import team_default, team_member_set
 from tests.factories import CloudAccountFactory, NotificationChannelFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -79,7 +79,7 @@ def test_credential_hint_names_the_credential_and_shows_no_part_of_the_secret(se
 def test_the_api_and_the_admin_show_the_new_hint(admin_client):
     # given an AWS credential created over the API by an account admin
     user = UserFactory(username="account-admin")
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["add_cloudaccount", "change_cloudaccount"]))
+    team_member_set(team=team_default(), user=user, role=Role.ACCOUNT_ADMIN)
     client = APIClient()
     client.force_authenticate(user)
     secret = {"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": AWS_SECRET_KEY}

@@ -406,7 +406,9 @@ PLATFORM_ONLY = {
     "tasks_app.retentionpolicy",
     "costs_app.costallocationtag",
 }
-SUPERUSER_ONLY = {"auth.user", "auth.group"}  # user management: superusers
+# User management and the JWT blacklist (it lists every user's tokens): superusers only (no role group holds
+# their permissions).
+SUPERUSER_ONLY = {"auth.user", "auth.group", "token_blacklist.outstandingtoken", "token_blacklist.blacklistedtoken"}
 
 
 def admin_labels() -> set[str]:
