@@ -34,6 +34,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: an oversize API body is refused before any other work is done for it (finops/limits.py).
+    "finops.limits.RequestBodyLimitMiddleware",
     "finops.correlation.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -125,10 +127,31 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "finops.limits.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_PARSER_CLASSES": [
+        "finops.limits.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    # How many proxies in front of gunicorn append to X-Forwarded-For: the per-address throttles trust that many
+    # entries (None: REMOTE_ADDR, the right choice without a proxy, since the header is then the client's word).
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=None),
     "UNAUTHENTICATED_USER": None,
 }
+
+# --- Limits (finops/limits.py): what one request may cost ---
+# Request bodies, as Django's forms: the API refuses a larger one with 413 before reading or parsing it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)  # Django's 2.5 MiB
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=DATA_UPLOAD_MAX_MEMORY_SIZE)
+API_MAX_JSON_DEPTH = env.int("API_MAX_JSON_DEPTH", default=32)  # nesting of a JSON body; deeper is a 400
+API_PAGE_MAX_LIMIT = env.int("API_PAGE_MAX_LIMIT", default=500)  # ?limit= above it is capped
+API_PAGE_MAX_OFFSET = env.int("API_PAGE_MAX_OFFSET", default=1_000_000)  # ?offset= above it is a 400
+# Request rates ("N/s|min|hour|day"; empty: no limit), counted in the Redis cache (shared by every web process).
+THROTTLE_LOGIN_USER_RATE = env("THROTTLE_LOGIN_USER_RATE", default="5/min")  # token requests per username
+THROTTLE_LOGIN_IP_RATE = env("THROTTLE_LOGIN_IP_RATE", default="20/min")  # token requests per address
+THROTTLE_REFRESH_IP_RATE = env("THROTTLE_REFRESH_IP_RATE", default="60/min")  # token refreshes per address
+THROTTLE_TRIGGER_RATE = env("THROTTLE_TRIGGER_RATE", default="30/min")  # triggers, replays, connection tests per user
 SIMPLE_JWT = {
     "SIGNING_KEY": JWT_SECRET_KEY,
     "ALGORITHM": "HS256",

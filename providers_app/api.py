@@ -140,3 +140,10 @@ class CloudAccountViewSet(
 
             return [IsAuthenticated(), CanTriggerTasks()]
         return super().get_permissions()
+
+    def get_throttles(self):
+        if self.action == "test_connection":
+            from finops.limits import TriggerUserThrottle
+
+            return [TriggerUserThrottle()]
+        return super().get_throttles()

@@ -100,6 +100,10 @@ class TaskAcceptedSerializer(serializers.Serializer):
     correlation_id = serializers.CharField()
 
 
+class TaskConflictSerializer(TaskAcceptedSerializer):
+    detail = serializers.CharField(help_text="Why nothing was queued, naming the run that is already active.")
+
+
 class TaskRunSerializer(serializers.ModelSerializer):
     task_id = serializers.CharField(source="celery_task_id")
     user = serializers.SerializerMethodField()
