@@ -228,6 +228,18 @@ AWS_SDK_MAX_ATTEMPTS = env.int("AWS_SDK_MAX_ATTEMPTS", default=2)
 # Connect and read timeout of one AWS SDK request, seconds.
 AWS_SDK_TIMEOUT = env.int("AWS_SDK_TIMEOUT", default=30)
 
+# --- FOCUS files (providers_app/connectors/focus.py) ---
+# A focus account's settings.path must resolve (symlinks followed) inside this folder; relative paths are taken
+# from it. Set by the operator only (environment, never the admin or API); empty refuses every focus path.
+# `manage.py import_focus PATH` / `seed_demo` read the path typed by the operator on the command line wherever it is.
+FOCUS_IMPORT_ROOT = env("FOCUS_IMPORT_ROOT", default=str(BASE_DIR / "imports"))
+# A CSV line longer than this (the reader's block size, so memory stays a few blocks whatever the compression
+# ratio) and a field longer than FOCUS_MAX_FIELD_BYTES are rule errors naming the file and row.
+FOCUS_MAX_LINE_BYTES = env.int("FOCUS_MAX_LINE_BYTES", default=4 << 20)
+FOCUS_MAX_FIELD_BYTES = env.int("FOCUS_MAX_FIELD_BYTES", default=64 << 10)
+# A Parquet column chunk larger than this uncompressed is refused before it is read (a "parquet bomb").
+FOCUS_MAX_PARQUET_CHUNK_BYTES = env.int("FOCUS_MAX_PARQUET_CHUNK_BYTES", default=256 << 20)
+
 # --- Retention (days) for cleanup_old_data ---
 # The defaults of the RetentionPolicy rows (edited in the admin): a data migration creates one row per class
 # from these, and a class with no row gets one from them at the next cleanup. 0 creates the policy disabled.

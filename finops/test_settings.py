@@ -10,6 +10,9 @@ os.environ.setdefault("EMAIL_BACKEND", "django.core.mail.backends.locmem.EmailBa
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
 os.environ.setdefault("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/15")
+# Tests read FOCUS files from the repository and from pytest's temporary folders; the tests of the root
+# itself (tests/security/test_focus_bounds.py) set their own.
+os.environ.setdefault("FOCUS_IMPORT_ROOT", "/")
 
 from .settings import *  # noqa: E402,F403
 

@@ -7,7 +7,7 @@ from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import DjangoModelPermissions, IsAuthenticated
 
-from .models import CloudAccount, Credential
+from .models import CloudAccount, Credential, Provider
 from .services.accounts import account_create, account_update
 
 
@@ -66,6 +66,16 @@ class CloudAccountSerializer(serializers.ModelSerializer):
         if not isinstance(value, dict):
             raise serializers.ValidationError("Connector settings are a JSON object.")
         return value
+
+    def validate(self, attrs):
+        provider = attrs.get("provider", getattr(self.instance, "provider", None))
+        if provider == Provider.FOCUS and "settings" in attrs:
+            from .connectors.focus import focus_settings_problem
+
+            problem = focus_settings_problem(attrs["settings"])
+            if problem:
+                raise serializers.ValidationError({"settings": [problem]})
+        return attrs
 
     def validate_provider(self, value):
         if self.instance is not None and value != self.instance.provider:

@@ -23,9 +23,15 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+# Billing periods the API accepts: the years budgets may cover too (costs_app.models.BUDGET_DATE_MIN/MAX).
+PERIOD_YEARS = (2000, 2100)
+
+
 def validate_period(value: str) -> str:
     if not PERIOD_RE.match(value):
         raise serializers.ValidationError("Use the form YYYY-MM, e.g. 2024-09.")
+    if not PERIOD_YEARS[0] <= int(value[:4]) <= PERIOD_YEARS[1]:
+        raise serializers.ValidationError(f"The year must be between {PERIOD_YEARS[0]} and {PERIOD_YEARS[1]}.")
     return value
 
 
