@@ -55,9 +55,9 @@ class RequestBodyLimitMiddleware:
             except ValueError:
                 return JsonResponse({"detail": "The Content-Length header is not a number."}, status=400)
             if size > body_limit():
-                response = JsonResponse({"detail": too_large_message(size)}, status=413)
-                response["Connection"] = "close"  # the unread body must not be taken for the next request
-                return response
+                # The unread body is never taken for a next request: Django's WSGI handler reads at most
+                # CONTENT_LENGTH, and both runserver and gunicorn close a connection whose body was left unread.
+                return JsonResponse({"detail": too_large_message(size)}, status=413)
         return self.get_response(request)
 
 
@@ -208,18 +208,15 @@ class LoginIPThrottle(FixedWindowThrottle):
 class LoginUserThrottle(FixedWindowThrottle):
     """Sign-in attempts per username given in the body, from any address (a distributed guess of one password).
 
-    The body is parsed here (already bounded by RequestBodyLimitMiddleware and BoundedJSONParser); a request
-    without a usable username is left to the per-address throttle and the view's own 400.
+    The body is parsed here (already bounded by RequestBodyLimitMiddleware and BoundedJSONParser; its errors are
+    the answer); a request without a usable username is left to the per-address throttle and the view's 400.
     """
 
     scope = "login_user"
     rate_setting = "THROTTLE_LOGIN_USER_RATE"
 
     def get_ident_key(self, request, view) -> str | None:
-        try:
-            data = request.data
-        except Exception:  # a malformed body: the view answers 400 for it
-            return None
+        data = request.data  # a malformed, oversize or too deep body raises its own 400/413 here
         username = data.get("username") if hasattr(data, "get") else None
         if not isinstance(username, str) or not username.strip():
             return None

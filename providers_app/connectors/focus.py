@@ -304,18 +304,18 @@ def read_header(path: Path, *, gz: bool | None = None) -> list[str]:
         line = raw.readline(limit + 1)
     if len(line) > limit:
         raise ReadLimitError(
-            "line_length", f"row 1 (the header) is longer than {limit} bytes (FOCUS_MAX_LINE_BYTES)", row=1
+            "line_length", f"the header line is longer than {limit} bytes (FOCUS_MAX_LINE_BYTES)", row=1
         )
     try:
         text = line.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ReadLimitError(
-            "utf8", f"row 1 is not UTF-8 text (byte {line[exc.start]:#04x} at offset {exc.start})", 1
+            "utf8", f"is not UTF-8 text (byte {line[exc.start]:#04x} at offset {exc.start})", 1
         ) from None
     try:
         return next(csv.reader([text]), [])
     except csv.Error as exc:  # e.g. a column name over the csv module's field limit
-        raise ReadLimitError("csv_syntax", f"row 1 (the header) is not CSV: {exc}", row=1) from None
+        raise ReadLimitError("csv_syntax", f"the header line is not valid CSV ({exc})", row=1) from None
 
 
 def parquet_chunks_check(parquet: pq.ParquetFile, columns: list[str]) -> None:
@@ -347,11 +347,11 @@ def report_read_error(report: RuleReport, exc: BaseException, *, file: str, row:
         rule, problem, row = exc.rule, exc.problem, exc.row or row
     elif "straddl" in detail:  # Arrow: one row is larger than a whole block
         rule = "line_length"
-        problem = f"a line after row {row - 1} is longer than {csv_block_size()} bytes (FOCUS_MAX_LINE_BYTES)"
+        problem = f"this row or one after it is longer than {csv_block_size()} bytes (FOCUS_MAX_LINE_BYTES)"
     elif "invalid UTF8" in detail or isinstance(exc, UnicodeDecodeError):
-        rule, problem = "utf8", f"is not UTF-8 text after row {row - 1} ({detail})"
+        rule, problem = "utf8", f"is not UTF-8 text ({detail})"
     elif isinstance(exc, csv.Error):
-        rule, problem = "csv_syntax", f"is not valid CSV after row {row - 1} ({detail})"
+        rule, problem = "csv_syntax", f"is not valid CSV ({detail})"
     else:
         rule, problem = "file_readable", f"the file is truncated or unreadable after row {row - 1} ({detail})"
     report.add(
