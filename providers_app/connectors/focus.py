@@ -344,7 +344,7 @@ def report_read_error(report: RuleReport, exc: BaseException, *, file: str, row:
     """One rule error for a file that could not be read to its end, in words a user can act on."""
     detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
     if isinstance(exc, ReadLimitError):
-        rule, problem, row = exc.rule, exc.problem, exc.row or row
+        rule, problem, row = exc.rule, exc.problem, exc.row  # None: the file as a whole (e.g. its footer)
     elif "straddl" in detail:  # Arrow: one row is larger than a whole block
         rule = "line_length"
         problem = f"this row or one after it is longer than {csv_block_size()} bytes (FOCUS_MAX_LINE_BYTES)"
