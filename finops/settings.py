@@ -162,6 +162,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Trigger, watch and cancel the FinOps background tasks.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The framework's and the limits' error answers (400/401/403/404/413/429) on every operation (finops/schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "finops.schema.add_error_responses"],
     # Several serializers have a "status" field with different choices: each set gets a name of its own.
     "ENUM_NAME_OVERRIDES": {
         "RecommendationStatusEnum": "costs_app.models.RecommendationStatus",
