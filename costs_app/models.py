@@ -333,6 +333,8 @@ def _threshold_parse(item) -> Threshold:
         raise ValueError(f"value {item['value']!r} is not a number") from None
     if not value.is_finite() or value <= 0:
         raise ValueError("the value must be a positive number")
+    if value.adjusted() >= 20:  # 1e400 would overflow quantize() below (InvalidOperation, not a ValueError)
+        raise ValueError("the amount is too large" if kind == ThresholdType.ABSOLUTE else "the value is too large")
     if value != value.quantize(CENT):
         raise ValueError("the value may have at most 2 decimal places")
     if kind == ThresholdType.PERCENTAGE and value > THRESHOLD_MAX_PERCENT:

@@ -104,6 +104,23 @@ def test_one_stored_budget_from_year_one_to_9999_does_not_stop_the_check_of_the_
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("value", ["1e400", 1e300, {"type": "absolute", "value": "9" * 40}])
+def test_a_threshold_too_large_for_a_decimal_is_a_validation_error_and_skipped_when_stored(value):
+    # given
+    budget = Budget(name="huge", amount=Decimal(100), thresholds=[value])
+    # when saved through validation
+    with pytest.raises(ValidationError) as refused:
+        budget.full_clean()
+    assert "threshold 1 (" in refused.value.message_dict["thresholds"][0]
+    assert "too large" in refused.value.message_dict["thresholds"][0]
+    # when stored around it: the check skips that budget instead of failing on quantize()
+    account = CloudAccountFactory()
+    stored = BudgetFactory(account=account)
+    Budget.objects.filter(id=stored.id).update(thresholds=[value])
+    assert budgets_check(now=NOW).invalid_budget_ids == [stored.id]
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("param", ["start", "end"])
 def test_export_periods_outside_the_supported_years_are_a_400_naming_the_parameter(viewer_client, param):
     account = CloudAccountFactory(name="acme")
