@@ -1,4 +1,6 @@
-"""A real web server (manage.py runserver, threaded) on a free loopback port, on the test database and Redis.
+"""A real web server (gunicorn, as in production: 2 processes x 8 threads) on a free loopback port, on the test
+database and Redis. Two processes, so what must hold across web processes (throttle counts in Redis, the
+enqueue-once lock in PostgreSQL) is tested as deployed.
 
 Use from a test marked `django_db(transaction=True)`: rows the test writes are committed, so the server sees
 them. Environment overrides (e.g. a THROTTLE_* rate) apply to the server process only.
@@ -25,10 +27,29 @@ class LiveServer:
     def __init__(self, log_dir: Path, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"runserver-{self.port}.log"
+        self.log_path = log_dir / f"gunicorn-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.port}", "--noreload"],
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "finops.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "2",
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "8",
+                "--backlog",
+                "256",
+                "--timeout",
+                "120",
+                "--access-logfile",
+                "-",
+            ],  # fmt: skip
             cwd=ROOT,
             env=child_env(**env),
             stdout=self._log,
@@ -49,13 +70,13 @@ class LiveServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"runserver exited with {self.proc.returncode}:\n{self.log[-4000:]}")
+                raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log[-4000:]}")
             try:
                 requests.get(f"{self.url}/healthz", timeout=2)
                 return
             except requests.RequestException:
                 time.sleep(0.2)
-        raise AssertionError(f"runserver did not answer within {timeout}s:\n{self.log[-4000:]}")
+        raise AssertionError(f"gunicorn did not answer within {timeout}s:\n{self.log[-4000:]}")
 
     def token(self, username: str, password: str) -> str:
         response = requests.post(
