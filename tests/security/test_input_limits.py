@@ -251,3 +251,12 @@ def test_an_offset_past_the_bound_is_a_400_naming_it(viewer_client, path):
     response = viewer_client.get(path, {"offset": 10**30})
     assert response.status_code == 400
     assert "offset" in response.json()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("param", "value"), [("since", "not-a-date"), ("monitor", "9" * 25), ("account", "9" * 25)])
+def test_anomaly_filters_out_of_range_are_a_400_naming_the_parameter(viewer_client, param, value):
+    # found by the schema fuzz: a bare list for `since`, a bigint overflow (500) for ids
+    response = viewer_client.get("/api/v1/anomalies/", {param: value})
+    assert response.status_code == 400
+    assert param in response.json()

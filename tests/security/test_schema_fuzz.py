@@ -1,9 +1,9 @@
 """The OpenAPI schema fuzzed with schemathesis against a real running server, signed in as each role.
 
-Every operation of /api/schema/ gets FUZZ_MAX_EXAMPLES generated requests (default 25, hypothesis deadline
-off, derandomized so a failure reproduces); each answer must not be a 5xx, must be a status code the schema
-documents, and must match the schema's body and content type for it. A failing example is printed as a curl
-command. To add a role (e.g. from the tenancy work), add an entry to ROLES.
+Every operation of /api/schema/ gets FUZZ_MAX_EXAMPLES requests that follow the schema and as many that break
+it (default 25 each, hypothesis deadline off, derandomized so a failure reproduces); each answer must not be a
+5xx, must be a status code the schema documents, and must match the schema's body and content type for it.
+A failing example is printed as a curl command. To add a role (e.g. from the tenancy work), add it to ROLES.
 """
 
 import os
@@ -17,6 +17,7 @@ import schemathesis
 from django.contrib.auth.models import Permission
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -87,17 +88,23 @@ def seed() -> None:
     DeadLetter.objects.create(run=run, task_name=run.task_name, kwargs=run.kwargs, queue=run.queue, error="boom")
 
 
-def fuzz(operation, call) -> None:
-    """MAX_EXAMPLES generated requests to `operation`, each answer validated; raises on the first failure."""
-    checks = checks_for(operation)
-    # An operation with no parameter and no body (health, active tasks, worker stats: ~1 s of broker inspection
-    # each) has one possible request: sending it MAX_EXAMPLES times finds nothing more.
-    inputs = [p for p in operation.iter_parameters() if p.name not in ("Authorization", "sessionid")]  # security
-    has_inputs = bool(inputs) or bool(operation.body)
+def has_inputs(operation) -> bool:
+    """Parameters (the security schemes' Authorization header and session cookie aside) or a body."""
+    parameters = [p for p in operation.iter_parameters() if p.name not in ("Authorization", "sessionid")]
+    return bool(parameters) or bool(operation.body)
 
-    @given(case=operation.as_strategy())
+
+def fuzz(operation, call, mode: GenerationMode | None) -> None:
+    """MAX_EXAMPLES generated requests to `operation`, each answer validated; raises on the first failure.
+
+    POSITIVE requests follow the schema; NEGATIVE ones break it (wrong types, out-of-range numbers, missing
+    fields): those must be refused with a documented 4xx, never a 5xx. None: an operation without inputs (health,
+    active tasks, worker stats: ~1 s of broker inspection each) has one possible request, sent once."""
+    checks = checks_for(operation)
+
+    @given(case=operation.as_strategy(generation_mode=mode or GenerationMode.POSITIVE))
     @hypothesis_settings(
-        max_examples=MAX_EXAMPLES if has_inputs else 1,
+        max_examples=MAX_EXAMPLES if mode else 1,
         deadline=None,
         derandomize=True,
         database=None,
@@ -136,14 +143,17 @@ def test_every_operation_answers_within_its_schema(role_name, tmp_path):
         # when
         for operation in operations:
             started = time.monotonic()
-            try:
-                fuzz(
-                    operation, lambda case: case.call(base_url=server.url, session=session, headers=headers, timeout=60)
-                )
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:  # every operation is tried; the failures are reported together
-                failures.append(f"--- {operation.label}\n{str(exc)[:3000]}")
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_inputs(operation) else [None]:
+                try:
+                    fuzz(
+                        operation,
+                        lambda case: case.call(base_url=server.url, session=session, headers=headers, timeout=60),
+                        mode,
+                    )
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # every operation is tried; the failures are reported together
+                    failures.append(f"--- {operation.label} ({mode and mode.value})\n{str(exc)[:3000]}")
             durations[operation.label] = time.monotonic() - started
     finally:
         server.stop()
