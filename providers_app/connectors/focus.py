@@ -297,20 +297,26 @@ def csv_block_size() -> int:
 
 
 def read_header(path: Path, *, gz: bool | None = None) -> list[str]:
-    """The CSV header (row 1), reading at most FOCUS_MAX_LINE_BYTES of it: a file without line breaks, or a
-    gzip that inflates to gigabytes of them, fails after one bounded read."""
-    limit = settings.FOCUS_MAX_LINE_BYTES
+    """The CSV header, reading at most one line limit of it: a file without line breaks, or a gzip that inflates
+    to gigabytes without them, fails after one bounded read.
+
+    The first data row is measured too: Arrow's reader, failing on an overlong row in its very first block,
+    leaves a read-ahead thread behind that aborts the process at exit ("terminate called without an active
+    exception"); found here, the error is ours. Later overlong rows fail inside the reader, which is safe.
+    """
+    limit = csv_block_size()
     with open_export(path, gz=gz) as raw:
         line = raw.readline(limit + 1)
+        first_row = raw.readline(limit + 1) if len(line) <= limit else b""
     if len(line) > limit:
-        raise ReadLimitError(
-            "line_length", f"the header line is longer than {limit} bytes (FOCUS_MAX_LINE_BYTES)", row=1
-        )
+        raise ReadLimitError("line_length", f"the header line is longer than {limit} bytes (FOCUS_MAX_LINE_BYTES)", 1)
+    if len(first_row) > limit:
+        raise ReadLimitError("line_length", f"this row is longer than {limit} bytes (FOCUS_MAX_LINE_BYTES)", 1)
     try:
         text = line.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ReadLimitError(
-            "utf8", f"is not UTF-8 text (byte {line[exc.start]:#04x} at offset {exc.start})", 1
+            "utf8", f"is not UTF-8 text (byte {line[exc.start]:#04x} at offset {exc.start})", row=1
         ) from None
     try:
         return next(csv.reader([text]), [])

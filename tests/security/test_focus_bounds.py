@@ -80,7 +80,9 @@ def import_child(path: Path, account: str) -> tuple[int, str, int, float]:
     stderr = err.decode(errors="replace")
     reported = [int(line.split("=")[1]) for line in stderr.splitlines() if line.startswith("VMHWM_KB=")]
     assert reported, f"the child did not report its VmHWM:\n{stderr[-3000:]}"
-    return proc.returncode, stderr, max(reported[0], sampled[0]), time.monotonic() - started
+    peak, seconds = max(reported[0], sampled[0]), time.monotonic() - started
+    print(f"import_focus {path.name}: exit {proc.returncode}, peak RSS {peak // 1024} MiB, {seconds:.1f} s")
+    return proc.returncode, stderr, peak, seconds
 
 
 def header_line() -> bytes:
@@ -117,8 +119,8 @@ def test_a_1_mb_gzip_inflating_to_1_gb_without_newlines_fails_fast_in_bounded_me
     rows_before = CostLineItem.objects.filter(account=loaded_account).count()
     # when
     code, stderr, peak_kb, seconds = import_child(bomb, "acme")
-    # then
-    assert code != 0
+    # then: a clean CommandError exit (1), not a crash
+    assert code == 1
     assert "bomb.csv.gz row 1: " in stderr
     assert LINE_LIMIT in stderr
     assert "Nothing was imported." in stderr
@@ -141,7 +143,7 @@ def test_a_200_mb_single_line_fails_fast_in_bounded_memory(tmp_path, loaded_acco
     # when
     code, stderr, peak_kb, seconds = import_child(line, "acme")
     # then
-    assert code != 0
+    assert code == 1
     assert "line.csv row 1: " in stderr
     assert LINE_LIMIT in stderr
     assert "Traceback" not in stderr
@@ -157,7 +159,7 @@ def test_binary_garbage_is_a_clear_error_naming_the_file(tmp_path, loaded_accoun
     # when
     code, stderr, peak_kb, _ = import_child(garbage, "acme")
     # then
-    assert code != 0
+    assert code == 1
     assert "garbage.csv row 1: is not UTF-8 text (byte 0xff at offset 0)" in stderr
     assert "UnicodeDecodeError" not in stderr and "Traceback" not in stderr
     assert CostLineItem.objects.filter(account=loaded_account).count() == 1000
@@ -175,6 +177,23 @@ def test_rows_that_are_not_utf8_after_a_good_header_are_named(tmp_path):
     assert str(refused.value).startswith("latin1.csv row 1: is not UTF-8 text (")
     [violation] = refused.value.report.as_dict()["violations"]
     assert violation["rule"] == "utf8"
+
+
+@pytest.mark.django_db
+def test_an_overlong_row_deep_in_the_file_is_named_and_nothing_is_loaded(tmp_path, settings):
+    # given: a 64 KiB line limit, 1000 good rows (~600 KiB), then a row of 200 KiB
+    settings.FOCUS_MAX_LINE_BYTES = 64 * 1024
+    path = tmp_path / "late.csv"
+    path.write_bytes(SAMPLE.read_bytes() + b"x" * (200 * 1024) + b"\n")
+    account = CloudAccountFactory()
+    # when
+    with pytest.raises(FocusRulesError) as refused:
+        focus_file_import(account=account, path=str(path))
+    # then
+    message = str(refused.value)
+    assert message.startswith("late.csv row ")
+    assert "this row or one after it is longer than 65536 bytes (FOCUS_MAX_LINE_BYTES)" in message
+    assert not CostLineItem.objects.filter(account=account).exists()
 
 
 @pytest.mark.django_db
