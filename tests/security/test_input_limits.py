@@ -260,3 +260,26 @@ def test_anomaly_filters_out_of_range_are_a_400_naming_the_parameter(viewer_clie
     response = viewer_client.get("/api/v1/anomalies/", {param: value})
     assert response.status_code == 400
     assert param in response.json()
+
+
+def test_the_json_parser_itself_stops_reading_at_the_limit(settings):
+    """A body arriving without a usable Content-Length (ASGI, a proxy's chunked upload) is bounded by the parser."""
+    import io
+
+    from finops.limits import BoundedJSONParser, RequestTooLarge
+
+    settings.API_MAX_BODY_BYTES = 1000
+
+    class CountingStream(io.BytesIO):
+        read_bytes = 0
+
+        def read(self, size=-1):
+            data = super().read(size)
+            self.read_bytes += len(data)
+            return data
+
+    stream = CountingStream(b'{"a": "' + b"x" * (10 << 20) + b'"}')
+    with pytest.raises(RequestTooLarge):
+        BoundedJSONParser().parse(stream)
+    assert stream.read_bytes == 1001  # never the 10 MiB
+    assert BoundedJSONParser().parse(io.BytesIO(b'{"a": [1, {"b": 2}]}')) == {"a": [1, {"b": 2}]}
