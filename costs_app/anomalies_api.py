@@ -239,11 +239,14 @@ class AnomalyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 queryset = queryset.filter(status=params["status"])
             for name in ("monitor", "account"):
                 if params.get(name):
-                    if not params[name].isdigit():
+                    if not params[name].isdigit() or int(params[name]) >= 2**63:  # past bigint: a DataError
                         raise serializers.ValidationError({name: "An id (a whole number)."})
                     queryset = queryset.filter(**{f"{name}_id": int(params[name])})
             if params.get("since"):
-                since = serializers.DateField().to_internal_value(params["since"])
+                try:
+                    since = serializers.DateField().to_internal_value(params["since"])
+                except serializers.ValidationError as exc:  # name the parameter, as for the others
+                    raise serializers.ValidationError({"since": exc.detail}) from None
                 queryset = queryset.filter(end_day__gte=since)
         return queryset.order_by("-end_day", "-impact", "-id")
 

@@ -3,6 +3,7 @@
 import json
 import re
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
@@ -228,6 +229,39 @@ THRESHOLD_MAX_PERCENT = Decimal(10_000)
 THRESHOLD_MAX_AMOUNT = Decimal(10) ** 18
 CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 
+# Budget dates: cost data of this century, and fixed ranges of at most a few years. Beyond them a period's
+# arithmetic leaves Python's dates (9999-12-31 + 1 day) and one budget's day series grows to millions of rows.
+BUDGET_DATE_MIN = date(2000, 1, 1)
+BUDGET_DATE_MAX = date(2100, 12, 31)
+BUDGET_MAX_RANGE_YEARS = 5
+BUDGET_MAX_RANGE_DAYS = BUDGET_MAX_RANGE_YEARS * 366
+
+
+def budget_dates_problems(*, period: str, start: date | None, end: date | None) -> dict[str, list[str]]:
+    """Field name -> what is wrong with a budget's period dates (empty: fine). Shared by Budget.clean() and
+    monitor_budget, which skips a stored row that breaks them instead of failing for every budget."""
+    errors: dict[str, list[str]] = {}
+    for name, value in (("start_date", start), ("end_date", end)):
+        if value is not None and not BUDGET_DATE_MIN <= value <= BUDGET_DATE_MAX:
+            errors.setdefault(name, []).append(f"{value} is outside {BUDGET_DATE_MIN} .. {BUDGET_DATE_MAX}")
+    if period == BudgetPeriod.CUSTOM:
+        if start is None:
+            errors.setdefault("start_date", []).append("a fixed date range budget needs a start date")
+        if end is None:
+            errors.setdefault("end_date", []).append("a fixed date range budget needs an end date")
+        if start and end and end < start:
+            errors.setdefault("end_date", []).append("the end date is before the start date")
+        elif start and end and (end - start).days + 1 > BUDGET_MAX_RANGE_DAYS:
+            errors.setdefault("end_date", []).append(
+                f"a fixed date range covers at most {BUDGET_MAX_RANGE_YEARS} years ({BUDGET_MAX_RANGE_DAYS} days);"
+                f" {start} to {end} is {(end - start).days + 1} days"
+            )
+    elif start or end:
+        errors.setdefault("period", []).append(
+            "start and end dates are for fixed date range budgets only; choose that period or clear the dates"
+        )
+    return errors
+
 
 @dataclass(frozen=True)
 class Threshold:
@@ -315,6 +349,8 @@ def _threshold_parse(item) -> Threshold:
         raise ValueError(f"value {item['value']!r} is not a number") from None
     if not value.is_finite() or value <= 0:
         raise ValueError("the value must be a positive number")
+    if value.adjusted() >= 20:  # 1e400 would overflow quantize() below (InvalidOperation, not a ValueError)
+        raise ValueError("the amount is too large" if kind == ThresholdType.ABSOLUTE else "the value is too large")
     if value != value.quantize(CENT):
         raise ValueError("the value may have at most 2 decimal places")
     if kind == ThresholdType.PERCENTAGE and value > THRESHOLD_MAX_PERCENT:
@@ -381,17 +417,10 @@ class Budget(models.Model):
         self.currency = (self.currency or "").strip().upper()
         if not CURRENCY_RE.match(self.currency):
             errors.setdefault("currency", []).append("a three-letter ISO 4217 code such as USD or EUR")
-        if self.period == BudgetPeriod.CUSTOM:
-            if self.start_date is None:
-                errors.setdefault("start_date", []).append("a fixed date range budget needs a start date")
-            if self.end_date is None:
-                errors.setdefault("end_date", []).append("a fixed date range budget needs an end date")
-            if self.start_date and self.end_date and self.end_date < self.start_date:
-                errors.setdefault("end_date", []).append("the end date is before the start date")
-        elif self.start_date or self.end_date:
-            errors.setdefault("period", []).append(
-                "start and end dates are for fixed date range budgets only; choose that period or clear the dates"
-            )
+        for name, messages in budget_dates_problems(
+            period=self.period, start=self.start_date, end=self.end_date
+        ).items():
+            errors.setdefault(name, []).extend(messages)
         self.sub_account_ids = _clean_list(self.sub_account_ids)
         self.service_names = _clean_list(self.service_names)
         self.region_ids = _clean_list(self.region_ids)

@@ -41,6 +41,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: an oversize API body is refused before any other work is done for it (finops/limits.py).
+    "finops.limits.RequestBodyLimitMiddleware",
     "finops.correlation.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -154,10 +156,31 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "finops.limits.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_PARSER_CLASSES": [
+        "finops.limits.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    # How many proxies in front of gunicorn append to X-Forwarded-For: the per-address throttles trust that many
+    # entries (None: REMOTE_ADDR, the right choice without a proxy, since the header is then the client's word).
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=None),
     "UNAUTHENTICATED_USER": None,
 }
+
+# --- Limits (finops/limits.py): what one request may cost ---
+# Request bodies, as Django's forms: the API refuses a larger one with 413 before reading or parsing it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)  # Django's 2.5 MiB
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=DATA_UPLOAD_MAX_MEMORY_SIZE)
+API_MAX_JSON_DEPTH = env.int("API_MAX_JSON_DEPTH", default=32)  # nesting of a JSON body; deeper is a 400
+API_PAGE_MAX_LIMIT = env.int("API_PAGE_MAX_LIMIT", default=500)  # ?limit= above it is capped
+API_PAGE_MAX_OFFSET = env.int("API_PAGE_MAX_OFFSET", default=1_000_000)  # ?offset= above it is a 400
+# Request rates ("N/s|min|hour|day"; empty: no limit), counted in the Redis cache (shared by every web process).
+THROTTLE_LOGIN_USER_RATE = env("THROTTLE_LOGIN_USER_RATE", default="5/min")  # token requests per username
+THROTTLE_LOGIN_IP_RATE = env("THROTTLE_LOGIN_IP_RATE", default="20/min")  # token requests per address
+THROTTLE_REFRESH_IP_RATE = env("THROTTLE_REFRESH_IP_RATE", default="60/min")  # token refreshes per address
+THROTTLE_TRIGGER_RATE = env("THROTTLE_TRIGGER_RATE", default="30/min")  # triggers, replays, connection tests per user
 SIMPLE_JWT = {
     "SIGNING_KEY": JWT_SECRET_KEY,
     "ALGORITHM": "HS256",
@@ -182,6 +205,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The framework's and the limits' error answers (400/401/403/404/413/429) on every operation (finops/schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "finops.schema.add_error_responses"],
     # Several serializers have a "status" field with different choices: each set gets a name of its own.
     "ENUM_NAME_OVERRIDES": {
         "RecommendationStatusEnum": "costs_app.models.RecommendationStatus",
@@ -280,6 +305,18 @@ BEAT_HEARTBEAT_MAX_AGE = env.int("BEAT_HEARTBEAT_MAX_AGE", default=120)
 AWS_SDK_MAX_ATTEMPTS = env.int("AWS_SDK_MAX_ATTEMPTS", default=2)
 # Connect and read timeout of one AWS SDK request, seconds.
 AWS_SDK_TIMEOUT = env.int("AWS_SDK_TIMEOUT", default=30)
+
+# --- FOCUS files (providers_app/connectors/focus.py) ---
+# A focus account's settings.path must resolve (symlinks followed) inside this folder; relative paths are taken
+# from it. Set by the operator only (environment, never the admin or API); empty refuses every focus path.
+# `manage.py import_focus PATH` / `seed_demo` read the path typed by the operator on the command line wherever it is.
+FOCUS_IMPORT_ROOT = env("FOCUS_IMPORT_ROOT", default=str(BASE_DIR / "imports"))
+# A CSV line longer than this (the reader's block size, so memory stays a few blocks whatever the compression
+# ratio) and a field longer than FOCUS_MAX_FIELD_BYTES are rule errors naming the file and row.
+FOCUS_MAX_LINE_BYTES = env.int("FOCUS_MAX_LINE_BYTES", default=4 << 20)
+FOCUS_MAX_FIELD_BYTES = env.int("FOCUS_MAX_FIELD_BYTES", default=64 << 10)
+# A Parquet column chunk larger than this uncompressed is refused before it is read (a "parquet bomb").
+FOCUS_MAX_PARQUET_CHUNK_BYTES = env.int("FOCUS_MAX_PARQUET_CHUNK_BYTES", default=256 << 20)
 
 # --- Retention (days) for cleanup_old_data ---
 # The defaults of the RetentionPolicy rows (edited in the admin): a data migration creates one row per class

@@ -13,6 +13,9 @@ os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/15")
 # The emulators (moto, Azurite, the GCS emulator, the local Entra ID/ARM/Google APIs) and the webhook and SMTP
 # sinks listen on loopback: the operator's escape hatch from the egress policy (tests/security sets it empty).
 os.environ.setdefault("EGRESS_ALLOWED_HOSTS", "127.0.0.1,localhost")
+# Tests read FOCUS files from the repository and from pytest's temporary folders; the tests of the root
+# itself (tests/security/test_focus_bounds.py) set their own.
+os.environ.setdefault("FOCUS_IMPORT_ROOT", "/")
 
 from .settings import *  # noqa: E402,F403
 

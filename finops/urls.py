@@ -1,7 +1,9 @@
 """URL map: the admin, the API under /api/v1/, the OpenAPI schema and docs (signed-in users), a liveness probe."""
 
 from django.contrib import admin
+from django.http import JsonResponse
 from django.urls import include, path
+from django.views import defaults
 
 from finops.api_docs import SchemaView, SwaggerDocsView
 from tasks_app.api.views import LivenessView
@@ -16,3 +18,13 @@ urlpatterns = [
     path("api/docs/", SwaggerDocsView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", LivenessView.as_view(), name="healthz"),
 ]
+
+
+def not_found(request, exception=None):
+    """An unknown URL under /api/ answers JSON like every other API error (e.g. /dead-letters/-1); pages stay HTML."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+handler404 = not_found

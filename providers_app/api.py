@@ -9,7 +9,7 @@ from rest_framework.permissions import IsAuthenticated
 
 from finops.api_permissions import ModelPermissions
 
-from .models import CloudAccount, Credential, Role, Team
+from .models import CloudAccount, Credential, Provider, Role, Team
 from .selectors import is_platform_admin, teams_for, visible_to
 from .services.accounts import account_create, account_egress_validate, account_update
 
@@ -93,6 +93,13 @@ class CloudAccountSerializer(serializers.ModelSerializer):
         # The egress policy and the "credential again" rule, before anything is written (a 400 naming the
         # setting); the services check the same again for callers that are not this serializer.
         provider = self.instance.provider if self.instance is not None else attrs.get("provider", "")
+        if provider == Provider.FOCUS and "settings" in attrs:
+            # The files must lie under FOCUS_IMPORT_ROOT (no `..`, no symlink out of it).
+            from .connectors.focus import focus_settings_problem
+
+            problem = focus_settings_problem(attrs["settings"])
+            if problem:
+                raise serializers.ValidationError({"settings": [problem]})
         account_egress_validate(
             provider=provider,
             settings=attrs.get("settings"),
@@ -200,3 +207,10 @@ class CloudAccountViewSet(
 
             return [IsAuthenticated(), CanTriggerTasks()]
         return super().get_permissions()
+
+    def get_throttles(self):
+        if self.action == "test_connection":
+            from finops.limits import TriggerUserThrottle
+
+            return [TriggerUserThrottle()]
+        return super().get_throttles()

@@ -3,6 +3,7 @@
 import json
 
 from django.conf import settings as django_settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -88,6 +89,14 @@ class CloudAccount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.provider})"
+
+    def clean(self) -> None:
+        if self.provider == Provider.FOCUS:
+            from .connectors.focus import focus_settings_problem
+
+            problem = focus_settings_problem(self.settings)
+            if problem:
+                raise ValidationError({"settings": problem})
 
 
 class Credential(models.Model):

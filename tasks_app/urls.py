@@ -1,9 +1,9 @@
 """The task API under /api/v1/: the seed's exact paths, the audit trail, dead letters, export and JWT."""
 
 from django.urls import path
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from .api import views
+from .api.auth import ThrottledTokenObtainPairView, ThrottledTokenRefreshView
 
 CREATE = {"post": "create"}
 
@@ -34,6 +34,6 @@ urlpatterns = [
     # FOCUS out.
     path("costs/export", views.FocusExportView.as_view(), name="costs-export"),
     # JWT.
-    path("auth/token", TokenObtainPairView.as_view(), name="token-obtain"),
-    path("auth/token/refresh", TokenRefreshView.as_view(), name="token-refresh"),
+    path("auth/token", ThrottledTokenObtainPairView.as_view(), name="token-obtain"),
+    path("auth/token/refresh", ThrottledTokenRefreshView.as_view(), name="token-refresh"),
 ]

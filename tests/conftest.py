@@ -10,6 +10,23 @@ from providers_app.services.teams import team_default, team_member_set
 from tests.factories import UserFactory
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    """Request-rate counters live in the Redis cache for a minute: each test starts with none of them."""
+    clear_throttles()
+    yield
+
+
+def clear_throttles() -> None:
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"])
+    keys = list(client.scan_iter(f"{settings.CACHES['default'].get('KEY_PREFIX', '')}:*:throttle:*"))
+    if keys:
+        client.delete(*keys)
+
+
 @pytest.fixture
 def default_team(db):
     return team_default()

@@ -85,6 +85,7 @@ from costs_app.models import (
     NotificationChannel,
     SpendBasis,
     Threshold,
+    budget_dates_problems,
     plain,
 )
 
@@ -117,6 +118,7 @@ class BudgetCheckResult:
     budgets_checked: int = 0
     periods_checked: int = 0
     invalid_budgets: int = 0
+    invalid_budget_ids: list[int] = field(default_factory=list)  # skipped, named in the log with the reason
     alerts_created: int = 0
     alerts_resolved: int = 0
     over_budget: int = 0
@@ -133,6 +135,7 @@ class BudgetCheckResult:
             "budgets_checked": self.budgets_checked,
             "periods_checked": self.periods_checked,
             "invalid_budgets": self.invalid_budgets,
+            "invalid_budget_ids": list(self.invalid_budget_ids),
             "alerts_created": self.alerts_created,
             "alerts_resolved": self.alerts_resolved,
             "over_budget": self.over_budget,
@@ -661,12 +664,20 @@ def _active_budgets(*, account_id: int | None, budget_id: int | None) -> list[Bu
 def _valid(budgets: list[Budget], result: BudgetCheckResult) -> list[tuple[Budget, list[Threshold]]]:
     checked = []
     for budget in budgets:
+        # Saved around the validation (a raw insert, an old row, an older rule): skip it, loudly, and check the
+        # others. Dates first: 0001-01-01 .. 9999-12-31 would overflow the period arithmetic for every budget.
+        problems = budget_dates_problems(period=budget.period, start=budget.start_date, end=budget.end_date)
         try:
-            checked.append((budget, budget.threshold_list()))
+            thresholds = budget.threshold_list()
         except ValidationError as exc:
-            # Saved around the validation (a raw insert, an old row): skip it, loudly, and check the others.
+            problems.setdefault("thresholds", []).extend(exc.messages)
+        if problems:
             result.invalid_budgets += 1
-            logger.warning("budget %s (%s) skipped, invalid thresholds: %s", budget.id, budget.name, exc.messages)
+            result.invalid_budget_ids.append(budget.id)
+            described = "; ".join(f"{name}: {', '.join(messages)}" for name, messages in problems.items())
+            logger.warning("budget %s (%s) skipped, invalid: %s", budget.id, budget.name, described)
+            continue
+        checked.append((budget, thresholds))
     return checked
 
 

@@ -10,7 +10,6 @@ import. Errors name the object key, the row and the column.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import tempfile
 from abc import abstractmethod
@@ -24,7 +23,16 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from .base import ERROR, CostBatch, CostSource
-from .focus import CSV_BLOCK_SIZE, GZIP_ERRORS, PARQUET_BATCH_ROWS, normalise, open_export
+from .focus import (
+    PARQUET_BATCH_ROWS,
+    READ_ERRORS,
+    csv_block_size,
+    normalise,
+    open_export,
+    parquet_chunks_check,
+    read_header,
+    report_read_error,
+)
 from .mapping import ColumnMapping
 
 
@@ -117,16 +125,8 @@ class ExportCostSource(CostSource):
                     yield batch
         except _Refused:
             return
-        except (OSError, EOFError, UnicodeDecodeError, pa.ArrowInvalid, *GZIP_ERRORS) as exc:
-            detail = str(exc).splitlines()[0][:300]
-            self.report.add(
-                rule="file_readable",
-                column="",
-                severity=ERROR,
-                problem=f"the file is truncated or unreadable after row {row - 1} ({detail})",
-                count=1,
-                examples=[{"file": file.key, "row": row, "column": ""}],
-            )
+        except READ_ERRORS as exc:
+            report_read_error(self.report, exc, file=file.key, row=row)
 
     def _read(self, file: ExportFile, local: Path, mapping: ColumnMapping | None) -> Iterator[pa.RecordBatch]:
         if file.format == "parquet":
@@ -135,12 +135,12 @@ class ExportCostSource(CostSource):
             self._check_header(file, names, mapping)
             wanted = self._wanted(names, mapping)
             in_file = dict(zip(names, parquet.schema_arrow.names, strict=True))
+            parquet_chunks_check(parquet, [in_file[n] for n in wanted])
             for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[in_file[n] for n in wanted]):
                 yield batch.rename_columns(wanted)
             return
         gz = file.format == "csv.gz"
-        with open_export(local, "rt", gz=gz, encoding="utf-8-sig", newline="") as fh:
-            names = next(csv.reader(fh), None)
+        names = read_header(local, gz=gz)
         if not names:
             raise pa.ArrowInvalid("the file is empty (no header row)")
         names = self.column_names(names)
@@ -149,7 +149,7 @@ class ExportCostSource(CostSource):
         with open_export(local, gz=gz) as fh:
             reader = pcsv.open_csv(
                 fh,
-                read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_SIZE, column_names=names, skip_rows=1),
+                read_options=pcsv.ReadOptions(block_size=csv_block_size(), column_names=names, skip_rows=1),
                 parse_options=pcsv.ParseOptions(newlines_in_values=True),
                 convert_options=pcsv.ConvertOptions(
                     # Every column as text: money stays exact, and inference cannot misread a later block.

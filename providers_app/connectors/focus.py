@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+from django.conf import settings
 from isal import igzip, isal_zlib
 
 from finops.errors import PermanentError
@@ -80,13 +82,70 @@ def arrow_type(column: focus.Column) -> pa.DataType:
     return TS if column.type == focus.DATETIME else pa.string()
 
 
-def source_files(path: str | Path) -> list[Path]:
-    """The export files at `path`: the file itself, or every *.csv, *.csv.gz, *.parquet in the folder, sorted."""
-    root = Path(path)
+# --- where focus accounts may read (FOCUS_IMPORT_ROOT) ---
+
+
+class FocusPathRefused(PermanentError):
+    """A focus account's path is outside FOCUS_IMPORT_ROOT (or malformed): one message, whether it exists or not."""
+
+
+def import_roots() -> list[Path]:
+    """The folders focus accounts may read from, resolved (FOCUS_IMPORT_ROOT, several separated by os.pathsep)."""
+    text = str(settings.FOCUS_IMPORT_ROOT or "")
+    return [Path(part).resolve() for part in text.split(os.pathsep) if part.strip()]
+
+
+def focus_path_resolve(path: str | Path) -> Path:
+    """The account's path resolved inside FOCUS_IMPORT_ROOT, or FocusPathRefused.
+
+    Relative paths are taken from the (first) root. `..` is refused outright, and the check is made on the path
+    with every symlink resolved, so neither can lead out of the root. The message is the same whether the path
+    exists, is a folder or a file: it tells nothing about the server's file system outside the root.
+    """
+    raw = str(path)
+    roots = import_roots()
+    refused = FocusPathRefused(
+        f"FOCUS path {raw[:300]!r} is not inside the FOCUS import folder (FOCUS_IMPORT_ROOT, set by the operator)"
+    )
+    if not roots or not raw.strip() or "\x00" in raw or ".." in Path(raw).parts:
+        raise refused
+    candidate = Path(raw) if Path(raw).is_absolute() else roots[0] / raw
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError):  # a symlink loop, a name too long
+        raise refused from None
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise refused
+    return resolved
+
+
+def focus_settings_problem(account_settings) -> str | None:
+    """What is wrong with a focus account's settings.path for saving it (API, admin), or None."""
+    path = (account_settings or {}).get("path") if isinstance(account_settings, dict) else None
+    if path is None:
+        return None  # no path yet: syncs say so
+    if not isinstance(path, str):
+        return "path: a folder or file name (text)"
+    try:
+        focus_path_resolve(path)
+    except FocusPathRefused as exc:
+        return f"path: {exc}"
+    return None
+
+
+def source_files(path: str | Path, *, confined: bool = False) -> list[Path]:
+    """The export files at `path`: the file itself, or every *.csv, *.csv.gz, *.parquet in the folder, sorted.
+
+    `confined`: `path` is an account's setting, resolved inside FOCUS_IMPORT_ROOT, and so is each file (a
+    symlink in the folder pointing outside it is refused). An operator's command-line path is not confined.
+    """
+    root = focus_path_resolve(path) if confined else Path(path)
     if not root.exists():
-        raise PermanentError(f"FOCUS path {str(root)!r} does not exist")
+        raise PermanentError(f"FOCUS path {str(path)!r} does not exist")
     if root.is_dir():
         files = sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES))
+        if confined:
+            files = [focus_path_resolve(p) for p in files]
         if not files:
             raise PermanentError(f"no *.csv, *.csv.gz or *.parquet file in {str(root)!r}")
         return files
@@ -105,13 +164,16 @@ class FocusFileSource(CostSource):
 
     def __init__(self, account, path: str | Path | None = None):
         super().__init__(account)
+        # The account's own path is confined to FOCUS_IMPORT_ROOT, checked again here at read time (the
+        # setting may predate the root, or the root may have moved); an explicit path is the operator's.
+        self.confined = not path
         path = path or (account.settings or {}).get("path")
         if not path:
             raise PermanentError(f"focus account {account.name!r} has no settings.path to read exports from")
         self.path = Path(path)
 
     def batches(self, *, billing_period: str | None = None) -> Iterator[CostBatch]:
-        files = source_files(self.path)
+        files = source_files(self.path, confined=self.confined)
         self.files = [str(f) for f in files]
         for file in files:
             yield from self._file_batches(file, billing_period)
@@ -145,17 +207,10 @@ class FocusFileSource(CostSource):
                     yield batch
         except _HeaderRefused:
             return
-        except (OSError, EOFError, pa.ArrowInvalid, *GZIP_ERRORS) as exc:
-            # A truncated gzip or broken CSV: everything read so far is discarded with the rest.
-            detail = str(exc).splitlines()[0][:300]
-            self.report.add(
-                rule="file_readable",
-                column="",
-                severity=ERROR,
-                problem=f"the file is truncated or unreadable after row {row - 1} ({detail})",
-                count=1,
-                examples=[{"file": name, "row": row, "column": ""}],
-            )
+        except READ_ERRORS as exc:
+            # A truncated gzip, broken CSV, a line or field over the limits, not UTF-8: everything read so far is
+            # discarded with the rest.
+            report_read_error(self.report, exc, file=name, row=row)
 
     def _header(self, name: str, names: list[str]) -> list[str]:
         """Check the column set; return the FOCUS columns to read (file names, before RENAMED is applied)."""
@@ -192,8 +247,7 @@ class FocusFileSource(CostSource):
         return [n for n in names if n not in unknown]
 
     def _csv(self, file: Path) -> Iterator[pa.RecordBatch]:
-        with open_export(file, "rt", encoding="utf-8-sig", newline="") as fh:
-            header = next(csv.reader(fh), None)
+        header = read_header(file)
         if not header:
             raise pa.ArrowInvalid("the file is empty (no header row)")
         wanted = self._header(file.name, header)
@@ -204,7 +258,7 @@ class FocusFileSource(CostSource):
         with open_export(file) as raw:
             reader = pcsv.open_csv(
                 raw,
-                read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_SIZE, use_threads=False),
+                read_options=pcsv.ReadOptions(block_size=csv_block_size(), use_threads=False),
                 # Descriptions may hold quoted line breaks.
                 parse_options=pcsv.ParseOptions(newlines_in_values=True),
                 convert_options=pcsv.ConvertOptions(
@@ -221,7 +275,99 @@ class FocusFileSource(CostSource):
     def _parquet(self, file: Path) -> Iterator[pa.RecordBatch]:
         parquet = pq.ParquetFile(file)
         wanted = self._header(file.name, parquet.schema_arrow.names)
+        parquet_chunks_check(parquet, wanted)
         yield from parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
+
+
+# --- bounded reading, shared with the cloud export connectors (exports.py) ---
+
+
+class ReadLimitError(Exception):
+    """A file broke a reading bound: `rule` and `problem` for the rule report, `row` when it is known."""
+
+    def __init__(self, rule: str, problem: str, row: int | None = None):
+        super().__init__(problem)
+        self.rule, self.problem, self.row = rule, problem, row
+
+
+def csv_block_size() -> int:
+    """The CSV reader's block: also the longest line it accepts (Arrow refuses a row straddling two blocks), so
+    memory stays a few blocks whatever the line lengths or the compression ratio."""
+    return min(CSV_BLOCK_SIZE, settings.FOCUS_MAX_LINE_BYTES)
+
+
+def read_header(path: Path, *, gz: bool | None = None) -> list[str]:
+    """The CSV header, reading at most one line limit of it: a file without line breaks, or a gzip that inflates
+    to gigabytes without them, fails after one bounded read.
+
+    The first data row is measured too: Arrow's reader, failing on an overlong row in its very first block,
+    leaves a read-ahead thread behind that aborts the process at exit ("terminate called without an active
+    exception"); found here, the error is ours. Later overlong rows fail inside the reader, which is safe.
+    """
+    limit = csv_block_size()
+    with open_export(path, gz=gz) as raw:
+        line = raw.readline(limit + 1)
+        first_row = raw.readline(limit + 1) if len(line) <= limit else b""
+    if len(line) > limit:
+        raise ReadLimitError("line_length", f"the header line is longer than {limit} bytes (FOCUS_MAX_LINE_BYTES)", 1)
+    if len(first_row) > limit:
+        raise ReadLimitError("line_length", f"this row is longer than {limit} bytes (FOCUS_MAX_LINE_BYTES)", 1)
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ReadLimitError(
+            "utf8", f"is not UTF-8 text (byte {line[exc.start]:#04x} at offset {exc.start})", row=1
+        ) from None
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error as exc:  # e.g. a column name over the csv module's field limit
+        raise ReadLimitError("csv_syntax", f"the header line is not valid CSV ({exc})", row=1) from None
+
+
+def parquet_chunks_check(parquet: pq.ParquetFile, columns: list[str]) -> None:
+    """Refuse, from the footer alone, a column chunk that would inflate beyond FOCUS_MAX_PARQUET_CHUNK_BYTES."""
+    limit = settings.FOCUS_MAX_PARQUET_CHUNK_BYTES
+    meta = parquet.metadata
+    wanted = set(columns)
+    for group in range(meta.num_row_groups):
+        row_group = meta.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            name = chunk.path_in_schema.split(".")[0]
+            if name in wanted and chunk.total_uncompressed_size > limit:
+                raise ReadLimitError(
+                    "parquet_chunk_size",
+                    f"column {name} of row group {group} is {chunk.total_uncompressed_size} bytes uncompressed, "
+                    f"more than {limit} (FOCUS_MAX_PARQUET_CHUNK_BYTES)",
+                )
+
+
+# What reading a file may raise besides a rule: each becomes one ERROR naming the file and where.
+READ_ERRORS = (ReadLimitError, OSError, EOFError, UnicodeDecodeError, csv.Error, pa.ArrowInvalid, *GZIP_ERRORS)
+
+
+def report_read_error(report: RuleReport, exc: BaseException, *, file: str, row: int) -> None:
+    """One rule error for a file that could not be read to its end, in words a user can act on."""
+    detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    if isinstance(exc, ReadLimitError):
+        rule, problem, row = exc.rule, exc.problem, exc.row  # None: the file as a whole (e.g. its footer)
+    elif "straddl" in detail:  # Arrow: one row is larger than a whole block
+        rule = "line_length"
+        problem = f"this row or one after it is longer than {csv_block_size()} bytes (FOCUS_MAX_LINE_BYTES)"
+    elif "invalid UTF8" in detail or isinstance(exc, UnicodeDecodeError):
+        rule, problem = "utf8", f"is not UTF-8 text ({detail})"
+    elif isinstance(exc, csv.Error):
+        rule, problem = "csv_syntax", f"is not valid CSV ({detail})"
+    else:
+        rule, problem = "file_readable", f"the file is truncated or unreadable after row {row - 1} ({detail})"
+    report.add(
+        rule=rule,
+        column="",
+        severity=ERROR,
+        problem=problem,
+        count=1,
+        examples=[{"file": file, "row": row, "column": ""}],
+    )
 
 
 class _HeaderRefused(Exception):
@@ -300,6 +446,15 @@ class _Check:
             arr = pa.array([None if v is None else json.dumps(_mapping(v)) for v in arr.to_pylist()], pa.string())
         elif not pa.types.is_string(arr.type):
             arr = arr.cast(pa.string())
+        limit = settings.FOCUS_MAX_FIELD_BYTES
+        if len(arr) and (pc.max(pc.binary_length(arr)).as_py() or 0) > limit:
+            self.flag(
+                pc.greater(pc.binary_length(arr), limit),
+                arr,
+                rule="field_size",
+                severity=ERROR,
+                problem=f"is longer than {limit} bytes (FOCUS_MAX_FIELD_BYTES)",
+            )
         # PostgreSQL text cannot hold NUL; found here, the error names the row instead of failing the COPY.
         self.flag(
             pc.match_substring(arr, "\x00"),
@@ -454,8 +609,13 @@ def _not_json(constant: str):
     raise ValueError(f"{constant} is not JSON")
 
 
+EXAMPLE_MAX_CHARS = 200  # a rule example shows this much of a value (a 64 KiB field is not copied into reports)
+
+
 def _jsonable(scalar: pa.Scalar):
     value = scalar.as_py()
+    if isinstance(value, str) and len(value) > EXAMPLE_MAX_CHARS:
+        return value[:EXAMPLE_MAX_CHARS] + "…"
     if value is None or isinstance(value, str | int | bool):
         return value
     return str(value)
@@ -474,7 +634,8 @@ def connection_check(account) -> ConnectionReport:
         report.failed("settings.path", "the account has no settings.path to read FOCUS exports from")
         return report
     try:
-        files = source_files(path)
+        # Confined to FOCUS_IMPORT_ROOT first: outside it, one refusal whatever is (or is not) there.
+        files = source_files(path, confined=True)
     except PermanentError as exc:
         report.failed("export files", str(exc))
         return report
@@ -484,14 +645,14 @@ def connection_check(account) -> ConnectionReport:
         if files[0].name.lower().endswith(".parquet"):
             names = pq.ParquetFile(files[0]).schema_arrow.names
         else:
-            with open_export(files[0], "rt", encoding="utf-8-sig", newline="") as fh:
-                names = next(csv.reader(fh), [])
+            names = read_header(files[0])
         source._header(files[0].name, names)
     except _HeaderRefused:
         report.failed(f"FOCUS columns of {files[0].name}", source.report.error_message())
         return report
-    except (OSError, EOFError, pa.ArrowInvalid, *GZIP_ERRORS) as exc:
-        report.failed(f"reading {files[0].name}", str(exc).splitlines()[0][:300])
+    except READ_ERRORS as exc:
+        report_read_error(source.report, exc, file=files[0].name, row=1)
+        report.failed(f"reading {files[0].name}", source.report.error_message())
         return report
     report.passed(f"FOCUS columns of {files[0].name}", f"FOCUS {source.report.versions.get(files[0].name, '?')}")
     return report

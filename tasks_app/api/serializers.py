@@ -25,9 +25,15 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+# Billing periods the API accepts: the years budgets may cover too (costs_app.models.BUDGET_DATE_MIN/MAX).
+PERIOD_YEARS = (2000, 2100)
+
+
 def validate_period(value: str) -> str:
     if not PERIOD_RE.match(value):
         raise serializers.ValidationError("Use the form YYYY-MM, e.g. 2024-09.")
+    if not PERIOD_YEARS[0] <= int(value[:4]) <= PERIOD_YEARS[1]:
+        raise serializers.ValidationError(f"The year must be between {PERIOD_YEARS[0]} and {PERIOD_YEARS[1]}.")
     return value
 
 
@@ -135,6 +141,10 @@ class TaskAcceptedSerializer(serializers.Serializer):
     state = serializers.ChoiceField(choices=RunState.choices)
     status_url = serializers.URLField()
     correlation_id = serializers.CharField()
+
+
+class TaskConflictSerializer(TaskAcceptedSerializer):
+    detail = serializers.CharField(help_text="Why nothing was queued, naming the run that is already active.")
 
 
 class TaskRunSerializer(serializers.ModelSerializer):

@@ -15,23 +15,27 @@ from rest_framework.views import APIView
 
 from costs_app.services.export import focus_export
 from finops.api_permissions import HasModelPermission, IsPlatformAdmin, ModelPermissions
+from finops.limits import TriggerUserThrottle
 from providers_app.models import Role
 from providers_app.selectors import is_platform_admin
 
 from .. import selectors
 from ..models import DeadLetter, TaskRun, TriggerKind
 from ..services import health
-from ..services.runs import dead_letter_replay, run_cancel, task_enqueue
+from ..services.runs import dead_letter_replay, run_cancel, task_enqueue, task_enqueue_once
 from . import serializers as s
 from .permissions import CanTriggerTasks
 
 UNAUTHENTICATED = OpenApiResponse(s.ErrorSerializer, description="No or invalid credentials (JWT or session).")
 FORBIDDEN = OpenApiResponse(s.ErrorSerializer, description="Lacks the tasks_app.trigger_tasks permission.")
+THROTTLED = OpenApiResponse(
+    s.ErrorSerializer, description="Too many requests (THROTTLE_* settings); Retry-After says when to try again."
+)
 TASK_ID = OpenApiParameter("task_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="The Celery task id.")
 
 
-def accepted_response(request, run: TaskRun) -> Response:
-    payload = {
+def _run_payload(request, run: TaskRun) -> dict:
+    return {
         "task_id": run.celery_task_id,
         "run_id": run.id,
         "task_name": run.task_name,
@@ -40,7 +44,20 @@ def accepted_response(request, run: TaskRun) -> Response:
         "status_url": s.status_url(request, run.celery_task_id),
         "correlation_id": run.correlation_id,
     }
-    return Response(s.TaskAcceptedSerializer(payload).data, status=status.HTTP_202_ACCEPTED)
+
+
+def accepted_response(request, run: TaskRun) -> Response:
+    return Response(s.TaskAcceptedSerializer(_run_payload(request, run)).data, status=status.HTTP_202_ACCEPTED)
+
+
+def already_active_response(request, run: TaskRun) -> Response:
+    """409 naming the run that already does what was asked: its ids, state and where to follow it."""
+    payload = {
+        **_run_payload(request, run),
+        "detail": f"{run.task_name} with the same arguments is already {run.state.lower()} as run {run.id} "
+        f"(task {run.celery_task_id}); nothing new was queued",
+    }
+    return Response(s.TaskConflictSerializer(payload).data, status=status.HTTP_409_CONFLICT)
 
 
 # --- triggers -----------------------------------------------------------------------------------
@@ -50,6 +67,7 @@ class TaskTriggerViewSet(viewsets.GenericViewSet):
     """Base of the trigger endpoints: enqueue one task through the ledger and answer 202."""
 
     permission_classes = [IsAuthenticated, CanTriggerTasks]
+    throttle_classes = [TriggerUserThrottle]
     task_name = ""
     serializer_class = s.AccountTaskRequest
 
@@ -64,6 +82,7 @@ class TaskTriggerViewSet(viewsets.GenericViewSet):
                 description="Lacks the tasks_app.trigger_tasks permission, or names no account (every account: "
                 "platform admins only).",
             ),
+            429: THROTTLED,
         },
     )
     def create(self, request):
@@ -91,6 +110,38 @@ class CostDataSyncViewSet(TaskTriggerViewSet):
 
     task_name = "sync_provider_cost_data"
     serializer_class = s.CostSyncRequest
+
+    @extend_schema(
+        tags=["triggers"],
+        description="A forced sync of an account (`force` and `account_id`) while the same forced sync (same "
+        "account and billing period) is queued, running or waiting to retry is answered 409 with that run.",
+        responses={
+            202: s.TaskAcceptedSerializer,
+            400: OpenApiResponse(description="Invalid input, e.g. unknown or inactive account, bad period."),
+            401: UNAUTHENTICATED,
+            403: FORBIDDEN,
+            409: s.TaskConflictSerializer,
+            429: THROTTLED,
+        },
+    )
+    def create(self, request):
+        params = self.get_serializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        query = params.validated_data
+        if not (query.get("force") and query.get("account_id")):
+            return super().create(request)
+        # A forced reload downloads and rewrites whole periods: one at a time per account and period is enough.
+        outcome = task_enqueue_once(
+            task_name=self.task_name,
+            kwargs=dict(query),
+            match={"account_id": query["account_id"], "force": True, "billing_period": query.get("billing_period")},
+            triggered_by=TriggerKind.API,
+            user=request.user,
+            correlation_id=request.correlation_id,
+        )
+        if not outcome.created:
+            return already_active_response(request, outcome.run)
+        return accepted_response(request, outcome.run)
 
 
 class ResourceDiscoveryViewSet(TaskTriggerViewSet):
@@ -316,6 +367,9 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             return [IsAuthenticated(), CanTriggerTasks()]
         return [IsAuthenticated(), ModelPermissions()]
 
+    def get_throttles(self):
+        return [TriggerUserThrottle()] if self.action == "replay" else []
+
     @extend_schema(parameters=[s.DeadLetterFilterSerializer], responses={200: s.DeadLetterSerializer(many=True)})
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
@@ -331,6 +385,7 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             403: FORBIDDEN,
             404: s.ErrorSerializer,
             409: s.ErrorSerializer,
+            429: THROTTLED,
         },
     )
     @action(detail=True, methods=["post"])

@@ -1,5 +1,6 @@
 """Writes on the task ledger: enqueue, cancel, dead-letter, replay, reconcile lost runs."""
 
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -7,7 +8,7 @@ from datetime import datetime, timedelta
 
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from finops import correlation
@@ -78,6 +79,35 @@ def task_enqueue(
     )
     transaction.on_commit(lambda: _publish(run, countdown=countdown))
     return run
+
+
+@dataclass
+class EnqueueOnce:
+    run: TaskRun
+    created: bool  # False: `run` is the matching run that was already queued or running
+
+
+def task_enqueue_once(*, task_name: str, kwargs: dict, match: dict, **options) -> EnqueueOnce:
+    """Enqueue unless an active (QUEUED, STARTED, RETRY) run of `task_name` has kwargs equal to `match`
+    (keys with a None value: absent); then that run is returned instead and nothing is queued.
+
+    A transaction-scoped PostgreSQL advisory lock on (task, match) serialises the check and the insert, so
+    concurrent identical requests queue exactly one run, whichever web process they reach.
+    """
+    wanted = {k: v for k, v in match.items() if v is not None}
+    absent = [k for k, v in match.items() if v is None]
+    key = hashlib.sha256(f"enqueue-once:{task_name}:{sorted(wanted.items())}:{sorted(absent)}".encode()).digest()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(key[:8], "big", signed=True)])
+        # Read after the lock: under READ COMMITTED this statement sees a run committed by the lock's last holder.
+        active = TaskRun.objects.filter(task_name=task_name, state__in=ACTIVE_STATES, kwargs__contains=wanted)
+        for name in absent:
+            active = active.exclude(kwargs__has_key=name)
+        existing = active.order_by("enqueued_at").first()
+        if existing is not None:
+            return EnqueueOnce(existing, created=False)
+        return EnqueueOnce(task_enqueue(task_name=task_name, kwargs=kwargs, **options), created=True)
 
 
 @dataclass

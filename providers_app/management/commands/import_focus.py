@@ -35,6 +35,7 @@ class Command(BaseCommand):
         elif not (target.settings or {}).get("path"):
             target.settings = {**(target.settings or {}), "path": str(source)}
             target.save(update_fields=["settings", "updated_at"])
+        self._warn_outside_root(target)
         try:
             result = focus_file_import(account=target, path=str(source))
         except PermanentError as exc:
@@ -43,6 +44,17 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(result.as_dict(), indent=2, default=str))
             return
         self._print(result.as_dict())
+
+    def _warn_outside_root(self, account: CloudAccount) -> None:
+        """The operator may load any path they type; the account's scheduled syncs read only under the root."""
+        from providers_app.connectors.focus import focus_settings_problem
+
+        problem = focus_settings_problem(account.settings)
+        if problem:
+            self.stderr.write(
+                f"warning: account {account.name!r} settings.{problem}: this import reads it because you typed it, "
+                "but its scheduled syncs and connection checks will refuse it"
+            )
 
     def _print(self, result: dict) -> None:
         write = self.stdout.write

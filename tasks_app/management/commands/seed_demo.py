@@ -22,7 +22,7 @@ DEMO_ACCOUNT = "demo-focus"
 DEMO_TEAM = "Demo team"
 DEMO_FILE = Path(settings.BASE_DIR) / "demo" / "focus_demo.csv.gz"
 # Where the demo data, moved to the current month, is written (gitignored).
-REBASED_DIR = Path(settings.BASE_DIR) / ".data" / "demo"
+REBASED_DIR = Path(settings.BASE_DIR) / "imports" / "demo"  # inside the default FOCUS_IMPORT_ROOT
 DATE_COLUMNS = ("BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd")
 DEMO_CHANNEL = ("demo-email", "finops-demo@example.com")
 # (name, scoped to the demo account?, service, amount). Sized to the demo data's month (about 20.52 USD in
