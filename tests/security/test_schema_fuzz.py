@@ -25,6 +25,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from providers_app.models import Role as TeamRole
+from providers_app.roles import PLATFORM_ADMINS_GROUP
+from providers_app.services.teams import team_default, team_member_set
 from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
 from tests.celery_procs import flush_broker
 from tests.factories import BudgetFactory, CloudAccountFactory, UserFactory
@@ -39,17 +42,23 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), 
 
 @dataclass(frozen=True)
 class Role:
-    """A kind of signed-in user: Django flags and permissions (app_label.codename), or groups once they exist."""
+    """A kind of signed-in user: Django flags, permissions (app_label.codename), groups, and a role in the team
+    "Default" (where the seeded rows' account is)."""
 
     is_superuser: bool = False
     is_staff: bool = False
     permissions: tuple[str, ...] = ()
     groups: tuple[str, ...] = field(default=())
+    team_role: str | None = None
 
 
 ROLES = {
     "superuser": Role(is_superuser=True, is_staff=True),
-    "viewer": Role(),
+    "platform_admin": Role(groups=(PLATFORM_ADMINS_GROUP,)),
+    "account_admin": Role(team_role=TeamRole.ACCOUNT_ADMIN),
+    "operator": Role(team_role=TeamRole.OPERATOR),
+    "viewer": Role(team_role=TeamRole.VIEWER),
+    "no_team": Role(),  # signed in, no permission and no team: every list empty, every id 404
 }
 
 
@@ -69,6 +78,8 @@ def make_user(name: str, role: Role):
         user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
     for group in role.groups:
         user.groups.add(Group.objects.get(name=group))
+    if role.team_role:
+        team_member_set(team=team_default(), user=user, role=role.team_role)
     return user
 
 
