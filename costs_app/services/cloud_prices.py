@@ -29,6 +29,8 @@ class InstanceType:
     burstable: bool = False
     # False for families where CPU is not what is bought (storage-optimised): no CPU-based rightsizing.
     rightsizable: bool = True
+    # Memory in GiB, where a connector reports memory use (Azure's "Available Memory Bytes"); None: not listed.
+    memory_gib: Decimal | None = None
 
 
 _TYPES: dict[tuple[str, str], InstanceType] = {}
@@ -131,26 +133,36 @@ AZURE_FAMILIES: dict[str, tuple[str, tuple[int, ...]]] = {
     "Standard_E{n}as_v5": ("0.0565", (2, 4, 8, 16, 20, 32, 48, 64, 96)),
     "Standard_F{n}s_v2": ("0.0423", (2, 4, 8, 16, 32, 48, 64, 72)),
 }
+# GiB of memory per vCPU by series (D: 4, E: 8, F: 2), and the sizes that break the rule.
+AZURE_GIB_PER_VCPU = {"D": 4, "E": 8, "F": 2}
+AZURE_MEMORY_GIB = {"Standard_E64s_v3": 432, "Standard_E96s_v5": 672, "Standard_E96as_v5": 672}
 for _template, (_unit, _counts) in AZURE_FAMILIES.items():
     for _n in _counts:
+        _name = _template.format(n=_n)
         _add(
             InstanceType(
                 provider="azure",
-                name=_template.format(n=_n),
+                name=_name,
                 family=_template,
                 vcpus=_n,
                 hourly_usd=(Decimal(_unit) * _n).quantize(Decimal("0.0001")),
+                memory_gib=Decimal(AZURE_MEMORY_GIB.get(_name, AZURE_GIB_PER_VCPU[_template[9]] * _n)),
             )
         )
 # Dv2 / DSv2 (previous generation): the number in the name is not the vCPU count, so they are listed one by one;
 # Standard_D2_v2 and Standard_DS2_v2 cost the same.
-for _number, _vcpus, _price in [
-    (1, 1, "0.057"), (2, 2, "0.114"), (3, 4, "0.229"), (4, 8, "0.458"), (5, 16, "0.916"),
-    (11, 2, "0.148"), (12, 4, "0.296"), (13, 8, "0.593"), (14, 16, "1.186"),
+for _number, _vcpus, _price, _gib in [
+    (1, 1, "0.057", "3.5"), (2, 2, "0.114", "7"), (3, 4, "0.229", "14"), (4, 8, "0.458", "28"),
+    (5, 16, "0.916", "56"), (11, 2, "0.148", "14"), (12, 4, "0.296", "28"), (13, 8, "0.593", "56"),
+    (14, 16, "1.186", "112"),
 ]:  # fmt: skip
     for _series in ("D", "DS"):
         _family = "Dv2" if _number < 11 else "Dv2-mem"  # D11-D14: the memory-optimised ones
-        _add(InstanceType("azure", f"Standard_{_series}{_number}_v2", _family, _vcpus, Decimal(_price)))
+        _add(
+            InstanceType(
+                "azure", f"Standard_{_series}{_number}_v2", _family, _vcpus, Decimal(_price), memory_gib=Decimal(_gib)
+            )
+        )
 
 # --- GCP: family -> (USD per vCPU and hour, vCPU counts); names are "<family>-<n>" ---
 GCP_FAMILIES: dict[str, tuple[str, tuple[int, ...]]] = {

@@ -1203,29 +1203,48 @@ class AzureResourceSource(ResourceSource):
             yield public_ip_resource(address)
 
     def _cpu(self, monitor, vm_id: str) -> dict:
-        """Hourly average "Percentage CPU" over the look-back, oldest first; hours without data are left out."""
+        """Hourly average "Percentage CPU" and "Available Memory Bytes" over the look-back, oldest first.
+
+        Both come in one metrics call; hours without data are left out. "Available Memory Bytes" is a platform
+        metric (no guest agent needed), so memory use is known for every VM whose host reports it.
+        """
         end = (self.now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
         start = end - timedelta(hours=self.config.cpu_lookback_hours)
-        with _calls(f"reading Percentage CPU of {vm_id}"):
+        with _calls(f"reading Percentage CPU and Available Memory Bytes of {vm_id}"):
             response = monitor.metrics.list(
                 vm_id,
                 timespan=f"{start:%Y-%m-%dT%H:%M:%SZ}/{end:%Y-%m-%dT%H:%M:%SZ}",
                 interval="PT1H",
-                metricnames="Percentage CPU",
+                metricnames=f"{CPU_METRIC},{MEMORY_METRIC}",
                 aggregation="Average",
             )
-        points = []
+        points: dict[str, list] = {CPU_METRIC: [], MEMORY_METRIC: []}
         for metric in response.value or []:
+            name = metric.name.value if metric.name is not None else CPU_METRIC
+            found = points.setdefault(name, [])
             for series in metric.timeseries or []:
-                points += [(p.time_stamp, p.average) for p in series.data or [] if p.average is not None]
-        if not points:
-            return {"cpu_hourly": [], "cpu_hourly_end": None}
-        points.sort(key=lambda p: p[0])
-        last = _utc(points[-1][0]) + timedelta(hours=1)
-        return {
-            "cpu_hourly": [round(float(avg), 4) for _, avg in points],
-            "cpu_hourly_end": last.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+                found += [(p.time_stamp, p.average) for p in series.data or [] if p.average is not None]
+        attributes = _hourly(points[CPU_METRIC], "cpu_hourly", "cpu_hourly_end", digits=4)
+        if points[MEMORY_METRIC]:  # absent (not an empty list) when the VM reports none: rules fall back to CPU
+            attributes |= _hourly(points[MEMORY_METRIC], "memory_available_hourly", "memory_hourly_end", digits=0)
+        return attributes
+
+
+CPU_METRIC = "Percentage CPU"
+MEMORY_METRIC = "Available Memory Bytes"
+
+
+def _hourly(points: list, values_key: str, end_key: str, *, digits: int) -> dict:
+    """{values_key: hourly averages oldest first, end_key: the end of the last hour} from (time, average) points."""
+    if not points:
+        return {values_key: [], end_key: None}
+    points = sorted(points, key=lambda p: p[0])
+    last = _utc(points[-1][0]) + timedelta(hours=1)
+    values = [round(float(avg), digits) for _, avg in points]
+    return {
+        values_key: [int(v) for v in values] if digits == 0 else values,
+        end_key: last.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 def _disk_ids(vm: dict) -> list[str]:

@@ -281,6 +281,10 @@ class Context:
         found = self._costs.get((account_id, resource_id))
         return found if found is not None and found.total > 0 else None
 
+    def memory(self, resource: ResourceRow, memory_gib: Decimal | None) -> MemoryStats | None:
+        """Memory use over the same hours as cpu(), when the connector reports it and the size's memory is known."""
+        return memory_stats(resource.attributes, memory_gib, now=self.now, days=settings.OPTIMIZATION_CPU_DAYS)
+
     def cpu(self, resource: ResourceRow) -> CpuStats | None:
         """CPU statistics of the resource's hourly samples whose hour ends in (now - OPTIMIZATION_CPU_DAYS, now]."""
         if resource.id not in self._cpu:
@@ -292,14 +296,54 @@ class Context:
         return {}
 
 
+@dataclass
+class MemoryStats:
+    """Memory use of an instance in percent of its size's memory: the same statistics as CPU's."""
+
+    used: CpuStats
+    memory_gib: Decimal
+
+    @property
+    def sufficient(self) -> bool:
+        return self.used.sufficient
+
+    def as_dict(self) -> dict:
+        return {
+            "memory_gib": str(self.memory_gib),
+            "memory_used_p95_pct": round(self.used.p95, 2) if self.used.p95 is not None else None,
+            "memory_used_max_pct": round(self.used.peak, 2) if self.used.peak is not None else None,
+            "memory_samples": self.used.samples,
+        }
+
+
 def cpu_stats(attributes: dict, *, now: datetime, days: int) -> CpuStats | None:
     """p95 (linear interpolation, as PostgreSQL's percentile_cont) and max of the in-window samples, with NumPy.
 
     Sample i of n (oldest first) covers the hour ending at cpu_hourly_end - (n - 1 - i) hours; null or
     non-numeric samples are missing hours.
     """
-    values = attributes.get("cpu_hourly")
-    end = _parse_time(attributes.get("cpu_hourly_end"))
+    return _hourly_stats(attributes.get("cpu_hourly"), attributes.get("cpu_hourly_end"), now=now, days=days)
+
+
+def memory_stats(attributes: dict, memory_gib: Decimal | None, *, now: datetime, days: int) -> MemoryStats | None:
+    """Memory used in percent (100 × (1 − available / the size's memory)), from memory_available_hourly (bytes, as
+    Azure Monitor's "Available Memory Bytes"); None when the connector reports no memory or the size's is unknown."""
+    values = attributes.get("memory_available_hourly")
+    if not memory_gib or not isinstance(values, list):
+        return None
+    total = float(memory_gib) * 2**30
+    used = [
+        min(max(100.0 * (1 - v / total), 0.0), 100.0)
+        if isinstance(v, int | float) and not isinstance(v, bool)
+        else None
+        for v in values
+    ]
+    stats = _hourly_stats(used, attributes.get("memory_hourly_end"), now=now, days=days)
+    return MemoryStats(stats, memory_gib) if stats is not None else None
+
+
+def _hourly_stats(values, end_value, *, now: datetime, days: int) -> CpuStats | None:
+    end = _parse_time(end_value)
     if not isinstance(values, list) or end is None:
         return None
     try:

@@ -16,6 +16,7 @@ from .base import (
     CpuStats,
     Finding,
     InventoryRule,
+    MemoryStats,
     ResourceRow,
     Rule,
     _cost_or_list_price,
@@ -153,14 +154,20 @@ class StoppedInstances(Rule):
 
 
 def _downsize_target(
-    itype: prices.InstanceType, stats: CpuStats, headroom: float
-) -> tuple[prices.InstanceType, float, float] | None:
-    """The cheapest smaller size of the family that runs the p95 with headroom and fits the peak.
+    itype: prices.InstanceType, stats: CpuStats, headroom: float, memory: MemoryStats | None = None
+) -> tuple[prices.InstanceType, float, float, float | None] | None:
+    """The cheapest smaller size of the family that runs the p95 with headroom and fits the peak, and the
+    projected CPU p95, CPU peak and memory p95 (percent) on it.
 
-    Among sizes with the same vCPU count the most expensive (most memory) is taken: CPU is measured,
-    memory is not, so the target never has less memory per vCPU than the family offers.
+    Among sizes with the same vCPU count the most expensive (most memory) is taken: where memory is not measured,
+    the target never has less memory per vCPU than the family offers. Where it is (`memory`), the memory used at
+    p95 must also stay at most OPTIMIZATION_RIGHTSIZING_MAX_MEMORY_PCT of the target's memory: a smaller size of
+    the family has proportionally less, so a low CPU does not make a memory-bound instance oversized.
     """
     if not itype.rightsizable or itype.burstable or stats.p95 is None or stats.peak is None:
+        return None
+    max_memory = settings.OPTIMIZATION_RIGHTSIZING_MAX_MEMORY_PCT
+    if memory is not None and (memory.used.p95 is None or memory.used.p95 > max_memory):
         return None
     by_vcpus: dict[int, prices.InstanceType] = {}
     for t in prices.family_members(itype):
@@ -171,8 +178,16 @@ def _downsize_target(
     fitting = []
     for t in by_vcpus.values():
         scale = itype.vcpus / t.vcpus
-        if stats.p95 * scale <= target_util and stats.peak * scale <= 100:
-            fitting.append((t, stats.p95 * scale, stats.peak * scale))
+        if stats.p95 * scale > target_util or stats.peak * scale > 100:
+            continue
+        projected_memory = None
+        if memory is not None:
+            if not t.memory_gib:
+                continue  # its memory is unknown: it cannot be shown to fit
+            projected_memory = memory.used.p95 * float(memory.memory_gib / t.memory_gib)
+            if projected_memory > max_memory:
+                continue
+        fitting.append((t, stats.p95 * scale, stats.peak * scale, projected_memory))
     return min(fitting, key=lambda f: f[0].hourly_usd) if fitting else None
 
 
@@ -182,12 +197,21 @@ class Rightsizing(InventoryRule):
     description = (
         "Running instances whose CPU fits a smaller size of the same family: on the smaller size the p95 of "
         "hourly CPU must stay under (1 - OPTIMIZATION_RIGHTSIZING_HEADROOM) × 100 % and the peak under 100 % "
-        "(over OPTIMIZATION_CPU_DAYS days, OPTIMIZATION_CPU_MIN_COVERAGE of the hours sampled). Families and "
-        "sizes: costs_app/services/cloud_prices.py (AWS, Azure, GCP common families; burstable ones excluded)."
+        "(over OPTIMIZATION_CPU_DAYS days, OPTIMIZATION_CPU_MIN_COVERAGE of the hours sampled). Where memory use is "
+        "measured (Azure VMs), its p95 must also stay at most OPTIMIZATION_RIGHTSIZING_MAX_MEMORY_PCT % of the "
+        "smaller size's memory. Families and sizes: costs_app/services/cloud_prices.py (AWS, Azure, GCP common "
+        "families; burstable ones excluded)."
     )
-    closed_reason = "its CPU no longer fits a smaller size, it stopped running, or its type changed"
+    closed_reason = (
+        "its CPU (or measured memory) no longer fits a smaller size, it stopped running, or its type changed"
+    )
     saving = "its compute cost × (1 − target price / current price) (cost lines, else list prices)"
-    setting_names = ("OPTIMIZATION_RIGHTSIZING_HEADROOM", "OPTIMIZATION_CPU_DAYS", "OPTIMIZATION_CPU_MIN_COVERAGE")
+    setting_names = (
+        "OPTIMIZATION_RIGHTSIZING_HEADROOM",
+        "OPTIMIZATION_RIGHTSIZING_MAX_MEMORY_PCT",
+        "OPTIMIZATION_CPU_DAYS",
+        "OPTIMIZATION_CPU_MIN_COVERAGE",
+    )
     kind = "instance"
 
     def finding(self, ctx: Context, r: ResourceRow) -> Finding | None:
@@ -195,24 +219,40 @@ class Rightsizing(InventoryRule):
         itype = _instance_type(r)
         if stats is None or itype is None:
             return None
-        target = _downsize_target(itype, stats, settings.OPTIMIZATION_RIGHTSIZING_HEADROOM)
+        # Memory use counts only with as many samples as CPU needs; without them the rule judges by CPU alone.
+        memory = ctx.memory(r, itype.memory_gib)
+        memory = memory if memory is not None and memory.sufficient else None
+        target = _downsize_target(itype, stats, settings.OPTIMIZATION_RIGHTSIZING_HEADROOM, memory)
         if target is None:
             return None
-        smaller, projected_p95, projected_peak = target
+        smaller, projected_p95, projected_peak, projected_memory = target
+        details = {
+            "vcpus": itype.vcpus,
+            "recommended_vcpus": smaller.vcpus,
+            **stats.as_dict(),
+            "projected_cpu_p95": round(projected_p95, 2),
+            "projected_cpu_max": round(projected_peak, 2),
+        }
+        action = f"Change the instance type to {smaller.name} (a stop/start), then watch its CPU."
+        if memory is not None and projected_memory is not None:
+            details |= {
+                **memory.as_dict(),
+                "recommended_memory_gib": str(smaller.memory_gib),
+                "projected_memory_used_p95_pct": round(projected_memory, 2),
+            }
+            action = (
+                f"Change the instance type to {smaller.name} (a stop/start), then watch its CPU and memory: "
+                f"memory use p95 was {memory.used.p95:.0f}% of {memory.memory_gib} GiB, about {projected_memory:.0f}% "
+                f"of the {smaller.memory_gib} GiB of {smaller.name}."
+            )
         return self.type_change_finding(
             ctx,
             r,
             itype,
             smaller,
             title=f"Downsize {r.label} from {itype.name} to {smaller.name}",
-            details={
-                "vcpus": itype.vcpus,
-                "recommended_vcpus": smaller.vcpus,
-                **stats.as_dict(),
-                "projected_cpu_p95": round(projected_p95, 2),
-                "projected_cpu_max": round(projected_peak, 2),
-            },
-            action=f"Change the instance type to {smaller.name} (a stop/start), then watch its CPU.",
+            details=details,
+            action=action,
         )
 
 

@@ -236,6 +236,9 @@ def _handler(state: FakeAzure):
                 body = state.metrics.get(resource_id)
                 if body is None:
                     body = recorded("metrics_empty.json")
+                # Azure Monitor answers only the metrics named in metricnames (comma-separated)
+                wanted = set(query.get("metricnames", [""])[0].split(","))
+                body = {**body, "value": [m for m in body.get("value", []) if m["name"]["value"] in wanted]}
                 return self._send(200, body)
             if rest.endswith("/instanceview"):
                 vm_id = path[: -len("/instanceView")].lower()
@@ -342,17 +345,27 @@ def add_public_ip(
     return ip
 
 
-def set_cpu(state: FakeAzure, resource_id: str, *, end: dt.datetime, averages: list[float | None]) -> None:
-    """Hourly "Percentage CPU" points ending at `end` (exclusive), as Azure Monitor returns them."""
+def set_cpu(
+    state: FakeAzure,
+    resource_id: str,
+    *,
+    end: dt.datetime,
+    averages: list[float | None],
+    available_memory: list[float | None] | None = None,
+) -> None:
+    """Hourly "Percentage CPU" (and "Available Memory Bytes") points ending at `end` (exclusive), as Azure Monitor
+    returns them for metricnames="Percentage CPU,Available Memory Bytes"; without `available_memory` the memory
+    metric comes back with no data points, as for a VM whose host reports none."""
     start = end - dt.timedelta(hours=len(averages))
     body = _fill(
         "metrics_cpu.json", resource=resource_id, start=f"{start:%Y-%m-%dT%H:%M:%SZ}", end=f"{end:%Y-%m-%dT%H:%M:%SZ}"
     )
-    points = []
-    for hour, average in enumerate(averages):
-        point = {"timeStamp": (start + dt.timedelta(hours=hour)).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        if average is not None:
-            point["average"] = average
-        points.append(point)
-    body["value"][0]["timeseries"][0]["data"] = points
+    for metric, values in zip(body["value"], (averages, available_memory or []), strict=True):
+        points = []
+        for hour, average in enumerate(values):
+            point = {"timeStamp": (start + dt.timedelta(hours=hour)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            if average is not None:
+                point["average"] = average
+            points.append(point)
+        metric["timeseries"][0]["data"] = points
     state.metrics[resource_id.lower()] = body

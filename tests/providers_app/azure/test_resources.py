@@ -55,7 +55,13 @@ def populate(state):
     )
     used = add_public_ip(state, SUB_A, "web-0-ip", address="20.61.1.10", ip_configuration=nic_config)
     idle = add_public_ip(state, SUB_A, "old-ip", address="20.61.1.11")
-    set_cpu(state, web[0]["id"], end=NOW.replace(minute=0), averages=[3.5, None, 2.25, 4.0])
+    set_cpu(
+        state,
+        web[0]["id"],
+        end=NOW.replace(minute=0),
+        averages=[3.5, None, 2.25, 4.0],
+        available_memory=[12884901888.0, None, None, 4294967296.4],  # 12 GiB free, then 4 GiB
+    )
     return web, batch, orphan, snap, used, idle
 
 
@@ -80,10 +86,14 @@ def test_listing_yields_the_resource_contract(fake_azure, azure_tls):
     ]
     assert vm["attributes"]["cpu_hourly"] == [3.5, 2.25, 4.0]  # the hour without data is left out
     assert vm["attributes"]["cpu_hourly_end"] == "2024-10-07T12:00:00Z"
+    # free memory in whole bytes, from the same metrics call
+    assert vm["attributes"]["memory_available_hourly"] == [12884901888, 4294967296]
+    assert vm["attributes"]["memory_hourly_end"] == "2024-10-07T12:00:00Z"
     assert "stopped_at" not in vm["attributes"]
     stopped = items[batch["id"].lower()]
     assert stopped["state"] == "deallocated" and stopped["attributes"]["stopped_at"] == "2024-09-20T17:03:11Z"
     assert stopped["attributes"]["cpu_hourly"] == []
+    assert "memory_available_hourly" not in stopped["attributes"]  # no memory data: unknown, not zero
     disk = items[orphan["id"].lower()]
     assert disk["resource_type"] == "volume" and disk["state"] == "unattached"
     assert disk["attributes"] == {
