@@ -185,8 +185,6 @@ RESOURCE_ATTRIBUTES = {
         "attached_volume_ids",  # resource ids of its disks
         "cpu_hourly",  # hourly average CPU utilisation, oldest first (up to the connector's look-back)
         "cpu_hourly_end",  # end of the last hour in cpu_hourly
-        "memory_available_hourly",  # hourly average free memory in bytes, oldest first (Azure only); absent: unknown
-        "memory_hourly_end",  # end of the last hour in memory_available_hourly
     ],
     "volume": ["size_gb", "volume_type", "attached_to"],  # attached_to: instance resource ids, [] when unattached
     "snapshot": ["size_gb", "source_volume_id"],  # the volume it was taken of ("" when unknown)
@@ -194,6 +192,13 @@ RESOURCE_ATTRIBUTES = {
     "load_balancer": ["lb_type", "target_count", "request_count_daily"],  # requests per day, oldest first
     "database": ["instance_class", "engine", "cpu_hourly", "cpu_hourly_end"],
     "bucket": [],
+}
+# Attributes only some connectors can give (absent: unknown; rules then judge without them).
+OPTIONAL_RESOURCE_ATTRIBUTES = {
+    "instance": [
+        "memory_available_hourly",  # hourly average free memory in bytes, oldest first (Azure VMs)
+        "memory_hourly_end",  # end of the last hour in memory_available_hourly
+    ],
 }
 
 

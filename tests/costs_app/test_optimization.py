@@ -12,7 +12,7 @@ import pytest
 from costs_app.models import Recommendation, RecommendationStatus, SavingBasis
 from costs_app.services import cloud_prices
 from costs_app.services.optimization import RULES, recommendations_refresh, rules_catalogue
-from providers_app.connectors.base import RESOURCE_ATTRIBUTES, RESOURCE_KINDS
+from providers_app.connectors.base import OPTIONAL_RESOURCE_ATTRIBUTES, RESOURCE_ATTRIBUTES, RESOURCE_KINDS
 from providers_app.models import Resource
 from tests.costs_app.focus_lines import daily, days_before, line, load, midnight
 from tests.factories import CloudAccountFactory, ResourceFactory
@@ -37,7 +37,9 @@ def resource(
 ) -> Resource:
     """An inventory row as a connector writes it: resource_type = kind, attributes of RESOURCE_ATTRIBUTES."""
     assert kind in RESOURCE_KINDS
-    allowed = set(RESOURCE_ATTRIBUTES["*"]) | set(RESOURCE_ATTRIBUTES[kind])
+    allowed = (
+        set(RESOURCE_ATTRIBUTES["*"]) | set(RESOURCE_ATTRIBUTES[kind]) | set(OPTIONAL_RESOURCE_ATTRIBUTES.get(kind, []))
+    )
     assert set(attributes) <= allowed, set(attributes) - allowed
     return Resource.objects.create(
         account=account,
