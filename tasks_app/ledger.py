@@ -49,7 +49,12 @@ def worker_name(hostname: str | None = None) -> str:
 
 
 def lease_end(now: datetime) -> datetime:
-    return now + timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + settings.TASK_LEASE_GRACE)
+    """A claim lives TASK_CLAIM_LEASE s unless its executing process renews it (platform.ClaimKeeper).
+
+    Short, so a dead or frozen executor's run is handed over within a heartbeat or two, never after
+    the hard time limit; a live one renews it every TASK_CLAIM_RENEW s however long it runs.
+    """
+    return now + timedelta(seconds=settings.TASK_CLAIM_LEASE)
 
 
 def claim(
@@ -131,25 +136,84 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def finish(*, run_id: uuid.UUID, state: str, now: datetime, result=None, error: str = "", error_type: str = "") -> bool:
-    """False when the run was no longer STARTED (cancelled, or taken over meanwhile): nothing was recorded."""
+def finish(
+    *,
+    run_id: uuid.UUID,
+    state: str,
+    now: datetime,
+    result=None,
+    error: str = "",
+    error_type: str = "",
+    claimed_at: datetime | None = None,
+) -> bool:
+    """False when the run was no longer STARTED (cancelled, or taken over meanwhile): nothing was recorded.
+
+    claimed_at is the fencing token: the started_at its claim wrote. A claim that expired and was taken
+    over by another delivery has a newer started_at, so the late result of the old one is refused.
+    """
+    fence = " AND started_at = %s" if claimed_at is not None else ""
+    params = [state, now, json.dumps(result) if result is not None else None, error, error_type, now, run_id]
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE tasks_app_taskrun SET state = %s, finished_at = %s, result = %s, error = %s, error_type = %s,"
             " lease_expires_at = NULL,"
             " duration_ms = (EXTRACT(EPOCH FROM (%s - started_at)) * 1000)::integer"
-            " WHERE id = %s AND state = 'STARTED'",
-            [state, now, json.dumps(result) if result is not None else None, error, error_type, now, run_id],
+            " WHERE id = %s AND state = 'STARTED'" + fence,
+            params + ([claimed_at] if claimed_at is not None else []),
         )
         return cursor.rowcount == 1
 
 
-def mark_retry(*, run_id: uuid.UUID, retries: int, error: str, error_type: str, countdown: float) -> None:
-    """The lease covers the countdown plus the queued lease: past it, the reconciler treats the retry as lost."""
-    lease = timezone.now() + timedelta(seconds=countdown + settings.TASK_QUEUED_LEASE)
-    TaskRun.objects.filter(id=run_id, state=RunState.STARTED).update(
-        state=RunState.RETRY, retries=retries, error=error, error_type=error_type, lease_expires_at=lease
+def renew(*, run_id: uuid.UUID, claimed_at: datetime, now: datetime) -> bool:
+    """Extend a live claim's lease; False when the claim is no longer this one's (finished, requeued, taken over)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE tasks_app_taskrun SET lease_expires_at = %s"
+            " WHERE id = %s AND state = 'STARTED' AND started_at = %s",
+            [lease_end(now), run_id, claimed_at],
+        )
+        return cursor.rowcount == 1
+
+
+def claim_alive(*, run_id: str, claimed_at: datetime | None, now: datetime) -> bool:
+    """Is this claim (run + its started_at) still STARTED with a lease that has not run out?"""
+    runs = TaskRun.objects.filter(id=run_id, state=RunState.STARTED, lease_expires_at__gt=now)
+    if claimed_at is not None:
+        runs = runs.filter(started_at=claimed_at)
+    return runs.exists()
+
+
+def mark_retry(
+    *,
+    run_id: uuid.UUID,
+    retries: int,
+    error: str,
+    error_type: str,
+    countdown: float,
+    claimed_at: datetime | None = None,
+) -> bool:
+    """The lease covers the countdown plus the queued lease: past it, the reconciler treats the retry as lost
+    (and retry_due_at() recovers the due time from it, for a broker that lost the message)."""
+    now = timezone.now()
+    runs = TaskRun.objects.filter(id=run_id, state=RunState.STARTED)
+    if claimed_at is not None:
+        runs = runs.filter(started_at=claimed_at)
+    return bool(
+        runs.update(
+            state=RunState.RETRY,
+            retries=retries,
+            error=error,
+            error_type=error_type,
+            lease_expires_at=now + timedelta(seconds=countdown + settings.TASK_QUEUED_LEASE),
+        )
     )
+
+
+def retry_due_at(run: TaskRun) -> datetime | None:
+    """When a RETRY run's countdown ends (mark_retry set the lease to that plus the queued lease)."""
+    if run.lease_expires_at is None:
+        return None
+    return run.lease_expires_at - timedelta(seconds=settings.TASK_QUEUED_LEASE)
 
 
 def record_enqueue(

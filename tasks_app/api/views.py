@@ -203,12 +203,14 @@ class HealthView(APIView):
         summary="Task system health",
         description="Checks the database (SELECT 1), the broker (Redis PING), the result backend, the workers "
         "(at least one answers a control ping) and beat (its heartbeat is younger than BEAT_HEARTBEAT_MAX_AGE). "
-        "503 names the failing checks in `failing`.",
+        "503 names the failing checks in `failing`. With every component up, `degraded` (HTTP 200) names the "
+        "checks where the ledger and reality disagree — runs queued but not in the broker, runs whose claim is "
+        "no longer renewed, locks without a live holder — each issue with since when.",
         responses={200: s.HealthSerializer, 401: UNAUTHENTICATED, 503: s.HealthSerializer},
     )
     def get(self, request):
         report = health.system_health()
-        code = status.HTTP_200_OK if report["status"] == "ok" else status.HTTP_503_SERVICE_UNAVAILABLE
+        code = status.HTTP_503_SERVICE_UNAVAILABLE if report["status"] == "fail" else status.HTTP_200_OK
         return Response(s.HealthSerializer(report).data, status=code)
 
 
