@@ -84,7 +84,14 @@ def main() -> None:
         )
         return {str(r["billing_period_start"]): [r["rows"], str(r["billed"])] for r in rows}
 
+    def schedule(name: str, task: str, every: int) -> int:
+        from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+        interval, _ = IntervalSchedule.objects.get_or_create(every=every, period=IntervalSchedule.SECONDS)
+        return PeriodicTask.objects.create(name=name, task=task, interval=interval, enabled=True).id
+
     commands = {
+        "schedule": schedule,
         "http": http,
         "enqueue": enqueue,
         "runs": runs,
