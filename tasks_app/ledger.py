@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from .models import RunState, TaskRun, TriggerKind
@@ -136,6 +137,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# "This claim is still ours": STARTED with our started_at; or our claim never became durable (it commits
+# asynchronously, see claim(), and PostgreSQL crashed right after) — the row is as it was before our claim:
+# still QUEUED/RETRY, neither claimed nor re-enqueued by the reconciler since (both would be newer than us).
+_OURS = (
+    "((state = 'STARTED' AND started_at = %(claimed_at)s) OR (state IN ('QUEUED', 'RETRY')"
+    " AND enqueued_at < %(claimed_at)s AND (started_at IS NULL OR started_at < %(claimed_at)s)))"
+)
+
+
 def finish(
     *,
     run_id: uuid.UUID,
@@ -151,26 +161,39 @@ def finish(
     claimed_at is the fencing token: the started_at its claim wrote. A claim that expired and was taken
     over by another delivery has a newer started_at, so the late result of the old one is refused.
     """
-    fence = " AND started_at = %s" if claimed_at is not None else ""
-    params = [state, now, json.dumps(result) if result is not None else None, error, error_type, now, run_id]
+    params = {
+        "state": state,
+        "now": now,
+        "result": json.dumps(result) if result is not None else None,
+        "error": error,
+        "error_type": error_type,
+        "id": run_id,
+        "claimed_at": claimed_at,
+    }
+    mine = _OURS if claimed_at is not None else "state = 'STARTED'"
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE tasks_app_taskrun SET state = %s, finished_at = %s, result = %s, error = %s, error_type = %s,"
-            " lease_expires_at = NULL,"
-            " duration_ms = (EXTRACT(EPOCH FROM (%s - started_at)) * 1000)::integer"
-            " WHERE id = %s AND state = 'STARTED'" + fence,
-            params + ([claimed_at] if claimed_at is not None else []),
+            "UPDATE tasks_app_taskrun SET state = %(state)s, finished_at = %(now)s, result = %(result)s,"
+            " error = %(error)s, error_type = %(error_type)s, lease_expires_at = NULL,"
+            " started_at = COALESCE(%(claimed_at)s, started_at),"
+            " duration_ms = (EXTRACT(EPOCH FROM (%(now)s - COALESCE(%(claimed_at)s, started_at))) * 1000)::integer"
+            " WHERE id = %(id)s AND " + mine,
+            params,
         )
         return cursor.rowcount == 1
 
 
-def renew(*, run_id: uuid.UUID, claimed_at: datetime, now: datetime) -> bool:
-    """Extend a live claim's lease; False when the claim is no longer this one's (finished, requeued, taken over)."""
+def renew(*, run_id: uuid.UUID, claimed_at: datetime, now: datetime, worker: str = "") -> bool:
+    """Extend a live claim's lease; False when the claim is no longer this one's (finished, requeued, taken over).
+
+    A claim lost in a PostgreSQL crash (see _OURS) is written again here.
+    """
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE tasks_app_taskrun SET lease_expires_at = %s"
-            " WHERE id = %s AND state = 'STARTED' AND started_at = %s",
-            [lease_end(now), run_id, claimed_at],
+            "UPDATE tasks_app_taskrun SET lease_expires_at = %(lease)s, state = 'STARTED', started_at = %(claimed_at)s,"
+            " worker = CASE WHEN state = 'STARTED' THEN worker ELSE %(worker)s END, finished_at = NULL"
+            " WHERE id = %(id)s AND " + _OURS,
+            {"lease": lease_end(now), "claimed_at": claimed_at, "id": run_id, "worker": worker},
         )
         return cursor.rowcount == 1
 
@@ -197,7 +220,10 @@ def mark_retry(
     now = timezone.now()
     runs = TaskRun.objects.filter(id=run_id, state=RunState.STARTED)
     if claimed_at is not None:
-        runs = runs.filter(started_at=claimed_at)
+        lost_claim = Q(state__in=(RunState.QUEUED, RunState.RETRY), enqueued_at__lt=claimed_at) & (
+            Q(started_at__isnull=True) | Q(started_at__lt=claimed_at)
+        )
+        runs = TaskRun.objects.filter(Q(id=run_id) & (Q(state=RunState.STARTED, started_at=claimed_at) | lost_claim))
     return bool(
         runs.update(
             state=RunState.RETRY,

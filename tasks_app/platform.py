@@ -262,7 +262,8 @@ class ClaimKeeper:
     asks for one renewal and raises Fenced if that fails, and every SQL statement of the task checks it.
     """
 
-    def __init__(self, *, run_id, claimed_at: datetime):
+    def __init__(self, *, run_id, claimed_at: datetime, worker: str):
+        self.worker = worker
         self.run_id = run_id
         self.claimed_at = claimed_at
         self.lock: RunLock | None = None
@@ -298,7 +299,9 @@ class ClaimKeeper:
     def renew_once(self) -> None:
         started = time.monotonic()
         try:
-            still_ours = ledger.renew(run_id=self.run_id, claimed_at=self.claimed_at, now=timezone.now())
+            still_ours = ledger.renew(
+                run_id=self.run_id, claimed_at=self.claimed_at, now=timezone.now(), worker=self.worker
+            )
         except Exception as exc:  # database unreachable: the lease runs down; fence() decides
             logger.warning("claim of run %s not renewed: %s", self.run_id, exc)
             _drop_connection()
@@ -414,7 +417,7 @@ class FinOpsTask(Task):
 
     def _execute(self, run_id, claimed_at: datetime, args, kwargs):
         """Run under a kept claim and the run's lock; the outcome is recorded after the work, fenced."""
-        keeper = ClaimKeeper(run_id=run_id, claimed_at=claimed_at)
+        keeper = ClaimKeeper(run_id=run_id, claimed_at=claimed_at, worker=ledger.worker_name(self.request.hostname))
         error: Exception | None = None
         _keeper.current = keeper
         try:

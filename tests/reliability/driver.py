@@ -1,7 +1,8 @@
 """The drills' hands inside Django: a long-lived process reading JSON-line commands on stdin.
 
 One process for a whole drill, like a web server: its database connections come from the pool and must
-survive PostgreSQL restarts (the `http` command goes through the real URL conf and middleware).
+survive PostgreSQL restarts (the `http` command goes through the real URL conf and middleware; Django's test
+client keeps the connection across requests, so every command hands it back to the pool afterwards).
 """
 
 import json
@@ -15,6 +16,7 @@ def main() -> None:
     django.setup()
 
     from django.contrib.auth import get_user_model
+    from django.db import connection
     from django.db.models import Count, Sum
     from django.test import Client
     from django.utils import timezone
@@ -110,6 +112,10 @@ def main() -> None:
         except Exception as exc:
             traceback.print_exc()
             reply = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            # Each command is one "request": its connection goes back to the pool, as a web request's does,
+            # and the next one takes a connection from the pool (checked there: CONN_HEALTH_CHECKS).
+            connection.close()
         sys.stdout.write(json.dumps(reply, default=str) + "\n")
         sys.stdout.flush()
 
