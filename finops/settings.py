@@ -196,10 +196,9 @@ CELERY_TASK_ROUTES = {
 # Retries: TASK_MAX_RETRIES attempts after the first, countdown = base * 2**n (60, 120, 240 s).
 TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=3)
 TASK_RETRY_BACKOFF_BASE = env.float("TASK_RETRY_BACKOFF_BASE", default=60.0)
-# A run still QUEUED this long after enqueue, or STARTED longer than the hard limit plus this grace,
-# is considered lost by the reconciler and enqueued again.
+# A run still QUEUED this long after enqueue is considered lost by the reconciler and enqueued again (the slow
+# case: a broker that lost its data, and messages a dead worker took, are detected and republished at once).
 TASK_QUEUED_LEASE = env.int("TASK_QUEUED_LEASE", default=2 * 3600)
-TASK_LEASE_GRACE = env.int("TASK_LEASE_GRACE", default=60)
 TASK_RECONCILE_INTERVAL = env.int("TASK_RECONCILE_INTERVAL", default=60)
 BEAT_HEARTBEAT_MAX_AGE = env.int("BEAT_HEARTBEAT_MAX_AGE", default=120)
 # A run's claim in the ledger and its per-account lock live this long unless the executing process renews
