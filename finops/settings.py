@@ -215,6 +215,9 @@ TASK_LEDGER_PATIENCE = env.int("TASK_LEDGER_PATIENCE", default=120)
 BEAT_LEADER_LEASE = env.int("BEAT_LEADER_LEASE", default=30)
 # platform_probe's countable side effects go here instead of the broker (drills that wipe the broker's Redis).
 PROBE_MARKS_URL = env("PROBE_MARKS_URL", default="")
+# Failure alerts: the first failure of a task alerts at once, later ones within this many seconds are counted
+# and sent as one alert with the count when the window is over (a failure storm sends 2 messages, not 100).
+TASK_FAILURE_ALERT_WINDOW = env.int("TASK_FAILURE_ALERT_WINDOW", default=600)
 # Health: a run QUEUED this long without a message in the broker, or a lock/claim this stale, is reported.
 HEALTH_QUEUED_GRACE = env.int("HEALTH_QUEUED_GRACE", default=120)
 

@@ -10,6 +10,8 @@ os.environ.setdefault("EMAIL_BACKEND", "django.core.mail.backends.locmem.EmailBa
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
 os.environ.setdefault("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("CACHE_URL", "redis://127.0.0.1:6379/15")
+# Every failure alerts in tests (no storm window carried from one test to the next); tests of the window set it.
+os.environ.setdefault("TASK_FAILURE_ALERT_WINDOW", "0")
 
 from .settings import *  # noqa: E402,F403
 

@@ -126,18 +126,66 @@ def run_dead_letter(*, run_id: uuid.UUID) -> DeadLetter:
     return letter
 
 
+ALERT_WINDOW_KEY = "finops:alerts:window:{task}"
+ALERT_SUPPRESSED_KEY = "finops:alerts:suppressed:{task}"
+
+
 def _alert_failure(run: TaskRun) -> None:
+    """The first failure of a task alerts at once; the next ones within TASK_FAILURE_ALERT_WINDOW s are only
+    counted, and failure_alerts_flush() sends one alert with the count when the window is over: a storm of a
+    hundred failures sends two messages, not a hundred. Without Redis, or with a window of 0, every failure
+    alerts (never silence)."""
+    from ..platform import redis_client
+
+    window = settings.TASK_FAILURE_ALERT_WINDOW
+    try:
+        client = redis_client()
+        if window > 0 and not client.set(
+            ALERT_WINDOW_KEY.format(task=run.task_name), run.celery_task_id, nx=True, ex=window
+        ):
+            client.incr(ALERT_SUPPRESSED_KEY.format(task=run.task_name))
+            logger.warning("failure alert for %s held back (storm): counted for the summary", run.celery_task_id)
+            return
+    except Exception as exc:
+        logger.warning("failure alert rate limit unavailable (%s): alerting", exc)
+    _send_failure_alert(
+        task_name=run.task_name, celery_task_id=run.celery_task_id, error=run.error, correlation_id=run.correlation_id
+    )
+
+
+def failure_alerts_flush() -> int:
+    """One alert per task whose alert window is over and that failed again meanwhile, with the count."""
+    from ..platform import redis_client
+
+    client = redis_client()
+    sent = 0
+    for key in client.scan_iter(match=ALERT_SUPPRESSED_KEY.format(task="*")):
+        task = key.decode().rpartition(":")[2]
+        if client.exists(ALERT_WINDOW_KEY.format(task=task)):
+            continue
+        count = int(client.getdel(key) or 0)
+        if count:
+            window = settings.TASK_FAILURE_ALERT_WINDOW
+            _send_failure_alert(
+                task_name=task,
+                celery_task_id=f"({count} runs)",
+                error=f"{count} more runs of {task} failed within {window} s of the alerted one (alerts are "
+                "rate-limited during a failure storm); `manage.py monitor_tasks failed` lists them",
+                correlation_id="",
+            )
+            sent += 1
+    return sent
+
+
+def _send_failure_alert(*, task_name: str, celery_task_id: str, error: str, correlation_id: str) -> None:
     try:
         from costs_app.services.notifications import task_failure_notify
 
         task_failure_notify(
-            task_name=run.task_name,
-            celery_task_id=run.celery_task_id,
-            error=run.error,
-            correlation_id=run.correlation_id,
+            task_name=task_name, celery_task_id=celery_task_id, error=error, correlation_id=correlation_id
         )
     except Exception:
-        logger.exception("could not send the failure alert for %s", run.celery_task_id)
+        logger.exception("could not send the failure alert for %s", celery_task_id)
 
 
 def dead_letter_replay(*, dead_letter_id: int, user=None, triggered_by: str = TriggerKind.REPLAY) -> TaskRun:
@@ -296,6 +344,10 @@ def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> Reconci
         result.republished += stranded_runs_republish(now=now)
     except Exception as exc:  # broker unreachable: the leases below still resolve what they can
         logger.warning("cannot check the broker for lost data: %s", exc)
+    try:
+        failure_alerts_flush()
+    except Exception as exc:
+        logger.warning("cannot flush the held-back failure alerts: %s", exc)
     lost = list(TaskRun.objects.filter(state=RunState.STARTED, lease_expires_at__lt=now))
     lost += list(
         TaskRun.objects.filter(
