@@ -34,6 +34,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "tasks_app.metrics.MetricsMiddleware",
     "finops.correlation.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -218,6 +219,8 @@ PROBE_MARKS_URL = env("PROBE_MARKS_URL", default="")
 # Failure alerts: the first failure of a task alerts at once, later ones within this many seconds are counted
 # and sent as one alert with the count when the window is over (a failure storm sends 2 messages, not 100).
 TASK_FAILURE_ALERT_WINDOW = env.int("TASK_FAILURE_ALERT_WINDOW", default=600)
+# /metrics: with a token, scrapers send `Authorization: Bearer <token>`; without one, loopback clients only.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
 # Health: a run QUEUED this long without a message in the broker, or a lock/claim this stale, is reported.
 HEALTH_QUEUED_GRACE = env.int("HEALTH_QUEUED_GRACE", default=120)
 
