@@ -325,11 +325,62 @@ def stranded_runs_republish(*, now: datetime) -> int:
     return republished
 
 
+# Past this many messages in one queue the broker is not scanned for missing runs (the queued lease remains).
+UNPUBLISHED_SCAN_LIMIT = 10_000
+
+
+def unpublished_runs_republish(*, now: datetime) -> int:
+    """Publish again the QUEUED runs whose message is nowhere: not waiting in its queue, not held by a worker.
+
+    It happens when a process dies between writing the run and publishing it (a reconciler's requeue, an
+    enqueue), or a worker dies between taking a message and recording it as unacknowledged. Runs queued
+    for TASK_UNACKED_GRACE s are looked up in the broker; the ledger claim drops a duplicate should a message
+    have been in flight meanwhile.
+    """
+    from ..platform import redis_client
+
+    cutoff = now - timedelta(seconds=settings.TASK_UNACKED_GRACE)
+    candidates = list(
+        TaskRun.objects.filter(state=RunState.QUEUED, enqueued_at__lt=cutoff).order_by("enqueued_at")[:1000]
+    )
+    if not candidates:
+        return 0
+    client = redis_client()
+    present: set[str] = set()
+    # unacked holds [message, exchange, routing key]; a queue holds bare messages
+    held = [(raw, True) for raw in client.hvals("unacked")]
+    for queue in {run.queue for run in candidates}:
+        if client.llen(queue) > UNPUBLISHED_SCAN_LIMIT:
+            return 0
+        held += [(raw, False) for raw in client.lrange(queue, 0, -1)]
+    for raw, wrapped in held:
+        try:
+            message = json.loads(raw)
+            present.add((message[0] if wrapped else message)["headers"]["id"])
+        except (TypeError, ValueError, KeyError, IndexError):
+            continue
+    republished = 0
+    for run in candidates:
+        if run.celery_task_id in present:
+            continue
+        updated = TaskRun.objects.filter(id=run.id, state=RunState.QUEUED, enqueued_at=run.enqueued_at).update(
+            enqueued_at=now, redeliveries=run.redeliveries + 1
+        )
+        if updated:
+            logger.warning(
+                "re-publishing %s of %s: its message is not in the broker", run.celery_task_id, run.task_name
+            )
+            _publish(run)
+            republished += 1
+    return republished
+
+
 def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> ReconcileResult:
     """Resolve runs that were accepted but will never finish: the ledger, not the broker, is the truth.
 
     First, a broker that lost its data gets every QUEUED/RETRY run again at once (broker_loss_recover), and
-    runs whose message a dead worker took along are published again (stranded_runs_republish).
+    runs whose message a dead worker took along, or that no message carries, are published again
+    (stranded_runs_republish, unpublished_runs_republish).
     Lost: STARTED whose claim is no longer renewed (lease past: its executor died, froze or lost the
     database), QUEUED for longer than TASK_QUEUED_LEASE (message lost in a way we could not detect), or
     waiting to retry well past its countdown. Whether the worker answers pings is not a criterion: a frozen
@@ -342,6 +393,7 @@ def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> Reconci
     try:
         result.republished = broker_loss_recover(now=now) or 0
         result.republished += stranded_runs_republish(now=now)
+        result.republished += unpublished_runs_republish(now=now)
     except Exception as exc:  # broker unreachable: the leases below still resolve what they can
         logger.warning("cannot check the broker for lost data: %s", exc)
     try:

@@ -119,7 +119,9 @@ class Stack:
                 # (claim lease 60 s -> 6 s, renewal 20 s -> 2 s, reconciler every 60 s -> every 2 s).
                 "TASK_CLAIM_LEASE": "6",
                 "TASK_CLAIM_RENEW": "2",
-                "TASK_RETRY_BACKOFF_BASE": "2",
+                # 5+10+20 s: a sync waiting for another sync of its account (killed and re-run meanwhile) must
+                # not run out of retries; that contention is by design, not what the drills probe.
+                "TASK_RETRY_BACKOFF_BASE": "5",
                 "TASK_UNACKED_GRACE": "8",
                 "TASK_LEDGER_PATIENCE": "60",
                 "BEAT_LEADER_LEASE": "6",

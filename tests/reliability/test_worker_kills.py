@@ -50,7 +50,7 @@ def test_workers_killed_repeatedly_lose_nothing_and_do_nothing_twice(stack, focu
                 probes.append(mark)
             driver("enqueue", task="platform_noop", kwargs={"value": 1})
             sent += 4
-            if time.monotonic() - started > sync_turn * 8:
+            if time.monotonic() - started > sync_turn * 12:
                 driver("enqueue", task="sync_provider_cost_data", kwargs={"account_id": accounts[sync_turn % 3]})
                 sync_turn += 1
                 sent += 1

@@ -123,14 +123,14 @@ def test_a_broker_that_lost_its_data_gets_every_queued_and_retrying_run_again_at
     assert runs_reconcile(now=timezone.now()).republished == 0
 
 
-def test_queued_run_whose_message_was_lost_is_published_again_after_the_queued_lease(broker):
-    # given
+def test_queued_run_whose_message_was_lost_is_published_again(broker):
+    # given: a run whose message is not in the broker (looked up after TASK_UNACKED_GRACE), and a fresh one
     fresh = make_run(RunState.QUEUED, age=10)
-    lost = make_run(RunState.QUEUED, age=settings.TASK_QUEUED_LEASE + 10)
+    lost = make_run(RunState.QUEUED, age=settings.TASK_UNACKED_GRACE + 10)
     # when
     result = runs_reconcile(now=timezone.now(), workers={LIVE})
     # then
-    assert result.requeued == 1
+    assert result.republished == 1
     assert [h["id"] for h in published(broker)] == [lost.celery_task_id]
     lost.refresh_from_db()
     assert lost.redeliveries == 1 and lost.enqueued_at > timezone.now() - timedelta(seconds=60)
@@ -216,3 +216,16 @@ def test_published_message_is_gzip_json_only(broker):
     # kombu's "gzip" compression is zlib-framed deflate
     body = json.loads(zlib.decompress(base64.b64decode(message["body"])))
     assert body[1] == {"value": 1}
+
+
+def test_a_queued_run_whose_message_waits_in_the_broker_is_not_published_twice(broker):
+    # given: an old run whose message is still in its queue (a backlog)
+    from tasks_app.services.runs import _publish
+
+    waiting = make_run(RunState.QUEUED, age=settings.TASK_UNACKED_GRACE + 10)
+    _publish(waiting)
+    # when
+    result = runs_reconcile(now=timezone.now())
+    # then
+    assert result.republished == 0
+    assert [h["id"] for h in published(broker)] == [waiting.celery_task_id]
