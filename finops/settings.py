@@ -221,6 +221,8 @@ PROBE_MARKS_URL = env("PROBE_MARKS_URL", default="")
 TASK_FAILURE_ALERT_WINDOW = env.int("TASK_FAILURE_ALERT_WINDOW", default=600)
 # /metrics: with a token, scrapers send `Authorization: Bearer <token>`; without one, loopback clients only.
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
+# GET /tasks/active reads the snapshots workers write at each heartbeat; true asks the workers by broadcast (slow).
+TASKS_ACTIVE_LIVE = env.bool("TASKS_ACTIVE_LIVE", default=False)
 # Health: a run QUEUED this long without a message in the broker, or a lock/claim this stale, is reported.
 HEALTH_QUEUED_GRACE = env.int("HEALTH_QUEUED_GRACE", default=120)
 

@@ -135,11 +135,17 @@ class TaskMonitorViewSet(viewsets.ViewSet):
         tags=["monitor"],
         summary="Active tasks",
         description="Runs the ledger holds as QUEUED, STARTED or RETRY, plus the tasks live workers report as "
-        "active, reserved or scheduled (workers are asked with a ~1 s timeout).",
+        "active, reserved or scheduled — from the snapshot each worker writes at its heartbeat (at most ~2 s "
+        "old); `?live=true` (or TASKS_ACTIVE_LIVE) asks the workers by broadcast instead (~1 s timeout).",
+        parameters=[
+            OpenApiParameter("live", OpenApiTypes.BOOL, OpenApiParameter.QUERY, description="Ask workers live.")
+        ],
         responses={200: s.ActiveTasksSerializer, 401: UNAUTHENTICATED},
     )
     def active(self, request):
-        return Response(s.ActiveTasksSerializer(selectors.active_tasks(), context={"request": request}).data)
+        live = request.query_params.get("live") in ("1", "true") or None
+        outcome = selectors.active_tasks(live=live)
+        return Response(s.ActiveTasksSerializer(outcome, context={"request": request}).data)
 
     @extend_schema(
         tags=["monitor"],

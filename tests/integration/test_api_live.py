@@ -82,8 +82,12 @@ def test_running_task_shows_in_active_and_is_cancelled(viewer_client, operator_c
         task_name="platform_probe", kwargs={"sleep": 30}, triggered_by=TriggerKind.COMMAND, correlation_id="live-cancel"
     )
     wait_for(lambda: TaskRun.objects.filter(id=run.id, state=RunState.STARTED).exists(), what="probe to start")
-    # when
-    active = viewer_client.get("/api/v1/tasks/active").json()
+    # when: the worker's heartbeat snapshot (every 2 s) shows it
+    active = wait_for(
+        lambda: (body := viewer_client.get("/api/v1/tasks/active").json())["worker_tasks"] and body,
+        timeout=10,
+        what="the run in the worker's snapshot",
+    )
     cancel = operator_client.delete(f"/api/v1/tasks/cancel/{run.celery_task_id}")
     # then
     assert [r["task_id"] for r in active["runs"]] == [run.celery_task_id]
@@ -121,3 +125,30 @@ def test_queued_task_cancelled_before_a_worker_consumes_it_never_runs(operator_c
     assert run.state == RunState.CANCELLED
     assert (run.started_at, run.worker, run.result) == (None, "", None)
     assert run.error == "cancelled before it started"
+
+
+def test_active_answers_from_the_workers_snapshots_fast(viewer_client, celery_worker_proc):
+    # given: a run executing on a real worker
+    run = task_enqueue(task_name="platform_probe", kwargs={"sleep": 6}, triggered_by=TriggerKind.COMMAND)
+    wait_for(
+        lambda: any(
+            t["task_id"] == run.celery_task_id for t in viewer_client.get("/api/v1/tasks/active").json()["worker_tasks"]
+        ),
+        timeout=10,
+        what="the run in the worker's heartbeat snapshot",
+    )
+    # when: 20 requests, no broadcast
+    timings = []
+    for _ in range(20):
+        started = time.perf_counter()
+        body = viewer_client.get("/api/v1/tasks/active").json()
+        timings.append(time.perf_counter() - started)
+    # then
+    p95 = sorted(timings)[18]
+    assert p95 < 0.2, timings
+    [task] = [t for t in body["worker_tasks"] if t["task_id"] == run.celery_task_id]
+    assert (task["kind"], task["name"], task["run_id"]) == ("active", "platform_probe", str(run.id))
+    assert body["workers"] and body["inspect_error"] == ""
+    # and the live broadcast is still there behind the flag
+    live = viewer_client.get("/api/v1/tasks/active?live=true").json()
+    assert [t["kind"] for t in live["worker_tasks"] if t["task_id"] == run.celery_task_id] == ["active"]
