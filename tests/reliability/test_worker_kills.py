@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import time
+import uuid
 
 import pytest
 
@@ -28,7 +29,14 @@ def test_workers_killed_repeatedly_lose_nothing_and_do_nothing_twice(stack, focu
     rng = random.Random(10)
     files = [focus_files(SYNC_ROWS, seed) for seed in (1, 2, 3)]
     stack.beat()
-    workers = [stack.worker(concurrency=2), stack.worker(concurrency=2)]
+
+    def start_worker():
+        node = f"drill-{uuid.uuid4().hex[:6]}"
+        worker = stack.worker(concurrency=2, hostname=f"{node}@%h")
+        worker.node = node
+        return worker
+
+    workers = [start_worker(), start_worker()]
     driver = Driver(stack.env(), stack.log_dir)
     marks = stack.marks.client()
     try:
@@ -60,20 +68,19 @@ def test_workers_killed_repeatedly_lose_nothing_and_do_nothing_twice(stack, focu
             next_kill = time.monotonic() + KILL_EVERY
             # a run killed again and again is given up on purpose ("lost N times", TASK_MAX_RETRIES): the
             # drill spreads its kills so that no run is hit more than twice
-            running = [r for r in driver("runs") if r["state"] == "STARTED" and r["redeliveries"] < 2]
+            started_runs = [r for r in driver("runs") if r["state"] == "STARTED"]
+            running = [r for r in started_runs if r["redeliveries"] < 2]
             # aim at a running sync when there is one: that is where a stale lock used to hurt
             running.sort(key=lambda r: r["task_name"] != "sync_provider_cost_data")
-            whole = len(kills) % 2 == 1
             victim = running[0] if running else None
-            if whole:
-                target = next((w for w in workers if victim and victim["worker"].startswith(w.name)), None)
-                target = target or next(
-                    (w for w in workers if victim and w.proc.pid != int(victim["worker"].rpartition("/")[2])),
-                    workers[0],
-                )
+            target = next((w for w in workers if victim and victim["worker"].startswith(w.node + "@")), None)
+            spare = target is not None and all(
+                r["redeliveries"] < 2 for r in started_runs if r["worker"].startswith(target.node + "@")
+            )
+            if len(kills) % 2 == 1 and spare:
                 target.kill()
                 workers.remove(target)
-                workers.append(stack.worker(concurrency=2))  # a new pod: a new name
+                workers.append(start_worker())  # a new pod: a new name
                 kills.append({"at": time.time(), "kind": "worker", "run": victim})
             elif victim is not None:
                 try:
