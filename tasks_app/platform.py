@@ -183,7 +183,7 @@ class RunLock:
         try:
             acquired = bool(client.set(self.key, self.value, nx=True, px=self.ttl_ms))
             if not acquired:
-                acquired = self._take_over_dead_holder(client)
+                acquired = self._take_over_dead_holder(client) or self._outwait_younger_holder(client)
         except redis.RedisError as exc:
             raise TransientError(f"cannot reach Redis for lock {self.name}: {exc}") from exc
         if not acquired:
@@ -214,6 +214,19 @@ class RunLock:
                 holder.get("worker"),
             )
         return taken
+
+    def _outwait_younger_holder(self, client) -> bool:
+        """A holder claimed after us is about to give the lock back (it defers to older live runs, see
+        _older_live_run): wait for that a moment instead of both runs retrying."""
+        holder = parse_lock_value(client.get(self.key))
+        if holder is None or holder["run"] == str(self.run_id) or holder["claimed_at"] <= self.claimed_at:
+            return False
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if client.set(self.key, self.value, nx=True, px=self.ttl_ms):
+                return True
+        return False
 
     def _older_live_run(self):
         """A run of the same task and scope claimed before ours and still alive (Redis lost its lock)."""
