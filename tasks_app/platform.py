@@ -187,7 +187,11 @@ class RunLock:
         except redis.RedisError as exc:
             raise TransientError(f"cannot reach Redis for lock {self.name}: {exc}") from exc
         if not acquired:
-            raise TransientError(f"another run holds the lock {self.name}")
+            holder = None
+            with contextlib.suppress(redis.RedisError):
+                holder = parse_lock_value(client.get(self.key))
+            alive = f" (run {holder['run']}, alive)" if holder else ""
+            raise TransientError(f"another run holds the lock {self.name}{alive}")
         self.held = True
         older = self._older_live_run()
         if older is not None:

@@ -53,7 +53,7 @@ def test_workers_killed_repeatedly_lose_nothing_and_do_nothing_twice(stack, focu
                 mark = f"p{len(probes)}"
                 kwargs = {"sleep": round(rng.uniform(0.1, 1.2), 2), "mark": mark}
                 if rng.random() < 0.3:  # under a lock of their own (contention with syncs is not the point here)
-                    kwargs["account_id"] = 900 + rng.randrange(3)
+                    kwargs["account_id"] = 900 + rng.randrange(10)
                 driver("enqueue", task="platform_probe", kwargs=kwargs)
                 probes.append(mark)
             driver("enqueue", task="platform_noop", kwargs={"value": 1})
