@@ -225,7 +225,7 @@ class RunLock:
         holder = parse_lock_value(client.get(self.key))
         if holder is None or holder["run"] == str(self.run_id) or holder["claimed_at"] <= self.claimed_at:
             return False
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 5.0  # the younger one releases within a query; 5 s covers a loaded host
         while time.monotonic() < deadline:
             time.sleep(0.05)
             if client.set(self.key, self.value, nx=True, px=self.ttl_ms):
