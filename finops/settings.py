@@ -41,6 +41,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "tasks_app.metrics.MetricsMiddleware",
     # First: an oversize API body is refused before any other work is done for it (finops/limits.py).
     "finops.limits.RequestBodyLimitMiddleware",
     "finops.correlation.CorrelationIdMiddleware",
@@ -82,6 +83,10 @@ if env.bool("DB_POOL", default=True):
         "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
         "timeout": env.int("DB_POOL_TIMEOUT", default=10),
     }
+    # With a pool, Django passes psycopg_pool's check=ConnectionPool.check_connection: each connection is checked
+    # as it leaves the pool (one empty round trip). After a PostgreSQL restart the pooled connections are dead;
+    # unchecked, the first request on each answered a 500.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -293,12 +298,34 @@ CELERY_TASK_ROUTES = {
 # Retries: TASK_MAX_RETRIES attempts after the first, countdown = base * 2**n (60, 120, 240 s).
 TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=3)
 TASK_RETRY_BACKOFF_BASE = env.float("TASK_RETRY_BACKOFF_BASE", default=60.0)
-# A run still QUEUED this long after enqueue, or STARTED longer than the hard limit plus this grace,
-# is considered lost by the reconciler and enqueued again.
+# A run still QUEUED this long after enqueue is considered lost by the reconciler and enqueued again (the slow
+# case: a broker that lost its data, and messages a dead worker took, are detected and republished at once).
 TASK_QUEUED_LEASE = env.int("TASK_QUEUED_LEASE", default=2 * 3600)
-TASK_LEASE_GRACE = env.int("TASK_LEASE_GRACE", default=60)
 TASK_RECONCILE_INTERVAL = env.int("TASK_RECONCILE_INTERVAL", default=60)
 BEAT_HEARTBEAT_MAX_AGE = env.int("BEAT_HEARTBEAT_MAX_AGE", default=120)
+# A run's claim in the ledger and its per-account lock live this long unless the executing process renews
+# them (every TASK_CLAIM_RENEW s): a killed or frozen executor's run is handed over and its lock lapses
+# within about one lease, and the frozen one's late result is refused (fencing).
+TASK_CLAIM_LEASE = env.int("TASK_CLAIM_LEASE", default=60)
+TASK_CLAIM_RENEW = env.float("TASK_CLAIM_RENEW", default=20.0)
+# A message a worker took (prefetch, or a retry's countdown) but did not start this long after it was due: the
+# worker died holding it, and the reconciler publishes the run again (the ledger claim drops a duplicate).
+TASK_UNACKED_GRACE = env.int("TASK_UNACKED_GRACE", default=120)
+# How long a worker keeps retrying a ledger write (claim, outcome) while PostgreSQL is unreachable.
+TASK_LEDGER_PATIENCE = env.int("TASK_LEDGER_PATIENCE", default=120)
+# One beat sends: the leader holds a Redis lease this long, renewed every tick; a standby takes over when it lapses.
+BEAT_LEADER_LEASE = env.int("BEAT_LEADER_LEASE", default=30)
+# platform_probe's countable side effects go here instead of the broker (drills that wipe the broker's Redis).
+PROBE_MARKS_URL = env("PROBE_MARKS_URL", default="")
+# Failure alerts: the first failure of a task alerts at once, later ones within this many seconds are counted
+# and sent as one alert with the count when the window is over (a failure storm sends 2 messages, not 100).
+TASK_FAILURE_ALERT_WINDOW = env.int("TASK_FAILURE_ALERT_WINDOW", default=600)
+# /metrics: with a token, scrapers send `Authorization: Bearer <token>`; without one, loopback clients only.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+# GET /tasks/active reads the snapshots workers write at each heartbeat; true asks the workers by broadcast (slow).
+TASKS_ACTIVE_LIVE = env.bool("TASKS_ACTIVE_LIVE", default=False)
+# Health: a run QUEUED this long without a message in the broker, or a lock/claim this stale, is reported.
+HEALTH_QUEUED_GRACE = env.int("HEALTH_QUEUED_GRACE", default=120)
 
 # --- Cloud connectors ---
 # AWS SDK attempts per request (first try included): few, so the platform's retry policy is what retries.

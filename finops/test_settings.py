@@ -16,6 +16,8 @@ os.environ.setdefault("EGRESS_ALLOWED_HOSTS", "127.0.0.1,localhost")
 # Tests read FOCUS files from the repository and from pytest's temporary folders; the tests of the root
 # itself (tests/security/test_focus_bounds.py) set their own.
 os.environ.setdefault("FOCUS_IMPORT_ROOT", "/")
+# Every failure alerts in tests (no storm window carried from one test to the next); tests of the window set it.
+os.environ.setdefault("TASK_FAILURE_ALERT_WINDOW", "0")
 
 from .settings import *  # noqa: E402,F403
 

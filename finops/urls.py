@@ -7,6 +7,7 @@ from django.views import defaults
 
 from finops.api_docs import SchemaView, SwaggerDocsView
 from tasks_app.api.views import LivenessView
+from tasks_app.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -17,6 +18,7 @@ urlpatterns = [
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SwaggerDocsView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", LivenessView.as_view(), name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 

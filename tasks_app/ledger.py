@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from .models import RunState, TaskRun, TriggerKind
@@ -58,7 +59,12 @@ def worker_name(hostname: str | None = None) -> str:
 
 
 def lease_end(now: datetime) -> datetime:
-    return now + timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + settings.TASK_LEASE_GRACE)
+    """A claim lives TASK_CLAIM_LEASE s unless its executing process renews it (platform.ClaimKeeper).
+
+    Short, so a dead or frozen executor's run is handed over within a heartbeat or two, never after
+    the hard time limit; a live one renews it every TASK_CLAIM_RENEW s however long it runs.
+    """
+    return now + timedelta(seconds=settings.TASK_CLAIM_LEASE)
 
 
 def claim(
@@ -141,6 +147,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# "This claim is still ours": STARTED with our started_at; or our claim never became durable (it commits
+# asynchronously, see claim(), and PostgreSQL crashed right after) — the row is as it was before our claim:
+# still QUEUED/RETRY, neither claimed nor re-enqueued by the reconciler since (both would be newer than us).
+_OURS = (
+    "((state = 'STARTED' AND started_at = %(claimed_at)s) OR (state IN ('QUEUED', 'RETRY')"
+    " AND enqueued_at < %(claimed_at)s AND (started_at IS NULL OR started_at < %(claimed_at)s)))"
+)
+
+
 def finish(
     *,
     run_id: uuid.UUID,
@@ -150,34 +165,94 @@ def finish(
     error: str = "",
     error_type: str = "",
     error_traceback: str = "",
+    claimed_at: datetime | None = None,
 ) -> bool:
-    """False when the run was no longer STARTED (cancelled, or taken over meanwhile): nothing was recorded."""
+    """False when the run was no longer STARTED (cancelled, or taken over meanwhile): nothing was recorded.
+
+    claimed_at is the fencing token: the started_at its claim wrote. A claim that expired and was taken
+    over by another delivery has a newer started_at, so the late result of the old one is refused.
+    """
+    params = {
+        "state": state,
+        "now": now,
+        "result": json.dumps(result) if result is not None else None,
+        "error": error,
+        "error_type": error_type,
+        "error_traceback": error_traceback,
+        "id": run_id,
+        "claimed_at": claimed_at,
+    }
+    mine = _OURS if claimed_at is not None else "state = 'STARTED'"
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE tasks_app_taskrun SET state = %s, finished_at = %s, result = %s, error = %s, error_type = %s,"
-            " error_traceback = %s, lease_expires_at = NULL,"
-            " duration_ms = (EXTRACT(EPOCH FROM (%s - started_at)) * 1000)::integer"
-            " WHERE id = %s AND state = 'STARTED'",
-            [
-                state,
-                now,
-                json.dumps(result) if result is not None else None,
-                error,
-                error_type,
-                error_traceback,
-                now,
-                run_id,
-            ],
+            "UPDATE tasks_app_taskrun SET state = %(state)s, finished_at = %(now)s, result = %(result)s,"
+            " error = %(error)s, error_type = %(error_type)s, error_traceback = %(error_traceback)s,"
+            " lease_expires_at = NULL,"
+            " started_at = COALESCE(%(claimed_at)s, started_at),"
+            " duration_ms = (EXTRACT(EPOCH FROM (%(now)s - COALESCE(%(claimed_at)s, started_at))) * 1000)::integer"
+            " WHERE id = %(id)s AND " + mine,
+            params,
         )
         return cursor.rowcount == 1
 
 
-def mark_retry(*, run_id: uuid.UUID, retries: int, error: str, error_type: str, countdown: float) -> None:
-    """The lease covers the countdown plus the queued lease: past it, the reconciler treats the retry as lost."""
-    lease = timezone.now() + timedelta(seconds=countdown + settings.TASK_QUEUED_LEASE)
-    TaskRun.objects.filter(id=run_id, state=RunState.STARTED).update(
-        state=RunState.RETRY, retries=retries, error=error, error_type=error_type, lease_expires_at=lease
+def renew(*, run_id: uuid.UUID, claimed_at: datetime, now: datetime, worker: str = "") -> bool:
+    """Extend a live claim's lease; False when the claim is no longer this one's (finished, requeued, taken over).
+
+    A claim lost in a PostgreSQL crash (see _OURS) is written again here.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE tasks_app_taskrun SET lease_expires_at = %(lease)s, state = 'STARTED', started_at = %(claimed_at)s,"
+            " worker = CASE WHEN state = 'STARTED' THEN worker ELSE %(worker)s END, finished_at = NULL"
+            " WHERE id = %(id)s AND " + _OURS,
+            {"lease": lease_end(now), "claimed_at": claimed_at, "id": run_id, "worker": worker},
+        )
+        return cursor.rowcount == 1
+
+
+def claim_alive(*, run_id: str, claimed_at: datetime | None, now: datetime) -> bool:
+    """Is this claim (run + its started_at) still STARTED with a lease that has not run out?"""
+    runs = TaskRun.objects.filter(id=run_id, state=RunState.STARTED, lease_expires_at__gt=now)
+    if claimed_at is not None:
+        runs = runs.filter(started_at=claimed_at)
+    return runs.exists()
+
+
+def mark_retry(
+    *,
+    run_id: uuid.UUID,
+    retries: int,
+    error: str,
+    error_type: str,
+    countdown: float,
+    claimed_at: datetime | None = None,
+) -> bool:
+    """The lease covers the countdown plus the queued lease: past it, the reconciler treats the retry as lost
+    (and retry_due_at() recovers the due time from it, for a broker that lost the message)."""
+    now = timezone.now()
+    runs = TaskRun.objects.filter(id=run_id, state=RunState.STARTED)
+    if claimed_at is not None:
+        lost_claim = Q(state__in=(RunState.QUEUED, RunState.RETRY), enqueued_at__lt=claimed_at) & (
+            Q(started_at__isnull=True) | Q(started_at__lt=claimed_at)
+        )
+        runs = TaskRun.objects.filter(Q(id=run_id) & (Q(state=RunState.STARTED, started_at=claimed_at) | lost_claim))
+    return bool(
+        runs.update(
+            state=RunState.RETRY,
+            retries=retries,
+            error=error,
+            error_type=error_type,
+            lease_expires_at=now + timedelta(seconds=countdown + settings.TASK_QUEUED_LEASE),
+        )
     )
+
+
+def retry_due_at(run: TaskRun) -> datetime | None:
+    """When a RETRY run's countdown ends (mark_retry set the lease to that plus the queued lease)."""
+    if run.lease_expires_at is None:
+        return None
+    return run.lease_expires_at - timedelta(seconds=settings.TASK_QUEUED_LEASE)
 
 
 def record_enqueue(

@@ -1,9 +1,11 @@
 """Reads for the task API and commands: ledger queries, and what the result backend and workers report."""
 
+import json
 import logging
 from dataclasses import dataclass, field
 
 from celery import current_app
+from django.conf import settings
 from django.db.models import QuerySet
 
 from providers_app.models import Role
@@ -162,13 +164,25 @@ class ActiveTasks:
 
 
 def active_tasks(
-    *, runs: QuerySet[TaskRun] | None = None, workers: bool = True, timeout: float = INSPECT_TIMEOUT
+    *,
+    runs: QuerySet[TaskRun] | None = None,
+    workers: bool = True,
+    timeout: float = INSPECT_TIMEOUT,
+    live: bool | None = None,
 ) -> ActiveTasks:
     """The ledger's active runs (of `runs`, the caller's scope), plus, with `workers` (platform admins only:
-    hostnames, pids, every account's arguments), what each live worker is executing, holding or has scheduled."""
+    hostnames, pids, every account's arguments), what each live worker is executing, holding or has scheduled.
+
+    The workers' part comes from the snapshot each worker writes at every heartbeat (at most ~2 s old); with
+    `live` (default: settings.TASKS_ACTIVE_LIVE) it is asked of the workers by broadcast instead (slow).
+    """
     runs = active_runs_list(runs=runs)
     outcome = ActiveTasks(runs=list(runs[:ACTIVE_RUNS_LIMIT]), runs_total=runs.count())
     if not workers:
+        return outcome
+    if not (settings.TASKS_ACTIVE_LIVE if live is None else live):
+        _from_worker_snapshots(outcome)
+        _link_runs(outcome.worker_tasks)
         return outcome
     try:
         outcome.workers = workers_ping(timeout=timeout)
@@ -187,6 +201,23 @@ def active_tasks(
         outcome.inspect_error = f"inspecting workers failed: {exc}"
     _link_runs(outcome.worker_tasks)
     return outcome
+
+
+def _from_worker_snapshots(outcome: ActiveTasks) -> None:
+    from .platform import WORKER_STATE_KEY, redis_client
+
+    try:
+        client = redis_client()
+        keys = sorted(client.scan_iter(match=WORKER_STATE_KEY + "*", count=500))
+        snapshots = [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []
+    except Exception as exc:
+        outcome.inspect_error = f"cannot read the workers' snapshots: {exc}"
+        return
+    for snapshot in snapshots:
+        name = snapshot["hostname"]
+        outcome.workers.append(name)
+        for kind in ("active", "reserved", "scheduled"):
+            outcome.worker_tasks += _worker_tasks(kind, {name: snapshot.get(kind) or []})
 
 
 def _worker_tasks(kind: str, replies: dict) -> list[WorkerTask]:

@@ -132,13 +132,18 @@ def platform_probe(
     import json
     import time
 
+    import redis
+    from django.conf import settings
+
     from finops.errors import PermanentError, TransientError
 
-    from .platform import redis_client
+    from .platform import fence, redis_client
 
+    # Marks go to the broker's Redis unless PROBE_MARKS_URL names another (drills that wipe the broker).
+    marks = redis.Redis.from_url(settings.PROBE_MARKS_URL) if settings.PROBE_MARKS_URL else redis_client()
     started = time.time()
     if mark:
-        redis_client().rpush(f"finops:probe:{mark}:attempts", repr(started))
+        marks.rpush(f"finops:probe:{mark}:attempts", repr(started))
     if sleep:
         time.sleep(sleep)
     if fail_permanent:
@@ -148,8 +153,10 @@ def platform_probe(
     if self.request.retries < fail_transient:
         raise TransientError(f"probe transient failure on attempt {self.request.retries + 1}")
     if mark:
-        # Last, so a run killed or cancelled mid-work leaves no "done" behind.
-        pipe = redis_client().pipeline()
+        # Last, so a run killed or cancelled mid-work leaves no "done" behind; and only while this execution
+        # still holds its claim (a frozen one resumed after its run was handed over must not count).
+        fence()
+        pipe = marks.pipeline()
         pipe.incr(f"finops:probe:{mark}:done")
         pipe.rpush(f"finops:probe:{mark}:spans", json.dumps([started, time.time()]))
         pipe.execute()
@@ -159,7 +166,7 @@ def platform_probe(
 # Not FinOps tasks: frequent housekeeping that would only flood the audit trail.
 @shared_task(name="reconcile_task_runs", ignore_result=True)
 def reconcile_task_runs() -> dict:
-    return runs.runs_reconcile(now=timezone.now(), workers=runs.live_workers()).as_dict()
+    return runs.runs_reconcile(now=timezone.now()).as_dict()
 
 
 @shared_task(name="bare_noop")

@@ -293,12 +293,16 @@ class HealthCheckSerializer(serializers.Serializer):
     names = serializers.ListField(child=serializers.CharField(), required=False)
     age_s = serializers.FloatField(required=False)
     max_age_s = serializers.IntegerField(required=False)
+    leader = serializers.CharField(required=False, allow_blank=True)
+    since = serializers.CharField(required=False, allow_blank=True)
+    issues = serializers.ListField(child=serializers.DictField(), required=False)
 
 
 class HealthSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["ok", "fail"])
+    status = serializers.ChoiceField(choices=["ok", "degraded", "fail"])
     checks = serializers.DictField(child=HealthCheckSerializer())
     failing = serializers.ListField(child=serializers.CharField())
+    degraded = serializers.ListField(child=serializers.CharField(), required=False)
 
 
 class LivenessSerializer(serializers.Serializer):

@@ -201,11 +201,18 @@ class TaskMonitorViewSet(viewsets.ViewSet):
         tags=["monitor"],
         summary="Active tasks",
         description="Runs the ledger holds as QUEUED, STARTED or RETRY, plus the tasks live workers report as "
-        "active, reserved or scheduled (workers are asked with a ~1 s timeout).",
+        "active, reserved or scheduled — from the snapshot each worker writes at its heartbeat (at most ~2 s "
+        "old); `?live=true` (or TASKS_ACTIVE_LIVE) asks the workers by broadcast instead (~1 s timeout).",
+        parameters=[
+            OpenApiParameter("live", OpenApiTypes.BOOL, OpenApiParameter.QUERY, description="Ask workers live.")
+        ],
         responses={200: s.ActiveTasksSerializer, 401: UNAUTHENTICATED},
     )
     def active(self, request):
-        active = selectors.active_tasks(runs=selectors.runs_for(request.user), workers=is_platform_admin(request.user))
+        live = request.query_params.get("live") in ("1", "true") or None
+        active = selectors.active_tasks(
+            runs=selectors.runs_for(request.user), workers=is_platform_admin(request.user), live=live
+        )
         return Response(s.ActiveTasksSerializer(active, context={"request": request}).data)
 
     @extend_schema(
@@ -278,8 +285,10 @@ class HealthView(APIView):
         summary="Task system health",
         description="Checks the database (SELECT 1), the broker (Redis PING), the result backend, the workers "
         "(at least one answers a control ping) and beat (its heartbeat is younger than BEAT_HEARTBEAT_MAX_AGE). "
-        "503 names the failing checks in `failing`. Only platform admins see each check's details (worker names, "
-        "errors); others get the status, the failing checks' names and each check's ok.",
+        "503 names the failing checks in `failing`. With every component up, `degraded` (HTTP 200) names the "
+        "checks where the ledger and reality disagree — runs queued but not in the broker, runs whose claim is "
+        "no longer renewed, locks without a live holder — each issue with since when. Only platform admins see "
+        "each check's details (worker names, errors, runs); others get the status and each check's ok.",
         responses={200: s.HealthSerializer, 401: UNAUTHENTICATED, 503: s.HealthSerializer},
     )
     def get(self, request):
@@ -288,10 +297,10 @@ class HealthView(APIView):
             report = {
                 **report,
                 "checks": {
-                    name: {"ok": c["ok"], "latency_ms": c["latency_ms"]} for name, c in report["checks"].items()
+                    name: {"ok": c["ok"], "latency_ms": c.get("latency_ms")} for name, c in report["checks"].items()
                 },
             }
-        code = status.HTTP_200_OK if report["status"] == "ok" else status.HTTP_503_SERVICE_UNAVAILABLE
+        code = status.HTTP_503_SERVICE_UNAVAILABLE if report["status"] == "fail" else status.HTTP_200_OK
         return Response(s.HealthSerializer(report).data, status=code)
 
 

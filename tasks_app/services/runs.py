@@ -1,6 +1,7 @@
 """Writes on the task ledger: enqueue, cancel, dead-letter, replay, reconcile lost runs."""
 
 import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -160,19 +161,77 @@ def run_dead_letter(*, run_id: uuid.UUID) -> DeadLetter:
     return letter
 
 
+ALERT_WINDOW_KEY = "finops:alerts:window:{task}"
+ALERT_SUPPRESSED_KEY = "finops:alerts:suppressed:{task}"
+
+
 def _alert_failure(run: TaskRun) -> None:
+    """The first failure of a task alerts at once; the next ones within TASK_FAILURE_ALERT_WINDOW s are only
+    counted, and failure_alerts_flush() sends one alert with the count when the window is over: a storm of a
+    hundred failures sends two messages, not a hundred. Without Redis, or with a window of 0, every failure
+    alerts (never silence)."""
+    from ..platform import redis_client
+
+    window = settings.TASK_FAILURE_ALERT_WINDOW
+    try:
+        client = redis_client()
+        if window > 0 and not client.set(
+            ALERT_WINDOW_KEY.format(task=run.task_name), run.celery_task_id, nx=True, ex=window
+        ):
+            client.incr(ALERT_SUPPRESSED_KEY.format(task=run.task_name))
+            logger.warning("failure alert for %s held back (storm): counted for the summary", run.celery_task_id)
+            return
+    except Exception as exc:
+        logger.warning("failure alert rate limit unavailable (%s): alerting", exc)
+    _send_failure_alert(
+        task_name=run.task_name,
+        celery_task_id=run.celery_task_id,
+        error=run.error,
+        correlation_id=run.correlation_id,
+        account_id=run.account_id,
+    )
+
+
+def failure_alerts_flush() -> int:
+    """One alert per task whose alert window is over and that failed again meanwhile, with the count."""
+    from ..platform import redis_client
+
+    client = redis_client()
+    sent = 0
+    for key in client.scan_iter(match=ALERT_SUPPRESSED_KEY.format(task="*")):
+        task = key.decode().rpartition(":")[2]
+        if client.exists(ALERT_WINDOW_KEY.format(task=task)):
+            continue
+        count = int(client.getdel(key) or 0)
+        if count:
+            window = settings.TASK_FAILURE_ALERT_WINDOW
+            _send_failure_alert(
+                task_name=task,
+                celery_task_id=f"({count} runs)",
+                error=f"{count} more runs of {task} failed within {window} s of the alerted one (alerts are "
+                "rate-limited during a failure storm); `manage.py monitor_tasks failed` lists them",
+                correlation_id="",
+            )
+            sent += 1
+    return sent
+
+
+def _send_failure_alert(
+    *, task_name: str, celery_task_id: str, error: str, correlation_id: str, account_id: int | None = None
+) -> None:
+    """To the organisation-wide channels and those of the account's team (a storm's summary: org-wide only)."""
     try:
         from costs_app.services.notifications import task_failure_notify
 
         task_failure_notify(
-            task_name=run.task_name,
-            celery_task_id=run.celery_task_id,
-            error=run.error,
-            correlation_id=run.correlation_id,
-            account_id=run.account_id,
+            task_name=task_name,
+            celery_task_id=celery_task_id,
+            error=error,
+            correlation_id=correlation_id,
+            account_id=account_id,
         )
     except Exception:
-        logger.exception("could not send the failure alert for %s", run.celery_task_id)
+        logger.exception("could not send the failure alert for %s", celery_task_id)
 
 
 def dead_letter_replay(*, dead_letter_id: int, user=None, triggered_by: str = TriggerKind.REPLAY) -> TaskRun:
@@ -196,9 +255,16 @@ def dead_letter_replay(*, dead_letter_id: int, user=None, triggered_by: str = Tr
 class ReconcileResult:
     requeued: int = 0
     failed: int = 0
+    recorded: int = 0
+    republished: int = 0
 
     def as_dict(self) -> dict:
-        return {"requeued": self.requeued, "failed": self.failed}
+        return {
+            "requeued": self.requeued,
+            "failed": self.failed,
+            "recorded": self.recorded,
+            "republished": self.republished,
+        }
 
 
 def live_workers(timeout: float = 1.0) -> set[str] | None:
@@ -210,23 +276,177 @@ def live_workers(timeout: float = 1.0) -> set[str] | None:
     return {name for reply in replies for name in reply}
 
 
-def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> ReconcileResult:
-    """Re-enqueue runs that were accepted but will never finish: the ledger, not the broker, is the truth.
+# A key that exists as long as the broker keeps its data: gone means Redis restarted empty (or was flushed),
+# and every message it held is lost. Its value names the Redis instance (INFO run_id) and when it was set.
+BROKER_SENTINEL_KEY = "finops:broker:sentinel"
 
-    Lost: STARTED past its lease (hard limit + grace) or on a worker that no longer answers;
-    QUEUED for longer than TASK_QUEUED_LEASE (message lost before a worker got it), or waiting
-    to retry well past its countdown.
-    A run that hit the hard time limit, or was lost too often, fails for good instead.
+
+def broker_identity() -> dict:
+    """The broker's Redis as it is now: its run_id (new at every start) and whether our sentinel survived."""
+    from ..platform import redis_client
+
+    client = redis_client()
+    info = client.info("server")
+    raw = client.get(BROKER_SENTINEL_KEY)
+    return {
+        "run_id": info.get("run_id"),
+        "uptime_s": info.get("uptime_in_seconds"),
+        "sentinel": json.loads(raw) if raw else None,
+    }
+
+
+def broker_loss_recover(*, now: datetime) -> int | None:
+    """If the broker lost its data, publish every QUEUED and RETRY run again at once; None if it did not.
+
+    Duplicates are harmless: the ledger claim runs each run once and drops the extra delivery. The sentinel
+    is written first, so a broker lost again during the republishing is detected again.
+    """
+    from ..platform import redis_client
+
+    identity = broker_identity()
+    if identity["sentinel"] is not None:
+        return None
+    redis_client().set(BROKER_SENTINEL_KEY, json.dumps({"run_id": identity["run_id"], "set_at": now.isoformat()}))
+    republished = 0
+    for run in TaskRun.objects.filter(state__in=(RunState.QUEUED, RunState.RETRY)).order_by("enqueued_at"):
+        countdown = None
+        if run.state == RunState.RETRY:
+            due = ledger.retry_due_at(run)
+            countdown = max((due - now).total_seconds(), 0.0) if due else None
+        _publish(run, countdown=countdown or None)
+        republished += 1
+    logger.warning(
+        "broker %s has lost its data (restarted empty?): republished %d queued and retrying runs",
+        identity["run_id"],
+        republished,
+    )
+    return republished
+
+
+def stranded_runs_republish(*, now: datetime) -> int:
+    """Publish again the runs whose message a worker took but never started: the worker died holding it.
+
+    A worker reserves messages ahead (prefetch) and holds retries until their countdown ends; killed, it
+    takes them along: the broker keeps them as unacknowledged until its visibility timeout (an hour), and
+    the ledger would wait for the queued lease (hours). The broker's unacked index says since when each
+    was delivered: one delivered over TASK_UNACKED_GRACE s ago (countdown over) whose run is still QUEUED
+    or RETRY is published again. A live worker that merely had it waiting in its prefetch is outrun by
+    the copy, and the ledger claim drops whichever delivery comes second.
+    """
+    from ..platform import redis_client
+
+    client = redis_client()
+    cutoff = now.timestamp() - settings.TASK_UNACKED_GRACE
+    tags = client.zrangebyscore("unacked_index", "-inf", cutoff, start=0, num=1000, withscores=True)
+    if not tags:
+        return 0
+    delivered: dict[str, float] = {}
+    for (_tag, score), raw in zip(tags, client.hmget("unacked", [tag for tag, _ in tags]), strict=True):
+        try:
+            headers = json.loads(raw)[0]["headers"]
+        except (TypeError, ValueError, KeyError, IndexError):
+            continue
+        eta = headers.get("eta")
+        if eta and datetime.fromisoformat(eta).timestamp() > cutoff:
+            continue  # a countdown still running (or just over): the worker holds it on purpose
+        delivered[headers.get("id")] = score
+    republished = 0
+    waiting = TaskRun.objects.filter(celery_task_id__in=list(delivered), state__in=(RunState.QUEUED, RunState.RETRY))
+    for run in waiting:
+        if run.enqueued_at.timestamp() > delivered[run.celery_task_id]:
+            continue  # published again since that delivery
+        if run.state == RunState.RETRY:
+            due = ledger.retry_due_at(run)
+            if due is not None and due.timestamp() > cutoff:
+                continue
+        updated = TaskRun.objects.filter(id=run.id, state=run.state, enqueued_at=run.enqueued_at).update(
+            state=RunState.QUEUED, enqueued_at=now, lease_expires_at=None
+        )
+        if updated:
+            logger.warning(
+                "re-publishing %s of %s: taken by a worker that never started it", run.celery_task_id, run.task_name
+            )
+            _publish(run)
+            republished += 1
+    return republished
+
+
+# Past this many messages in one queue the broker is not scanned for missing runs (the queued lease remains).
+UNPUBLISHED_SCAN_LIMIT = 10_000
+
+
+def unpublished_runs_republish(*, now: datetime) -> int:
+    """Publish again the QUEUED runs whose message is nowhere: not waiting in its queue, not held by a worker.
+
+    It happens when a process dies between writing the run and publishing it (a reconciler's requeue, an
+    enqueue), or a worker dies between taking a message and recording it as unacknowledged. Runs queued
+    for TASK_UNACKED_GRACE s are looked up in the broker; the ledger claim drops a duplicate should a message
+    have been in flight meanwhile.
+    """
+    from ..platform import redis_client
+
+    cutoff = now - timedelta(seconds=settings.TASK_UNACKED_GRACE)
+    candidates = list(
+        TaskRun.objects.filter(state=RunState.QUEUED, enqueued_at__lt=cutoff).order_by("enqueued_at")[:1000]
+    )
+    if not candidates:
+        return 0
+    client = redis_client()
+    present: set[str] = set()
+    # unacked holds [message, exchange, routing key]; a queue holds bare messages
+    held = [(raw, True) for raw in client.hvals("unacked")]
+    for queue in {run.queue for run in candidates}:
+        if client.llen(queue) > UNPUBLISHED_SCAN_LIMIT:
+            return 0
+        held += [(raw, False) for raw in client.lrange(queue, 0, -1)]
+    for raw, wrapped in held:
+        try:
+            message = json.loads(raw)
+            present.add((message[0] if wrapped else message)["headers"]["id"])
+        except (TypeError, ValueError, KeyError, IndexError):
+            continue
+    republished = 0
+    for run in candidates:
+        if run.celery_task_id in present:
+            continue
+        updated = TaskRun.objects.filter(id=run.id, state=RunState.QUEUED, enqueued_at=run.enqueued_at).update(
+            enqueued_at=now, redeliveries=run.redeliveries + 1
+        )
+        if updated:
+            logger.warning(
+                "re-publishing %s of %s: its message is not in the broker", run.celery_task_id, run.task_name
+            )
+            _publish(run)
+            republished += 1
+    return republished
+
+
+def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> ReconcileResult:
+    """Resolve runs that were accepted but will never finish: the ledger, not the broker, is the truth.
+
+    First, a broker that lost its data gets every QUEUED/RETRY run again at once (broker_loss_recover), and
+    runs whose message a dead worker took along, or that no message carries, are published again
+    (stranded_runs_republish, unpublished_runs_republish).
+    Lost: STARTED whose claim is no longer renewed (lease past: its executor died, froze or lost the
+    database), QUEUED for longer than TASK_QUEUED_LEASE (message lost in a way we could not detect), or
+    waiting to retry well past its countdown. Whether the worker answers pings is not a criterion: a frozen
+    main process can have a child still working (and renewing), and a restarted one answers although its
+    runs are gone; `workers` is accepted for compatibility and ignored.
+    A lost run whose outcome the result backend holds is recorded from there; one that hit the hard time
+    limit, or was lost too often, fails for good; the others are published again.
     """
     result = ReconcileResult()
-    grace = timedelta(seconds=settings.TASK_LEASE_GRACE)
-    started = TaskRun.objects.filter(state=RunState.STARTED)
-    lost = list(started.filter(lease_expires_at__lt=now))
-    if workers is not None:
-        for run in started.filter(started_at__lt=now - grace).exclude(id__in=[r.id for r in lost]):
-            host = run.worker.rpartition("/")[0]
-            if host and host not in workers:
-                lost.append(run)
+    try:
+        result.republished = broker_loss_recover(now=now) or 0
+        result.republished += stranded_runs_republish(now=now)
+        result.republished += unpublished_runs_republish(now=now)
+    except Exception as exc:  # broker unreachable: the leases below still resolve what they can
+        logger.warning("cannot check the broker for lost data: %s", exc)
+    try:
+        failure_alerts_flush()
+    except Exception as exc:
+        logger.warning("cannot flush the held-back failure alerts: %s", exc)
+    lost = list(TaskRun.objects.filter(state=RunState.STARTED, lease_expires_at__lt=now))
     lost += list(
         TaskRun.objects.filter(
             state=RunState.QUEUED, enqueued_at__lt=now - timedelta(seconds=settings.TASK_QUEUED_LEASE)
@@ -240,11 +460,36 @@ def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> Reconci
     return result
 
 
+def _backend_outcome(run: TaskRun) -> tuple[str, object]:
+    """What the result backend says of a lost STARTED run: ("SUCCESS", result), ("TIME_LIMIT", None), or ("", None)."""
+    if run.state != RunState.STARTED:
+        return "", None
+    try:
+        async_result = current_app.AsyncResult(run.celery_task_id)
+        state = async_result.state
+        if state == "SUCCESS":
+            value = async_result.result
+            if isinstance(value, dict) and value.get("skipped"):
+                return "", None  # a dropped duplicate delivery wrote that, not the run's own execution
+            return "SUCCESS", value
+        if state == "FAILURE" and type(async_result.result).__name__ == "TimeLimitExceeded":
+            return "TIME_LIMIT", None
+    except Exception as exc:  # backend unreachable: decide on the ledger alone
+        logger.warning("result backend not readable for %s: %s", run.celery_task_id, exc)
+    return "", None
+
+
 def _requeue_or_fail(run: TaskRun, *, now: datetime) -> str | None:
-    """ "requeued" or "failed"; None when another reconciler or a worker changed the run first."""
-    timed_out = current_app.AsyncResult(run.celery_task_id).state == "FAILURE"
-    if timed_out or run.redeliveries >= settings.TASK_MAX_RETRIES:
-        why = "exceeded the hard time limit" if timed_out else f"lost {run.redeliveries + 1} times"
+    """ "requeued", "failed" or "recorded"; None when another reconciler or a worker changed the run first."""
+    backend, value = _backend_outcome(run)
+    if backend == "SUCCESS":
+        # The work completed but its worker could not record it (the database was away): record it now.
+        updated = TaskRun.objects.filter(id=run.id, state=run.state, started_at=run.started_at).update(
+            state=RunState.SUCCESS, finished_at=now, lease_expires_at=None, result=value
+        )
+        return "recorded" if updated else None
+    if backend == "TIME_LIMIT" or run.redeliveries >= settings.TASK_MAX_RETRIES:
+        why = "exceeded the hard time limit" if backend == "TIME_LIMIT" else f"lost {run.redeliveries + 1} times"
         updated = TaskRun.objects.filter(id=run.id, state=run.state).update(
             state=RunState.FAILURE, finished_at=now, lease_expires_at=None, error=f"{why}; given up", error_type="Lost"
         )
@@ -253,9 +498,10 @@ def _requeue_or_fail(run: TaskRun, *, now: datetime) -> str | None:
         run_dead_letter(run_id=run.id)
         return "failed"
     with transaction.atomic():
-        updated = TaskRun.objects.filter(id=run.id, state=run.state, worker=run.worker).update(
-            state=RunState.QUEUED, redeliveries=run.redeliveries + 1, lease_expires_at=None, enqueued_at=now
-        )
+        # started_at is the claim: a run claimed again since it was read is left to its new executor.
+        updated = TaskRun.objects.filter(
+            id=run.id, state=run.state, worker=run.worker, started_at=run.started_at
+        ).update(state=RunState.QUEUED, redeliveries=run.redeliveries + 1, lease_expires_at=None, enqueued_at=now)
         if updated:
             run.refresh_from_db()
             logger.warning("re-enqueuing lost run %s of %s", run.celery_task_id, run.task_name)

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import time
-from datetime import timedelta
 
 import pytest
 import redis
@@ -152,15 +151,15 @@ def test_permanent_failure_is_not_retried_and_its_dead_letter_replays_once_the_f
 
 
 def test_worker_killed_mid_task_is_redelivered_by_the_reconciler_and_completes_once(broker, workers):
-    # given: a run in progress on a worker
-    first = workers()
+    # given: a run in progress on a worker whose claims last 2 s unless renewed
+    first = workers(env=child_env(TASK_CLAIM_LEASE="2", TASK_CLAIM_RENEW="0.5"))
     run = enqueue_probe(sleep=5, mark="sigkill")
     started = run_in_state(run, RunState.STARTED)
     # when: the whole worker (main process and pool) dies without a chance to ack, requeue or clean up
     first.kill()
     assert broker.hlen("unacked") == 1  # the killed worker's message: the broker alone would hold it ~1 h
-    second = workers(env=child_env(TASK_LEASE_GRACE="1"))
-    time.sleep(1.5)  # past the grace: the run is older than TASK_LEASE_GRACE and its worker is gone
+    second = workers()
+    time.sleep(2.5)  # past the claim's lease: nobody renews it any more
     reconcile_task_runs.delay()
     # then
     finished = run_in_state(run, RunState.SUCCESS, RunState.FAILURE, timeout=40)
@@ -188,13 +187,13 @@ def test_worker_killed_mid_task_is_recovered_by_beats_reconciler_schedule(broker
     reconciler = PeriodicTask.objects.get(task="reconcile_task_runs")
     reconciler.interval, _ = IntervalSchedule.objects.get_or_create(every=2, period=IntervalSchedule.SECONDS)
     reconciler.save()
-    first = workers()
+    first = workers(env=child_env(TASK_CLAIM_LEASE="2", TASK_CLAIM_RENEW="0.5"))
     run = enqueue_probe(sleep=4, mark="beat-recovers")
     run_in_state(run, RunState.STARTED)
     # when: the worker dies; a new worker and beat come up, and nobody calls the reconciler by hand
     first.kill()
-    second = workers(env=child_env(TASK_LEASE_GRACE="1"))
-    beat = start_beat(tmp_path, env=child_env(TASK_LEASE_GRACE="1"))
+    second = workers()
+    beat = start_beat(tmp_path)
     try:
         finished = run_in_state(run, RunState.SUCCESS, RunState.FAILURE, timeout=45)
     finally:
@@ -228,16 +227,15 @@ def test_pool_child_killed_mid_task_is_requeued_by_its_worker_and_completes_once
 
 
 def test_reconciler_leaves_a_run_on_a_live_worker_alone(broker, workers):
-    # given: a run in progress on a worker that answers pings
-    workers()
-    run = enqueue_probe(sleep=3, mark="alive")
+    # given: a run in progress on a worker whose claims last 2 s unless renewed (every 0.5 s)
+    workers(env=child_env(TASK_CLAIM_LEASE="2", TASK_CLAIM_RENEW="0.5"))
+    run = enqueue_probe(sleep=5, mark="alive")
     run_in_state(run, RunState.STARTED)
-    # when: the reconciler runs in the test process, as if a minute had passed
-    from tasks_app.services.runs import live_workers, runs_reconcile
+    # when: the reconciler runs after the first lease would have run out
+    from tasks_app.services.runs import runs_reconcile
 
-    outcome = runs_reconcile(
-        now=timezone.now() + timedelta(seconds=settings.TASK_LEASE_GRACE + 5), workers=live_workers()
-    )
+    time.sleep(3)
+    outcome = runs_reconcile(now=timezone.now())
     # then
     assert outcome.requeued == 0 and outcome.failed == 0
     finished = run_in_state(run, RunState.SUCCESS, RunState.FAILURE)

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from tasks_app import ledger
 from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
-from tasks_app.services.runs import runs_reconcile
+from tasks_app.services.runs import BROKER_SENTINEL_KEY, runs_reconcile
 from tests.celery_procs import flush_broker
 
 # transaction=True: a requeue publishes on commit, and that is part of what is checked.
@@ -26,8 +26,11 @@ GONE = "gone@host"
 
 @pytest.fixture
 def broker():
+    """The test broker, emptied, with the sentinel of a broker that kept its data (see broker_loss_recover)."""
     flush_broker()
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.set(BROKER_SENTINEL_KEY, json.dumps({"run_id": "test", "set_at": "2026-01-01T00:00:00+00:00"}))
+    return client
 
 
 def published(broker, queue: str = "default") -> list[dict]:
@@ -61,13 +64,13 @@ def later(seconds: float):
     return timezone.now() + timedelta(seconds=seconds)
 
 
-def test_started_run_on_a_worker_that_no_longer_answers_is_published_again(broker):
-    # given
-    run = make_run(RunState.STARTED, worker=f"{GONE}/123", age=5, lease_in=3600)
+def test_started_run_whose_claim_is_no_longer_renewed_is_published_again(broker):
+    # given: its executor stopped renewing the claim (killed, frozen, cut off); its worker may well answer pings
+    run = make_run(RunState.STARTED, worker=f"{LIVE}/123", age=120, lease_in=-1)
     # when
-    result = runs_reconcile(now=later(settings.TASK_LEASE_GRACE), workers={LIVE})
+    result = runs_reconcile(now=timezone.now())
     # then
-    assert result.as_dict() == {"requeued": 1, "failed": 0}
+    assert result.as_dict() == {"requeued": 1, "failed": 0, "recorded": 0, "republished": 0}
     run.refresh_from_db()
     assert run.state == RunState.QUEUED and run.redeliveries == 1 and run.lease_expires_at is None
     headers = published(broker)
@@ -76,46 +79,58 @@ def test_started_run_on_a_worker_that_no_longer_answers_is_published_again(broke
     ]
 
 
-def test_started_run_on_a_live_worker_is_left_alone(broker):
-    # given
-    run = make_run(RunState.STARTED, worker=f"{LIVE}/123", age=5, lease_in=3600)
+def test_started_run_whose_claim_is_renewed_is_left_alone_even_if_its_worker_does_not_answer(broker):
+    # given: a worker whose main process is frozen (no ping reply) while its pool child works and renews
+    run = make_run(RunState.STARTED, worker=f"{GONE}/123", age=600, lease_in=30)
     # when
-    result = runs_reconcile(now=later(settings.TASK_LEASE_GRACE), workers={LIVE})
+    result = runs_reconcile(now=timezone.now(), workers={LIVE})
     # then
-    assert result.as_dict() == {"requeued": 0, "failed": 0}
+    assert result.requeued == 0 and result.failed == 0
     assert TaskRun.objects.get(id=run.id).state == RunState.STARTED
     assert published(broker) == []
 
 
-def test_a_run_that_just_started_is_left_alone_even_if_its_worker_is_not_seen(broker):
-    # given: within the grace, e.g. a worker that has not answered the ping yet
-    run = make_run(RunState.STARTED, worker=f"{GONE}/123", age=0, lease_in=3600)
+def test_a_lost_run_whose_outcome_the_backend_holds_is_recorded_not_run_again(broker):
+    # given: the work succeeded, but its worker could not tell the ledger (the database was away)
+    run = make_run(RunState.STARTED, worker=f"{GONE}/1", age=600, lease_in=-1)
+    current_app.backend.mark_as_done(run.celery_task_id, {"rows_loaded": 7})
     # when
-    runs_reconcile(now=timezone.now(), workers={LIVE})
+    result = runs_reconcile(now=timezone.now())
     # then
-    assert TaskRun.objects.get(id=run.id).state == RunState.STARTED
+    assert result.recorded == 1 and result.requeued == 0
+    run.refresh_from_db()
+    assert run.state == RunState.SUCCESS and run.result == {"rows_loaded": 7}
+    assert published(broker) == []
 
 
-def test_when_workers_cannot_be_asked_only_expired_leases_count(broker):
-    # given
-    within = make_run(RunState.STARTED, worker=f"{GONE}/1", age=600, lease_in=3600)
-    expired = make_run(RunState.STARTED, worker=f"{GONE}/2", age=600, lease_in=-1)
+def test_a_broker_that_lost_its_data_gets_every_queued_and_retrying_run_again_at_once(broker):
+    # given: runs waiting in a broker that then restarted empty (the sentinel is gone with everything else)
+    queued = [make_run(RunState.QUEUED, age=5) for _ in range(3)]
+    retrying = make_run(RunState.RETRY, age=60, lease_in=settings.TASK_QUEUED_LEASE + 30, retries=1)
+    started = make_run(RunState.STARTED, worker=f"{LIVE}/1", age=5, lease_in=30)
+    broker.flushdb()
     # when
-    result = runs_reconcile(now=timezone.now(), workers=None)
-    # then
-    assert result.requeued == 1
-    assert TaskRun.objects.get(id=within.id).state == RunState.STARTED
-    assert TaskRun.objects.get(id=expired.id).state == RunState.QUEUED
+    result = runs_reconcile(now=timezone.now())
+    # then: all four published again at once (not after the queued lease), the running one left alone
+    assert result.republished == 4 and result.requeued == 0
+    headers = {h["id"]: h for h in published(broker)}
+    assert sorted(headers) == sorted(r.celery_task_id for r in [*queued, retrying])
+    assert all(headers[r.celery_task_id]["eta"] is None for r in queued)
+    assert headers[retrying.celery_task_id]["eta"] is not None  # the retry keeps the countdown it had left
+    assert broker.exists(BROKER_SENTINEL_KEY)
+    assert TaskRun.objects.get(id=started.id).state == RunState.STARTED
+    # and a second pass sees the sentinel: nothing is published twice
+    assert runs_reconcile(now=timezone.now()).republished == 0
 
 
-def test_queued_run_whose_message_was_lost_is_published_again_after_the_queued_lease(broker):
-    # given
+def test_queued_run_whose_message_was_lost_is_published_again(broker):
+    # given: a run whose message is not in the broker (looked up after TASK_UNACKED_GRACE), and a fresh one
     fresh = make_run(RunState.QUEUED, age=10)
-    lost = make_run(RunState.QUEUED, age=settings.TASK_QUEUED_LEASE + 10)
+    lost = make_run(RunState.QUEUED, age=settings.TASK_UNACKED_GRACE + 10)
     # when
     result = runs_reconcile(now=timezone.now(), workers={LIVE})
     # then
-    assert result.requeued == 1
+    assert result.republished == 1
     assert [h["id"] for h in published(broker)] == [lost.celery_task_id]
     lost.refresh_from_db()
     assert lost.redeliveries == 1 and lost.enqueued_at > timezone.now() - timedelta(seconds=60)
@@ -140,7 +155,7 @@ def test_a_run_lost_too_often_fails_for_good_into_the_dead_letters(broker):
     # when
     result = runs_reconcile(now=timezone.now(), workers={LIVE})
     # then
-    assert result.as_dict() == {"requeued": 0, "failed": 1}
+    assert result.as_dict() == {"requeued": 0, "failed": 1, "recorded": 0, "republished": 0}
     run.refresh_from_db()
     assert run.state == RunState.FAILURE and run.error_type == "Lost"
     assert run.error == f"lost {settings.TASK_MAX_RETRIES + 1} times; given up"
@@ -170,7 +185,7 @@ def test_finished_runs_are_never_touched(broker, state):
     # when
     result = runs_reconcile(now=later(10_000), workers=set())
     # then
-    assert result.as_dict() == {"requeued": 0, "failed": 0}
+    assert result.as_dict() == {"requeued": 0, "failed": 0, "recorded": 0, "republished": 0}
     assert TaskRun.objects.get(id=run.id).state == state
 
 
@@ -201,3 +216,16 @@ def test_published_message_is_gzip_json_only(broker):
     # kombu's "gzip" compression is zlib-framed deflate
     body = json.loads(zlib.decompress(base64.b64decode(message["body"])))
     assert body[1] == {"value": 1}
+
+
+def test_a_queued_run_whose_message_waits_in_the_broker_is_not_published_twice(broker):
+    # given: an old run whose message is still in its queue (a backlog)
+    from tasks_app.services.runs import _publish
+
+    waiting = make_run(RunState.QUEUED, age=settings.TASK_UNACKED_GRACE + 10)
+    _publish(waiting)
+    # when
+    result = runs_reconcile(now=timezone.now())
+    # then
+    assert result.republished == 0
+    assert [h["id"] for h in published(broker)] == [waiting.celery_task_id]
