@@ -6,9 +6,10 @@ from datetime import timedelta
 import pytest
 import requests
 import time_machine
-from django.contrib.auth.models import Permission
 from django.utils import timezone
 
+from providers_app.models import Role
+from providers_app.services.teams import team_default, team_member_set
 from tasks_app.models import TaskRun
 from tests.celery_procs import flush_broker
 from tests.factories import CloudAccountFactory, UserFactory
@@ -75,17 +76,21 @@ def test_login_rates_come_from_the_settings(api_client, settings):
 
 @pytest.mark.django_db
 def test_300_trigger_requests_are_throttled_per_user(operator_client, trigger_user):
+    # given: an account of the team "Default", whose operator the client is
+    payload = {"account_id": CloudAccountFactory().id}
     # when
-    codes = [operator_client.post("/api/v1/tasks/monitor/budgets", {}, format="json").status_code for _ in range(300)]
+    codes = [
+        operator_client.post("/api/v1/tasks/monitor/budgets", payload, format="json").status_code for _ in range(300)
+    ]
     # then: THROTTLE_TRIGGER_RATE 30/min
     assert codes[:30] == [202] * 30
     assert set(codes[30:]) == {429}
     assert TaskRun.objects.filter(task_name="monitor_budget").count() == 30
     # another operator still gets through
     other = UserFactory(username="operator-2")
-    other.user_permissions.add(Permission.objects.get(codename="trigger_tasks"))
+    team_member_set(team=team_default(), user=other, role=Role.OPERATOR)
     operator_client.force_authenticate(other)
-    assert operator_client.post("/api/v1/tasks/monitor/budgets", {}, format="json").status_code == 202
+    assert operator_client.post("/api/v1/tasks/monitor/budgets", payload, format="json").status_code == 202
 
 
 @pytest.mark.django_db
@@ -134,7 +139,7 @@ def test_40_concurrent_identical_forced_syncs_against_a_live_server_queue_exactl
     # given: a real threaded server; the trigger rate raised so only the duplicate rule is at work
     flush_broker()
     operator = UserFactory(username="operator")
-    operator.user_permissions.add(Permission.objects.get(codename="trigger_tasks"))
+    team_member_set(team=team_default(), user=operator, role=Role.OPERATOR)
     account = CloudAccountFactory()
     server = LiveServer(tmp_path, THROTTLE_TRIGGER_RATE="1000/min")
     try:
