@@ -297,10 +297,11 @@ def test_runs_for_the_same_account_never_overlap(broker, workers):
     # when
     runs = [enqueue_probe(account_id=42, sleep=1.5, mark="lock") for _ in range(2)]
     finished = [run_in_state(run, RunState.SUCCESS, RunState.FAILURE, timeout=40) for run in runs]
-    # then: both completed, one of them after waiting for the lock, and their work never overlapped
+    # then: both completed, at least one after waiting for the lock (which one, and whether the older also
+    # deferred once to a younger holder, depends on who claimed first: tasks_app.platform's lock protocol), and
+    # their work never overlapped
     assert [run.state for run in finished] == [RunState.SUCCESS, RunState.SUCCESS]
-    assert sorted(run.retries for run in finished)[0] == 0
-    assert sorted(run.retries for run in finished)[1] >= 1
+    assert max(run.retries for run in finished) >= 1
     assert "another run holds the lock platform_probe:account_id:42" in worker.log
     spans = sorted(json.loads(span) for span in broker.lrange("finops:probe:lock:spans", 0, -1))
     assert len(spans) == 2

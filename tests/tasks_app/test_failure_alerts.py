@@ -24,7 +24,7 @@ def test_a_hundred_failures_send_one_alert_then_one_with_the_count(settings):
     # given
     flush_broker()
     settings.TASK_FAILURE_ALERT_WINDOW = 600
-    NotificationChannelFactory(name="oncall", target="oncall@example.com", notify_task_failures=True)
+    NotificationChannelFactory(name="oncall", target="oncall@example.com", notify_task_failures=True, team=None)
     # when: a storm
     for run in failed(100):
         run_dead_letter(run_id=run.id)
@@ -44,7 +44,7 @@ def test_a_hundred_failures_send_one_alert_then_one_with_the_count(settings):
 def test_each_task_has_its_own_window(settings):
     flush_broker()
     settings.TASK_FAILURE_ALERT_WINDOW = 600
-    NotificationChannelFactory(name="oncall", target="oncall@example.com", notify_task_failures=True)
+    NotificationChannelFactory(name="oncall", target="oncall@example.com", notify_task_failures=True, team=None)
     for run in failed(3, "monitor_budget") + failed(3, "detect_cost_anomalies"):
         run_dead_letter(run_id=run.id)
     assert sorted(m.subject for m in mail.outbox) == [
