@@ -13,7 +13,7 @@ import time
 
 from django.conf import settings
 from django.core.cache import cache
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError, ValidationError
 from rest_framework.pagination import LimitOffsetPagination
@@ -241,3 +241,38 @@ class RefreshIPThrottle(LoginIPThrottle):
 
     scope = "refresh_ip"
     rate_setting = "THROTTLE_REFRESH_IP_RATE"
+
+
+# --- the admin's sign-in form ----------------------------------------------------------------------------------
+
+
+class AdminLoginUserThrottle(LoginUserThrottle):
+    """The same per-username budget as the token endpoint, read from the admin's form (a plain Django request)."""
+
+    def get_ident_key(self, request, view) -> str | None:
+        username = request.POST.get("username")
+        if not isinstance(username, str) or not username.strip():
+            return None
+        return _digest(username.strip().casefold())
+
+
+def throttled_login(login_view):
+    """Wrap the admin's login view: sign-in attempts (POSTs) share the token endpoint's per-address and
+    per-username limits, so the admin form is not a way around them. A refused attempt is a 429 naming the wait,
+    and the password is not checked at all."""
+
+    def view(request, *args, **kwargs):
+        if request.method == "POST":
+            for throttle in (LoginIPThrottle(), AdminLoginUserThrottle()):
+                if not throttle.allow_request(request, None):
+                    wait = max(1, int(throttle.wait() or 1))
+                    response = HttpResponse(
+                        f"Too many sign-in attempts. Try again in {wait} seconds.",
+                        status=429,
+                        content_type="text/plain; charset=utf-8",
+                    )
+                    response["Retry-After"] = str(wait)
+                    return response
+        return login_view(request, *args, **kwargs)
+
+    return view

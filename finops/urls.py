@@ -6,10 +6,13 @@ from django.urls import include, path
 from django.views import defaults
 
 from finops.api_docs import SchemaView, SwaggerDocsView
+from finops.limits import throttled_login
 from tasks_app.api.views import LivenessView
 from tasks_app.metrics import metrics_view
 
 urlpatterns = [
+    # The admin's sign-in form shares the token endpoint's attempt limits (finops/limits.py).
+    path("admin/login/", throttled_login(admin.site.login)),
     path("admin/", admin.site.urls),
     path("api/v1/", include("tasks_app.urls")),
     path("api/v1/", include("providers_app.urls")),

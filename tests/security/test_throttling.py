@@ -175,3 +175,34 @@ def test_40_concurrent_identical_forced_syncs_against_a_live_server_queue_exactl
     assert {r.json()["run_id"] for r in answers if r.status_code == 409} == {accepted["run_id"]}
     runs = TaskRun.objects.filter(task_name="sync_provider_cost_data")
     assert [str(run.id) for run in runs] == [accepted["run_id"]]
+
+
+ADMIN_LOGIN = "/admin/login/?next=/admin/"
+
+
+def admin_login(client, username: str, password: str, ip: str = "127.0.0.1"):
+    return client.post(ADMIN_LOGIN, {"username": username, "password": password}, REMOTE_ADDR=ip)
+
+
+@pytest.mark.django_db
+def test_the_admin_sign_in_form_is_throttled_like_the_token_endpoint(client):
+    # given: a staff user
+    UserFactory(username="alice", is_staff=True)
+    # when: 10 wrong guesses through the admin's form, then the right password
+    codes = [admin_login(client, "alice", f"guess-{n}").status_code for n in range(10)]
+    right = admin_login(client, "alice", PASSWORD)
+    # then: 5 guesses get the form back (200 with an error), the rest and the right password are 429s, no session
+    assert codes == [200] * 5 + [429] * 5
+    assert right.status_code == 429 and int(right["Retry-After"]) <= 60
+    assert "_auth_user_id" not in client.session
+    # and the username's budget is shared with the token endpoint: the API refuses alice too
+    assert login(client, "alice", PASSWORD).status_code == 429
+
+
+@pytest.mark.django_db
+def test_one_address_trying_many_usernames_on_the_admin_form_is_throttled(client):
+    codes = [admin_login(client, f"user-{n}", "guess", ip="192.0.2.9").status_code for n in range(22)]
+    assert codes == [200] * 20 + [429] * 2
+    # a right password from another address still signs in
+    UserFactory(username="bob", is_staff=True)
+    assert admin_login(client, "bob", PASSWORD, ip="192.0.2.10").status_code == 302
