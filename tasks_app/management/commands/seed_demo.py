@@ -47,6 +47,7 @@ from costs_app.models import (
     NotificationChannel,
     Recommendation,
 )
+from finops.devstack import admin_password_write
 from finops.errors import PermanentError
 from providers_app.models import CloudAccount, Provider, Resource, Team
 from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
@@ -353,7 +354,7 @@ class Command(BaseCommand):
             password = password or secrets.token_urlsafe(12)
             User.objects.create_superuser(username=username, email=email, password=password)
             if password_file is not None:
-                password_file_write(password_file, password)
+                admin_password_write(password, password_file)
                 self.stdout.write(self.style.SUCCESS(f"admin     created {username!r}; password in {password_file}"))
             else:
                 self.stdout.write(self.style.SUCCESS(f"admin     created {username!r} with password {password!r}"))
@@ -370,15 +371,6 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"admin     {username!r}: {', '.join(changed)}"))
         else:
             self.stdout.write(f"admin     {username!r} exists; password unchanged (pass --password to set it)")
-
-
-def password_file_write(path: Path, password: str) -> None:
-    """The password alone, readable by its owner only (created 0600, never world-readable even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(password + "\n")
-    path.chmod(0o600)
 
 
 def _midnight(day: date) -> datetime:
