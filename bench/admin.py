@@ -195,14 +195,14 @@ def main() -> None:
     import django
 
     django.setup()
+    import logging
+
     from django.contrib.auth import get_user_model
     from django.db.models import Count
     from django.test import Client
     from django.test.utils import setup_test_environment
 
     from providers_app.models import CloudAccount
-
-    import logging
 
     logging.getLogger("django.request").setLevel(logging.CRITICAL)  # a timed-out page is reported in one line
     load_seconds = load(args.rows)
