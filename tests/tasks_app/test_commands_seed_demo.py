@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.contrib.auth import get_user_model
 from django.core import mail
 from django.core.management import CommandError, call_command
@@ -239,3 +240,30 @@ def test_seed_demo_sets_the_password_when_asked():
     user = get_user_model().objects.get(username="demo")
     assert user.check_password("second-pass-456")
     assert "password set" in out
+
+
+def test_seeding_on_a_later_day_replaces_the_history_so_it_still_ends_yesterday():
+    # given: seeded on one day
+    with time_machine.travel(datetime(2026, 3, 15, 9, 30, tzinfo=UTC), tick=True):
+        seed()
+    first = CostLineItem.objects.count()
+    # when: seeded again the next day
+    with time_machine.travel(datetime(2026, 3, 16, 9, 30, tzinfo=UTC), tick=True):
+        out = seed()
+    # then: rebuilt, one day later, same length
+    assert "removed   the previous demo data" in out
+    span = CostLineItem.objects.aggregate(first=Min("charge_period_start"), last=Max("charge_period_end"))
+    assert span == {"first": datetime(2025, 12, 16, tzinfo=UTC), "last": datetime(2026, 3, 16, tzinfo=UTC)}
+    assert abs(CostLineItem.objects.count() - first) < 50
+    assert set(CloudAccount.objects.values_list("name", flat=True)) == DEMO_ACCOUNTS
+    assert Anomaly.objects.exists() and Recommendation.objects.exists()
+
+
+def test_on_the_first_of_a_month_the_budgets_alert_on_the_month_just_ended():
+    # when: yesterday was the last day of March
+    with time_machine.travel(datetime(2026, 4, 1, 6, 0, tzinfo=UTC), tick=True):
+        seed()
+    # then
+    alerts = BudgetAlert.objects.select_related("budget")
+    assert {a.period_start for a in alerts} == {datetime(2026, 3, 1).date()}
+    assert ("Demo — AWS compute monthly", 100, "actual") in {(a.budget.name, int(a.threshold), a.basis) for a in alerts}

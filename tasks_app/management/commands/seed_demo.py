@@ -59,7 +59,6 @@ CHANNEL = ("demo-email", "finops-demo@example.com", "Default")
 LEGACY_ACCOUNTS = ("demo-focus",)
 LEGACY_BUDGETS = ("Demo account — monthly", "Demo compute — monthly")
 LEGACY_TEAMS = ("Demo team",)
-DEMO_TEAMS_CREATED = ("Research",)  # removed with the demo when no other account is left in them
 # (name, accounts, service, share of this month's spend so far): the amount is that spend / share, so the budget
 # stands at `share` of its amount now: past 50 % and 80 %, past 100 %, and one well below.
 BUDGETS = (
@@ -160,7 +159,8 @@ class Command(BaseCommand):
                 # One DELETE per table; the ORM would collect the lines into memory first.
                 CostLineItem.objects.filter(account=account)._raw_delete(CostLineItem.objects.db)
                 account.delete()
-            Team.objects.filter(name__in=DEMO_TEAMS_CREATED + LEGACY_TEAMS, accounts__isnull=True).delete()
+            # Teams stay (people may be members); only the old demo's own team goes, if nothing is left in it.
+            Team.objects.filter(name__in=LEGACY_TEAMS, accounts__isnull=True, memberships__isnull=True).delete()
         if not (doomed or budgets or runs):
             return ""
         return f"{len(doomed)} accounts, {budgets} budget rows, {runs} task-run rows"
