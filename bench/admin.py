@@ -42,9 +42,10 @@ SKIP_NAMES = re.compile(r"(^|_)(add|logout|password_change|password_change_done|
 
 
 def shares(rows: int, accounts: int) -> list[int]:
+    """Each account a small base, the rest shared ∝ 1/k: account 1 holds about a quarter of the lines."""
+    base = min(1000, rows // (2 * accounts))
     weights = [1 / (k + 1) for k in range(accounts)]
-    total = sum(weights)
-    sizes = [max(2000, int(rows * w / total)) for w in weights]
+    sizes = [base + int((rows - base * accounts) * w / sum(weights)) for w in weights]
     sizes[0] += rows - sum(sizes)
     return sizes
 
@@ -219,6 +220,8 @@ def main() -> None:
     parser.add_argument("--database", default=DATABASE, help=f"database of its own (default {DATABASE})")
     parser.add_argument("--page-timeout", type=float, default=60.0, help="seconds after which a page is cut")
     args = parser.parse_args()
+    if args.rows < 100 * ACCOUNTS:
+        parser.error(f"--rows must be at least {100 * ACCOUNTS}")
     base_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/finops")
     env = {**os.environ, "DATABASE_URL": with_database(base_url, args.database), "DB_POOL": "false"}
     env.setdefault("DJANGO_SETTINGS_MODULE", "finops.settings")
