@@ -18,8 +18,11 @@ weekends) and multiplicative noise; and what the product should find:
 from __future__ import annotations
 
 import csv
+import filecmp
 import gzip
+import io
 import json
+import os
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -277,7 +280,14 @@ def focus_file_write(account: Account, *, last_day: date, days: int, path: Path)
     spend: dict[tuple[str, date], Decimal] = defaultdict(Decimal)
     rows = 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", newline="", compresslevel=1) as handle:
+    partial = path.with_name(path.name + ".partial")
+    # No time stamp in the gzip header: the same data makes the same bytes, and an unchanged file is kept as it
+    # is, so a sync of the account sees an export it already loaded.
+    with (
+        open(partial, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as zipped,
+        io.TextIOWrapper(zipped, encoding="utf-8", newline="") as handle,
+    ):
         writer = csv.DictWriter(handle, fieldnames=HEADER, restval="")
         writer.writeheader()
         for index in range(days):
@@ -309,4 +319,8 @@ def focus_file_write(account: Account, *, last_day: date, days: int, path: Path)
                 })  # fmt: skip
                 spend[(r.service, month)] += cost
                 rows += 1
+    if path.exists() and filecmp.cmp(partial, path, shallow=False):
+        partial.unlink()
+    else:
+        os.replace(partial, path)
     return Generated(path=path, rows=rows, first_day=first_day, last_day=last_day, spend=dict(spend))

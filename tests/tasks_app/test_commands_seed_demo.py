@@ -172,16 +172,19 @@ def test_the_control_room_gets_successful_and_failed_runs_and_a_dead_letter():
     assert TaskRun.objects.filter(account__name="demo-aws").exists()
 
 
-def test_seeding_again_changes_nothing_and_reset_rebuilds_the_same():
+def test_seeding_again_changes_nothing_and_reset_rebuilds_the_same(import_root):
     # given
     first_out = seed()
     first = snapshot()
+    files = {path: path.stat().st_mtime_ns for path in (import_root / "demo").glob("*.csv.gz")}
     password = first_out.split("with password ")[1].split("'")[1]
     # when
     again_out = seed()
     # then
     assert snapshot() == first
     assert "data      current" in again_out
+    assert len(files) == 4
+    assert {path: path.stat().st_mtime_ns for path in files} == files  # a sync sees exports it already loaded
     assert "password unchanged" in again_out
     assert get_user_model().objects.get(username="admin").check_password(password)
     # when rebuilt from scratch
