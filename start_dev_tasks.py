@@ -6,6 +6,10 @@ CELERY_BROKER_URL, else 127.0.0.1:5432 and :6379, else embedded ones under .data
 data; starts the web server, a Celery worker on every queue and Celery beat; stops all of it on Ctrl-C.
 `--check` starts everything, waits until the web answers, the worker replies to a ping and beat writes its
 heartbeat, prints OK and stops.
+
+While it runs, .data/dev-services.env holds the services' URLs (manage.py in another terminal uses them) and
+e-mail goes to files in .data/mail/. The demo admin's generated password is kept in .data/admin-password (0600):
+`--print-admin-password` shows it, `--reset-admin-password` sets a new one (both then exit).
 """
 
 import argparse
@@ -42,6 +46,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-beat", action="store_true", help="do not start Celery beat")
     parser.add_argument("--check", action="store_true", help="start, verify web/worker/beat answer, print OK, stop")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds --check waits for readiness")
+    parser.add_argument(
+        "--print-admin-password", action="store_true", help="print the demo admin's generated password and exit"
+    )
+    parser.add_argument(
+        "--reset-admin-password",
+        action="store_true",
+        help="give the admin user a new random password (kept in .data/admin-password), print it and exit",
+    )
     return parser.parse_args(argv)
 
 
@@ -53,6 +65,7 @@ def stack_env(services, port: int) -> dict:
     name = os.environ.get("FINOPS_DATABASE_NAME") or devstack.read_env_file().get("FINOPS_DATABASE_NAME") or "finops"
     env["DATABASE_URL"] = services.database_url(name)
     env.update(services.redis_env(os.environ, broker_db=0, result_db=1, cache_db=2))
+    env.update(devstack.dev_mail_env(os.environ))
     env["PYTHONUNBUFFERED"] = "1"
     env["FINOPS_WEB_PORT"] = str(port)
     return env
@@ -74,7 +87,7 @@ def prepare_database(env: dict, *, seed: bool) -> None:
     if devstack.find_management_command("seed_demo") is None:
         say("manage.py seed_demo does not exist yet: no demo data (skipped)")
         return
-    manage(env, "seed_demo")
+    manage(env, "seed_demo", "--password-file", str(devstack.admin_password_file()))
 
 
 def worker_hostname() -> str:
@@ -99,7 +112,7 @@ def start_children(env: dict, args: argparse.Namespace) -> list:
     return children
 
 
-def print_banner(port: int, with_beat: bool) -> None:
+def print_banner(port: int, with_beat: bool, env: dict) -> None:
     base = f"http://127.0.0.1:{port}"
     lines = [
         "",
@@ -107,7 +120,9 @@ def print_banner(port: int, with_beat: bool) -> None:
         f"  admin        {base}/admin/",
         f"  API health   {base}/api/v1/tasks/health",
         f"  API docs     {base}/api/docs/",
-        "  login        the admin user seed_demo printed above (an existing user keeps its password)",
+        f"  login        admin / {admin_password_hint()}",
+        f"  mail         {devstack.mail_destination(env)}",
+        f"  services     {services_file_label()} (manage.py in another terminal uses them)",
         f"  worker       queues {', '.join(devstack.TASK_QUEUES)}",
         f"  beat         {'schedules from the database (edit them in the admin)' if with_beat else 'not started'}",
         f"  logs         {LOG_DIR.relative_to(ROOT)}/",
@@ -115,6 +130,50 @@ def print_banner(port: int, with_beat: bool) -> None:
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def admin_password_hint() -> str:
+    if devstack.admin_password_read() is None:
+        return "the password you set (or: python3 start_dev_tasks.py --reset-admin-password)"
+    return "python3 start_dev_tasks.py --print-admin-password shows the password"
+
+
+def services_file_label() -> str:
+    path = devstack.services_file()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def print_admin_password() -> int:
+    password = devstack.admin_password_read()
+    if password is None:
+        say(f"no generated admin password in {devstack.admin_password_file()} (set with --password, or made before):"
+            " use --reset-admin-password")  # fmt: skip
+        return 1
+    print(password, flush=True)  # the terminal only: never into the logs
+    return 0
+
+
+def reset_admin_password(env: dict, username: str = "admin") -> None:
+    """A new random password for `username` (made a superuser if missing), stored in the 0600 file and printed."""
+    import secrets
+
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+
+    password = secrets.token_urlsafe(12)
+    User = get_user_model()
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        User.objects.create_superuser(username=username, email="admin@example.com", password=password)
+    else:
+        user.set_password(password)
+        user.save(update_fields=["password"])
+    devstack.admin_password_write(password)
+    say(f"new password of {username!r} (also in {devstack.admin_password_file()}):")
+    print(password, flush=True)
 
 
 def check_ready(env: dict, port: int, *, with_beat: bool, timeout: float) -> None:
@@ -178,6 +237,7 @@ def shutdown(children: list, services) -> None:
             child.stop(timeout=30 if child.name == "worker" else 10)
         except Exception as exc:  # keep going: the other children and the services must still stop
             say(f"could not stop {child.name}: {exc}")
+    devstack.services_file_remove(devstack.services_file(), pid=os.getpid())
     if services is not None:
         services.stop()
     say("stopped")
@@ -185,6 +245,8 @@ def shutdown(children: list, services) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.print_admin_password:
+        return print_admin_password()  # reads a file: needs neither the venv nor the services
     requirements = [devstack.REQUIREMENTS / "dev.txt", devstack.REQUIREMENTS / "prod.txt"]
     devstack.bootstrap(Path(__file__), argv, requirements)
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -197,13 +259,20 @@ def main(argv: list[str]) -> int:
         env = stack_env(services, args.port)
         for line in services.describe(devstack.url_path(env["DATABASE_URL"])):
             say(line)
+        say(f"Mail:       {devstack.mail_destination(env)}")
+        if args.reset_admin_password:
+            prepare_database(env, seed=False)
+            reset_admin_password(env)
+            return 0
+        devstack.services_file_write(env, devstack.services_file(), pid=os.getpid())
+        say(f"service URLs written to {services_file_label()} for manage.py in other terminals")
         prepare_database(env, seed=not args.no_seed)
         children = start_children(env, args)
         if args.check:
             check_ready(env, args.port, with_beat=not args.no_beat, timeout=args.timeout)
             say("OK")
             return 0
-        print_banner(args.port, with_beat=not args.no_beat)
+        print_banner(args.port, with_beat=not args.no_beat, env=env)
         return wait_for_exit(children)
     except (KeyboardInterrupt, Stop):
         say("stopping on request")

@@ -38,6 +38,15 @@ TASK_QUEUES = ("default", "cost_sync", "resource_discovery", "monitoring", "anal
 # The dev secrets start_dev_tasks.py writes into .env once, so restarts keep sessions and encrypted credentials.
 DEV_SECRETS = ("SECRET_KEY", "ENCRYPTION_KEY", "JWT_SECRET_KEY")
 TRUTHY = {"1", "true", "yes", "on"}
+# Written by start_dev_tasks.py while it runs: the URLs of the services it uses, read by manage.py (see below).
+SERVICES_FILE = DATA / "dev-services.env"
+SERVICE_VARIABLES = (
+    "DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CACHE_URL", "EMAIL_BACKEND", "EMAIL_FILE_PATH",
+)  # fmt: skip
+# The demo superuser's generated password (mode 0600); start_dev_tasks.py --print-admin-password shows it.
+ADMIN_PASSWORD_FILE = DATA / "admin-password"
+MAIL_DIR = DATA / "mail"
+FILE_EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
 
 
 class DevStackError(RuntimeError):
@@ -699,3 +708,89 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, interval: flo
 def find_management_command(name: str) -> Path | None:
     """The file of a manage.py command of ours, if some app has it (commands land in parallel during development)."""
     return next(iter(sorted(ROOT.glob(f"*/management/commands/{name}.py"))), None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What the running stack tells other terminals: its services' URLs (for manage.py) and the dev mail folder.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def services_file(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get("FINOPS_DEV_SERVICES_FILE") or SERVICES_FILE)
+
+
+def dev_mail_env(environ: Mapping[str, str], file_values: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Mail for development: into files under .data/mail/ (no server needed), unless EMAIL_BACKEND is chosen."""
+    file_values = read_env_file() if file_values is None else file_values
+    if environ.get("EMAIL_BACKEND") or file_values.get("EMAIL_BACKEND"):
+        return {}
+    return {"EMAIL_BACKEND": FILE_EMAIL_BACKEND, "EMAIL_FILE_PATH": environ.get("EMAIL_FILE_PATH") or str(MAIL_DIR)}
+
+
+def mail_destination(env: Mapping[str, str]) -> str:
+    backend = env.get("EMAIL_BACKEND") or read_env_file().get("EMAIL_BACKEND") or "smtp"
+    if backend == FILE_EMAIL_BACKEND:
+        return f"files in {env.get('EMAIL_FILE_PATH') or MAIL_DIR}/ (one .log file per message; no mail server)"
+    if backend.endswith("console.EmailBackend"):
+        return "printed by the worker and the web (console backend)"
+    host = env.get("EMAIL_HOST") or read_env_file().get("EMAIL_HOST") or "localhost"
+    return f"{backend.rsplit('.', 2)[-2]} via {host} (EMAIL_BACKEND from the environment or .env)"
+
+
+def services_file_write(env: Mapping[str, str], path: Path, *, pid: int) -> None:
+    """The stack's service URLs, readable by its owner only (a DATABASE_URL may hold a password)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# Written by start_dev_tasks.py (pid {pid}) while it runs, removed when it stops. manage.py uses these",
+        "# when the variable is set neither in the environment nor in .env.",
+        f"FINOPS_STACK_PID={pid}",
+        *(f"{name}={env[name]}" for name in SERVICE_VARIABLES if env.get(name)),
+    ]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    path.chmod(0o600)
+
+
+def services_file_remove(path: Path, *, pid: int) -> None:
+    """Remove the file if this stack wrote it (another stack started since may have replaced it)."""
+    if read_env_file(path).get("FINOPS_STACK_PID") == str(pid):
+        path.unlink(missing_ok=True)
+
+
+def services_file_apply(environ: dict, path: Path | None = None) -> list[str]:
+    """For manage.py: set the service variables of a running stack's file that are set neither in `environ`
+    nor in .env. A file left by a stack that is gone is ignored. Returns the names set."""
+    path = path or services_file(environ)
+    values = read_env_file(path)
+    pid = values.get("FINOPS_STACK_PID", "")
+    if not values or not pid.isdigit() or not _pid_alive(int(pid)):
+        return []
+    dot_env = read_env_file()
+    applied = []
+    for name in SERVICE_VARIABLES:
+        if values.get(name) and not environ.get(name) and not dot_env.get(name):
+            environ[name] = values[name]
+            applied.append(name)
+    return applied
+
+
+def admin_password_file(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get("FINOPS_ADMIN_PASSWORD_FILE") or ADMIN_PASSWORD_FILE)
+
+
+def admin_password_read(path: Path | None = None) -> str | None:
+    path = path or admin_password_file()
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def admin_password_write(password: str, path: Path | None = None) -> None:
+    path = path or admin_password_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    path.chmod(0o600)

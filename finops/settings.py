@@ -369,6 +369,8 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="finops@localhost")
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env("EMAIL_HOST", default="localhost")
 EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+# Where django.core.mail.backends.filebased.EmailBackend writes (start_dev_tasks.py chooses it: no mail server).
+EMAIL_FILE_PATH = env("EMAIL_FILE_PATH", default=str(BASE_DIR / ".data" / "mail"))
 NOTIFICATION_TIMEOUT = env.float("NOTIFICATION_TIMEOUT", default=10.0)
 # Hosts (exact names or IP literals, any port) that outbound calls may reach outside the egress policy
 # (finops/egress.py), plain http included: emulators, a private S3. Environment only; never the admin or API.

@@ -3,6 +3,7 @@ the embedded PostgreSQL/Redis, and `start_dev_tasks.py --check` for real."""
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -265,7 +266,7 @@ def test_embedded_postgres_and_redis_start_answer_and_stop(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.timeout(420)
-def test_start_dev_tasks_check_brings_up_web_worker_and_beat():
+def test_start_dev_tasks_check_brings_up_web_worker_and_beat(tmp_path):
     # given: its own database, and the test Redis databases (no other worker runs during this test)
     name = f"finops_devcheck_{uuid.uuid4().hex[:6]}"
     db_url = devstack.url_with_path(database_url(), name)
@@ -279,6 +280,14 @@ def test_start_dev_tasks_check_brings_up_web_worker_and_beat():
         CACHE_URL=settings.CACHES["default"]["LOCATION"],
         DEBUG="1",
     )
+    # and its files in a folder of the test: the service URLs, the admin password, the e-mails
+    services_file, password_file, mail_dir = tmp_path / "dev-services.env", tmp_path / "admin-pw", tmp_path / "mail"
+    env.update(
+        FINOPS_DEV_SERVICES_FILE=str(services_file),
+        FINOPS_ADMIN_PASSWORD_FILE=str(password_file),
+        EMAIL_FILE_PATH=str(mail_dir),
+    )
+    env.pop("EMAIL_BACKEND", None)
     port = devstack.free_port()
     started = time.monotonic()
     try:
@@ -303,3 +312,151 @@ def test_start_dev_tasks_check_brings_up_web_worker_and_beat():
     assert time.monotonic() - started < 400
     # and nothing it started is left answering
     assert devstack.http_answers(f"http://127.0.0.1:{port}/admin/login/") is None
+    # and it said where mail goes, and the demo's budget alerts were e-mailed there (no mail server)
+    assert f"[finops] Mail:       files in {mail_dir}/" in proc.stdout
+    assert any(mail_dir.glob("*.log")), output[-3000:]
+    assert "finops-demo@example.com" in next(mail_dir.glob("*.log")).read_text()
+    # and the demo admin's password went to the private file, not to the output
+    password = password_file.read_text().strip()
+    assert password and password not in output
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    # and the service URLs were there while it ran, and are gone with it
+    assert f"service URLs written to {services_file}" in proc.stdout
+    assert not services_file.exists()
+
+
+# --- what a running stack leaves for other terminals ----------------------------------------------------------
+
+
+def test_dev_mail_goes_to_files_unless_a_backend_is_chosen():
+    mail = devstack.dev_mail_env({}, {})
+    assert mail == {"EMAIL_BACKEND": devstack.FILE_EMAIL_BACKEND, "EMAIL_FILE_PATH": str(devstack.MAIL_DIR)}
+    assert devstack.dev_mail_env({"EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend"}, {}) == {}
+    assert devstack.dev_mail_env({}, {"EMAIL_BACKEND": "x.smtp.EmailBackend"}) == {}
+    assert "no mail server" in devstack.mail_destination(mail)
+
+
+def test_production_settings_keep_smtp_from_the_environment():
+    # the default outside the dev stack is unchanged: SMTP, host and port from the environment
+    code = "from django.conf import settings; print(settings.EMAIL_BACKEND, settings.EMAIL_HOST, settings.EMAIL_PORT)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMAIL_")}
+    env.update(DJANGO_SETTINGS_MODULE="finops.settings", EMAIL_HOST="smtp.example.org", EMAIL_PORT="587")
+    env["FINOPS_DEV_SERVICES_FILE"] = "/nonexistent/dev-services.env"
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]  # after the shell's "N objects imported automatically"
+    assert last.split() == ["django.core.mail.backends.smtp.EmailBackend", "smtp.example.org", "587"]
+
+
+def test_the_services_file_is_private_and_fills_only_what_is_not_set(tmp_path):
+    # given
+    path = tmp_path / "dev-services.env"
+    stack = {"DATABASE_URL": "postgres://postgres:pw@127.0.0.1:5999/finops", "CELERY_BROKER_URL": "redis://x:1/0"}
+    # when
+    devstack.services_file_write(stack, path, pid=os.getpid())
+    environ = {"CELERY_BROKER_URL": "redis://mine:6379/0"}
+    applied = devstack.services_file_apply(environ, path)
+    # then
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert applied == ["DATABASE_URL"]
+    assert environ == {"DATABASE_URL": stack["DATABASE_URL"], "CELERY_BROKER_URL": "redis://mine:6379/0"}
+
+
+def test_a_services_file_left_by_a_stack_that_is_gone_is_ignored(tmp_path):
+    # given: a pid that is not running
+    path = tmp_path / "dev-services.env"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    devstack.services_file_write({"DATABASE_URL": "postgres://x/y"}, path, pid=dead.pid)
+    # when / then
+    environ = {}
+    assert devstack.services_file_apply(environ, path) == []
+    assert environ == {}
+    # and a stack removes only its own file
+    devstack.services_file_remove(path, pid=os.getpid())
+    assert path.exists()
+    devstack.services_file_remove(path, pid=dead.pid)
+    assert not path.exists()
+
+
+@pytest.mark.django_db
+def test_manage_py_in_another_terminal_uses_the_running_stack_s_services(tmp_path):
+    """`manage.py monitor_tasks` with no DATABASE_URL / broker in its environment reaches the stack's."""
+    # given: the stack (this test process stands for it) recorded the test database and broker
+    path = tmp_path / "dev-services.env"
+    stack = {
+        "DATABASE_URL": database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
+        "CACHE_URL": settings.CACHES["default"]["LOCATION"],
+    }
+    devstack.services_file_write(stack, path, pid=os.getpid())
+    env = {k: v for k, v in os.environ.items() if k not in devstack.SERVICE_VARIABLES}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.update(FINOPS_DEV_SERVICES_FILE=str(path), DEBUG="1")
+    if any(devstack.read_env_file().get(name) for name in stack):
+        pytest.skip(".env of this checkout sets service URLs, which win over the stack's file")
+    code = "from django.db import connection; print(connection.settings_dict['NAME'])"
+    # when
+    where = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    queues = subprocess.run([sys.executable, "manage.py", "monitor_tasks", "queues"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    # then
+    assert where.returncode == 0, where.stderr[-2000:]
+    assert where.stdout.strip().splitlines()[-1] == connection.settings_dict["NAME"]
+    assert queues.returncode == 0, queues.stderr[-2000:]
+    assert "cost_sync" in queues.stdout
+
+
+def test_print_admin_password_reads_the_private_file_only(tmp_path):
+    # given
+    path = tmp_path / "admin-password"
+    env = {**os.environ, "FINOPS_ADMIN_PASSWORD_FILE": str(path)}
+    # when no password was generated
+    missing = subprocess.run([sys.executable, "start_dev_tasks.py", "--print-admin-password"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    devstack.admin_password_write("s3cret-demo-pw", path)
+    present = subprocess.run([sys.executable, "start_dev_tasks.py", "--print-admin-password"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    # then
+    assert missing.returncode == 1 and "--reset-admin-password" in missing.stdout
+    assert present.returncode == 0 and present.stdout.strip() == "s3cret-demo-pw"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_reset_admin_password_sets_a_new_one_that_logs_in(tmp_path):
+    # given: its own database
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher  # the stack's hasher (tests use a faster one)
+
+    name = f"finops_devreset_{uuid.uuid4().hex[:6]}"
+    db_url = devstack.url_with_path(database_url(), name)
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "FINOPS_BOOTSTRAPPED")}
+    env.update(
+        DATABASE_URL=db_url,
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        CELERY_RESULT_BACKEND=settings.CELERY_RESULT_BACKEND,
+        CACHE_URL=settings.CACHES["default"]["LOCATION"],
+        DEBUG="1",
+        FINOPS_ADMIN_PASSWORD_FILE=str(tmp_path / "admin-password"),
+    )
+    try:
+        # when
+        proc = subprocess.run([sys.executable, "start_dev_tasks.py", "--reset-admin-password"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=280)  # fmt: skip
+        with psycopg.connect(db_url) as conn:
+            stored = conn.execute("SELECT password, is_superuser FROM auth_user WHERE username = 'admin'").fetchone()
+    finally:
+        with psycopg.connect(devstack.url_with_path(db_url, "postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    # then
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    password = (tmp_path / "admin-password").read_text().strip()
+    lines = proc.stdout.splitlines()
+    said = next(i for i, line in enumerate(lines) if line.startswith("[finops] new password of 'admin'"))
+    assert lines[said + 1] == password  # printed on the terminal, its own line
+    assert stored[1] and PBKDF2PasswordHasher().verify(password, stored[0])
