@@ -16,9 +16,10 @@
    writes and migrations.
 3. The replica's verdict is probed with its own short-timeout connection (never the pool, whose checkout
    waits DB_POOL_TIMEOUT on a dead server) and cached in-process for DATABASE_REPLICA_CHECK_SECONDS. Lag is
-   zero when the replica has replayed the primary's current WAL position, otherwise the age of its last
-   replayed commit (pg_last_xact_replay_timestamp). When it goes down, "since when" is kept in Redis so
-   every process reports the same moment.
+   zero when the replica has replayed the primary's current WAL position (looked at again for up to 150 ms),
+   otherwise the age of its last replayed commit (pg_last_xact_replay_timestamp). When it goes down, "since
+   when" is kept in Redis so every process reports the same moment; the replica's pool is replaced at each
+   change (a pool that saw its server die backs off its reconnects).
 4. A safe request whose replica read fails with a database error anyway (the replica died between probes)
    is marked down and served again from the primary (`process_exception`): pages keep answering.
 """
@@ -77,9 +78,13 @@ def replica_configured() -> bool:
 
 @contextlib.contextmanager
 def replica_reads(allowed: bool = True) -> Iterator[_ReadScope]:
-    """Reporting reads inside may use the replica (subject to the router's rules)."""
+    """Reporting reads inside may use the replica (subject to the router's rules). Nested in a request's scope,
+    the request's verdict holds: an unsafe request, a client that just wrote, a write earlier in it."""
     outer = _scope.get()
-    scope = _ReadScope(allowed=allowed, pinned=outer is not None and outer.pinned)  # a write earlier still counts
+    if outer is not None and allowed:
+        yield outer  # one scope: its writes pin the request, its replica reads are the request's (fallback)
+        return
+    scope = _ReadScope(allowed=allowed)
     token = _scope.set(scope)
     try:
         yield scope
@@ -97,14 +102,6 @@ class ReplicaStatus:
     reason: str = ""
     down_since: datetime | None = None
     checked_at: float = 0.0
-
-    def as_dict(self) -> dict:
-        return {
-            "available": self.available,
-            "lag_s": self.lag_s,
-            "reason": self.reason,
-            "since": self.down_since.isoformat() if self.down_since else "",
-        }
 
 
 _lock = threading.Lock()
@@ -124,11 +121,17 @@ def _probe() -> tuple[bool, float | None, str]:
     try:
         with psycopg.connect(**params) as conn:
             conn.execute("SET statement_timeout = 2000")
-            in_recovery, caught_up, replay_age = conn.execute(
-                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn,"
-                " extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8",
-                [primary_lsn],
-            ).fetchone()
+            # A healthy standby is milliseconds behind: after a long idle spell the age of its last replayed
+            # commit is large while the primary's first new commit is in flight, so look again briefly.
+            for attempt in range(4):
+                in_recovery, caught_up, replay_age = conn.execute(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn,"
+                    " extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8",
+                    [primary_lsn],
+                ).fetchone()
+                if caught_up or not in_recovery or attempt == 3:
+                    break
+                time.sleep(0.05)
     except psycopg.Error as exc:
         return False, None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
     if not in_recovery:
@@ -169,7 +172,11 @@ def replica_status(*, force: bool = False) -> ReplicaStatus | None:
     current = _status
     if not force and _fresh(current):
         return current
-    with _lock:
+    # Another thread probing (a blackholed replica takes connect_timeout): the others read on with the last
+    # verdict rather than queue behind it; before any verdict, the primary.
+    if not _lock.acquire(blocking=force):
+        return current or ReplicaStatus(False, None, "not checked yet")
+    try:
         current = _status
         if not force and _fresh(current):
             return current
@@ -179,6 +186,8 @@ def replica_status(*, force: bool = False) -> ReplicaStatus | None:
             available, lag, reason = False, None, f"primary not reachable to compare: {type(exc).__name__}"
         _status = _settle(available, lag, reason, current)
         return _status
+    finally:
+        _lock.release()
 
 
 def _settle(available: bool, lag: float | None, reason: str, previous: ReplicaStatus | None) -> ReplicaStatus:
@@ -188,11 +197,21 @@ def _settle(available: bool, lag: float | None, reason: str, previous: ReplicaSt
     if available and (was_down or previous is None):
         _down_since(now, down=False)
         if was_down:
+            _reset_pool()
             logger.warning("read replica available again (lag %.1f s): reporting reads go back to it", lag or 0.0)
     elif not available and not was_down:
         since = _down_since(now, down=True)
+        _reset_pool()
         logger.warning("read replica unavailable (%s): reporting reads fall back to the primary", reason)
     return ReplicaStatus(available, lag, reason, since, time.monotonic())
+
+
+def _reset_pool() -> None:
+    """A fresh pool at each change: a pool whose server was down backs off its reconnects, and would keep a
+    page waiting DB_REPLICA_POOL_TIMEOUT after the replica is back; while it is down, nothing retries."""
+    with contextlib.suppress(Exception):
+        connections[REPLICA].close()
+        connections[REPLICA].close_pool()
 
 
 def replica_failed(reason: str) -> None:
@@ -209,6 +228,12 @@ def _label(model) -> str:
     return f"{model._meta.app_label}.{model._meta.model_name}"
 
 
+def _in_transaction() -> bool:
+    """An atomic block of ours is open on the primary (a test case's wrapping one does not count, as for
+    Django's own durable-atomic check), so reads must see what it wrote."""
+    return any(not getattr(block, "_from_testcase", False) for block in connections[PRIMARY].atomic_blocks)
+
+
 class ReplicaRouter:
     """Reporting reads of a replica-allowed scope to the replica; everything else to the primary."""
 
@@ -216,7 +241,7 @@ class ReplicaRouter:
         scope = _scope.get()
         if scope is None or not scope.allowed or scope.pinned or not replica_configured():
             return None
-        if _label(model) not in REPORTING_MODELS or connections[PRIMARY].in_atomic_block:
+        if _label(model) not in REPORTING_MODELS or _in_transaction():
             return None
         status = replica_status()
         if status is None or not status.available:
