@@ -53,6 +53,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so a page whose replica read failed is served again from the primary by re-running the view only.
+    "finops.db_router.ReplicaMiddleware",
 ]
 
 ROOT_URLCONF = "finops.urls"
@@ -91,6 +93,23 @@ else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("TEST", {})
+# --- Read replica (optional): reporting reads of safe admin/API requests and exports go there (finops/db_router.py)
+if env.str("DATABASE_REPLICA_URL", default=""):
+    import copy as _copy
+
+    DATABASES["replica"] = {
+        **env.db("DATABASE_REPLICA_URL"),
+        **{k: _copy.deepcopy(DATABASES["default"][k]) for k in ("CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "OPTIONS")},
+        "TEST": {"MIRROR": "default"},
+    }
+    if "pool" in DATABASES["replica"]["OPTIONS"]:
+        # Short checkout: a replica that hands no connection quickly is treated as down, the page read from the primary.
+        DATABASES["replica"]["OPTIONS"]["pool"]["timeout"] = env.int("DB_REPLICA_POOL_TIMEOUT", default=3)
+DATABASE_ROUTERS = ["finops.db_router.ReplicaRouter"]
+DATABASE_REPLICA_MAX_LAG_SECONDS = env.float("DATABASE_REPLICA_MAX_LAG_SECONDS", default=30.0)
+DATABASE_REPLICA_CHECK_SECONDS = env.float("DATABASE_REPLICA_CHECK_SECONDS", default=5.0)
+# After a write (POST/PUT/PATCH/DELETE) the same client reads the primary this long: its next page shows the write.
+DATABASE_REPLICA_STICKY_SECONDS = env.int("DATABASE_REPLICA_STICKY_SECONDS", default=10)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

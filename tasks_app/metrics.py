@@ -142,8 +142,27 @@ class TaskSystemCollector:
         return family
 
 
+class ReplicaCollector:
+    """The read replica, when DATABASE_REPLICA_URL is set: used or not (down or lagging: reads on the primary), lag."""
+
+    def collect(self):
+        from finops.db_router import replica_status
+
+        status = replica_status()
+        if status is None:
+            return
+        up = GaugeMetricFamily("finops_replica_up", "Whether reporting reads may use the read replica (1) or not (0)")
+        up.add_metric([], 1 if status.available else 0)
+        yield up
+        if status.lag_s is not None:
+            lag = GaugeMetricFamily("finops_replica_lag_seconds", "Read replica's replay lag at its last check")
+            lag.add_metric([], status.lag_s)
+            yield lag
+
+
 _registry = CollectorRegistry(auto_describe=False)
 _registry.register(TaskSystemCollector())
+_registry.register(ReplicaCollector())
 
 
 def metrics_view(request):

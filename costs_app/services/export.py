@@ -14,10 +14,11 @@ from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from django.db import connection, transaction
+from django.db import connections, router, transaction
 from psycopg import sql
 
 from costs_app.models import CostLineItem
+from finops.db_router import replica_reads
 from finops.errors import PermanentError
 from providers_app import focus_schema as focus
 from providers_app.models import CloudAccount
@@ -84,14 +85,17 @@ def focus_export(
     if isinstance(out, str | Path):
         with open(out, "wb") as fh:
             return focus_export(account=account, start=start, end=end, out=fh, fmt=fmt)
+    # An export only reports: it may read the replica wherever it is called from (finops/db_router.py).
+    with replica_reads():
+        alias = router.db_for_read(CostLineItem)
     if fmt == "csv":
-        return _write_csv(query, out)
-    return _write_parquet(query, out)
+        return _write_csv(query, out, alias)
+    return _write_parquet(query, out, alias)
 
 
-def _write_csv(query: sql.Composed, out: BinaryIO) -> int:
+def _write_csv(query: sql.Composed, out: BinaryIO, alias: str) -> int:
     copy_sql = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(query)
-    with connection.cursor() as cursor:
+    with connections[alias].cursor() as cursor:
         with cursor.copy(copy_sql) as copy:
             for chunk in copy:
                 out.write(chunk)
@@ -103,13 +107,14 @@ def parquet_schema() -> pa.Schema:
     return pa.schema([pa.field(c.name, types.get(c.type, pa.string())) for c in focus.COLUMNS])
 
 
-def _write_parquet(query: sql.Composed, out: BinaryIO) -> int:
+def _write_parquet(query: sql.Composed, out: BinaryIO, alias: str) -> int:
     schema = parquet_schema()
     written = 0
+    connection = connections[alias]
     connection.ensure_connection()
     # A server-side (named) cursor lives in a transaction; it keeps only one batch in memory.
     with (
-        transaction.atomic(),
+        transaction.atomic(using=alias),
         pq.ParquetWriter(out, schema) as writer,
         connection.connection.cursor(name="focus_export") as cursor,
     ):

@@ -296,6 +296,8 @@ class HealthCheckSerializer(serializers.Serializer):
     leader = serializers.CharField(required=False, allow_blank=True)
     since = serializers.CharField(required=False, allow_blank=True)
     issues = serializers.ListField(child=serializers.DictField(), required=False)
+    lag_s = serializers.FloatField(required=False)
+    max_lag_s = serializers.FloatField(required=False)
 
 
 class HealthSerializer(serializers.Serializer):

@@ -287,8 +287,10 @@ class HealthView(APIView):
         "(at least one answers a control ping) and beat (its heartbeat is younger than BEAT_HEARTBEAT_MAX_AGE). "
         "503 names the failing checks in `failing`. With every component up, `degraded` (HTTP 200) names the "
         "checks where the ledger and reality disagree — runs queued but not in the broker, runs whose claim is "
-        "no longer renewed, locks without a live holder — each issue with since when. Only platform admins see "
-        "each check's details (worker names, errors, runs); others get the status and each check's ok.",
+        "no longer renewed, locks without a live holder, a read replica down or lagging (`replica`, present when "
+        "DATABASE_REPLICA_URL is set; its reads then go to the primary) — each issue with since when. Only "
+        "platform admins see each check's details (worker names, errors, runs); others get the status and each "
+        "check's ok.",
         responses={200: s.HealthSerializer, 401: UNAUTHENTICATED, 503: s.HealthSerializer},
     )
     def get(self, request):

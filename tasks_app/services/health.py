@@ -3,7 +3,8 @@
 Beside those (any of them failing makes the status "fail"), three checks compare the ledger with what is
 really there and make the status "degraded", naming what and since when: runs the ledger says are queued
 but the broker does not hold (or a broker that lost its data), runs whose executor stopped renewing its
-claim, and per-account locks whose holder's claim is dead.
+claim, and per-account locks whose holder's claim is dead. A read replica (when configured) that is down or
+lags too far is "degraded" too: its reads fall back to the primary (finops/db_router.py).
 """
 
 import json
@@ -15,6 +16,8 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Min
 from django.utils import timezone
+
+from finops.db_router import replica_configured, replica_status
 
 from ..beat import HEARTBEAT_KEY, LEADER_KEY
 from ..models import RunState, TaskRun
@@ -87,6 +90,15 @@ def _beat(now: float) -> dict:
             f"beat heartbeat is {age:.0f} s old (max {max_age} s): beat is not running (last seen {since})"
         )
     return {"age_s": round(age, 1), "max_age_s": max_age, "leader": (leader or b"").decode(), "since": since}
+
+
+def _replica() -> dict:
+    """The read replica (when configured): down or lagging is "degraded", since reads fall back to the primary."""
+    status = replica_status(force=True)
+    if not status.available:
+        what = f"read replica unavailable ({status.reason}); reporting reads go to the primary"
+        raise Degraded([_issue(what, status.down_since)])
+    return {"lag_s": round(status.lag_s or 0.0, 1), "max_lag_s": settings.DATABASE_REPLICA_MAX_LAG_SECONDS}
 
 
 def _issue(what: str, since: datetime | None, **detail) -> dict:
@@ -230,7 +242,11 @@ def system_health(*, worker_timeout: float = 1.0) -> dict:
         checks["queued_runs"] = _timed(lambda: _queued_runs(now))
         checks["stuck_runs"] = _timed(lambda: _stuck_runs(now))
         checks["locks"] = _timed(lambda: _locks(now))
-    degraded = [name for name in ("queued_runs", "stuck_runs", "locks") if name in checks and not checks[name]["ok"]]
+    if checks["database"]["ok"] and replica_configured():
+        checks["replica"] = _timed(_replica)
+    degraded = [
+        name for name in ("queued_runs", "stuck_runs", "locks", "replica") if name in checks and not checks[name]["ok"]
+    ]
     status = "fail" if failing else "degraded" if degraded else "ok"
     return {"status": status, "checks": checks, "failing": failing, "degraded": degraded}
 

@@ -183,10 +183,10 @@ class Stack:
 class Driver:
     """A long-lived Django process on the drill's stack, answering JSON-line commands (tests/reliability/driver.py)."""
 
-    def __init__(self, env: dict, log_dir: Path):
+    def __init__(self, env: dict, log_dir: Path, module: str = "tests.reliability.driver"):
         self.log_path = log_dir / f"driver-{time.time_ns()}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.driver"],
+            [sys.executable, "-m", module],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
