@@ -10,6 +10,7 @@ from tasks_app.api.views import LivenessView
 from tasks_app.metrics import metrics_view
 
 urlpatterns = [
+    path("admin/dashboards/", include("costs_app.dashboards")),  # cost dashboards, admin views (before the admin)
     path("admin/", admin.site.urls),
     path("api/v1/", include("tasks_app.urls")),
     path("api/v1/", include("providers_app.urls")),
