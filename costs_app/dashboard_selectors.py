@@ -364,6 +364,8 @@ def anomaly_series(user, *, anomaly_id: int, today: date) -> dict | None:
         .order_by()
         .values_list("day", "total")
     )
+    # Not past the series' latest day with data (today's is not in yet): a missing day is not a drop to zero.
+    shown_to = max(anomaly.end_day, min(shown_to, max(daily, default=shown_to)))
     n_days = (shown_to - load_from).days + 1
     all_days = [load_from + timedelta(days=i) for i in range(n_days)]
     costs = np.array([[float(daily.get(d, 0)) for d in all_days]])

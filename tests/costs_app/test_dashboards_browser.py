@@ -206,6 +206,7 @@ def test_the_dashboards_draw_their_charts_and_act_with_the_users_rights(live_ser
     row.find_element(By.CSS_SELECTOR, "form.dash-dismiss input[name=text]").send_keys("Kept on purpose: the web tier")
     row.find_element(By.CSS_SELECTOR, "form.dash-dismiss input[type=submit]").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".messagelist .success"))
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".dash-chart[data-drawn=true]")) == 2)
     browser.save_screenshot(str(shots / "dashboards-07-savings-dismissed.png"))
     assert not browser.find_elements(By.ID, f"recommendation-{target.pk}")
     target.refresh_from_db()

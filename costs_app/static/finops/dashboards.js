@@ -55,7 +55,8 @@
       maintainAspectRatio: false,
       interaction: { mode: "index", intersect: false },
       plugins: {
-        legend: { position: "bottom", labels: { boxWidth: 12 } },
+        // A band is two datasets (low, high filled between them): the legend names it once.
+        legend: { position: "bottom", labels: { boxWidth: 12, filter: function (item) { return !/\(low\)$/.test(item.text); } } },
         tooltip: { callbacks: { label: function (ctx) {
           var v = ctx.parsed.y !== undefined && ctx.chart.options.indexAxis !== "y" ? ctx.parsed.y : ctx.parsed.x;
           return (ctx.dataset.label ? ctx.dataset.label + ": " : "") + money(v, currency);
@@ -170,7 +171,7 @@
       var datasets = [
         { label: "Forecast, 80 % interval (low)", data: b.low_line.map(num), borderColor: "rgba(242,142,43,0.35)",
           backgroundColor: "rgba(242,142,43,0.15)", pointRadius: 0, borderWidth: 1, fill: false },
-        { label: "Forecast, 80 % interval (high)", data: b.high_line.map(num), borderColor: "rgba(242,142,43,0.35)",
+        { label: "Forecast, 80 % interval", data: b.high_line.map(num), borderColor: "rgba(242,142,43,0.35)",
           backgroundColor: "rgba(242,142,43,0.15)", pointRadius: 0, borderWidth: 1, fill: "-1" },
         { label: "Forecast", data: b.forecast_line.map(num), borderColor: "#f28e2b", borderDash: [6, 4],
           pointRadius: 0, borderWidth: 2, fill: false },
