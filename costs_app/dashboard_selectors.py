@@ -16,7 +16,8 @@ from decimal import Decimal
 
 import numpy as np
 from django.conf import settings
-from django.db.models import Case, CharField, Count, DecimalField, Q, QuerySet, Sum, Value, When
+from django.db import connection
+from django.db.models import Count, DecimalField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 
 from costs_app.models import (
@@ -91,42 +92,82 @@ def account_names(user, ids) -> dict[int, str]:
     return dict(accounts_for(user).filter(pk__in=list(ids)).values_list("pk", "name"))
 
 
+# One scan of the period's rows for every figure of the spend page: GROUPING SETS sum them per currency, per
+# currency × service / account / region, and per currency × day × the stacking dimension. What reaches Python is
+# those groups (days × services at most), never the rollup rows; the top N and "(other)" are picked from them.
+_SPEND_SQL = """
+SELECT GROUPING(r.service_name, r.account_id, r.region_id, r.day) AS set_id, r.billing_currency,
+       r.service_name, r.account_id, r.region_id, r.day, SUM(r.billed_cost)
+FROM ({rows}) r
+GROUP BY r.billing_currency, GROUPING SETS ((), (r.service_name), (r.account_id), (r.region_id), (r.day, r.{stack}))
+"""
+# GROUPING() bits, in the order of its arguments (service, account, region, day): 1 where a column is not grouped.
+_SET_CURRENCY, _SET_SERVICE, _SET_ACCOUNT, _SET_REGION = 0b1111, 0b0111, 0b1011, 0b1101
+_SET_DAILY = {"service_name": 0b0110, "account_id": 0b1010}
+
+
+def _spend_groups(in_period: QuerySet, stack: str) -> list[tuple]:
+    rows_sql, params = (
+        in_period.order_by().values("billing_currency", "service_name", "account_id", "region_id", "day", "billed_cost")
+    ).query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(_SPEND_SQL.format(rows=rows_sql, stack=stack), params)
+        return cursor.fetchall()
+
+
+def _ranked(totals: dict, top: int) -> list[tuple]:
+    return sorted(totals.items(), key=lambda item: (-item[1], str(item[0])))[:top]
+
+
 def spend_dashboard(user, f: SpendFilter, *, group_by: str, top: int) -> dict:
     """Daily spend stacked by the top `top` services or accounts (the rest as "(other)"), totals, month-to-date
     against the same days of last month, and the top services, accounts, regions and tag values of the period."""
     scoped = _rollups(user, f)
-    in_period = scoped.filter(day__range=(f.date_from, f.date_to))
-    by_currency = list(
-        in_period.values("billing_currency").annotate(total=Sum("billed_cost")).order_by("-total", "billing_currency")
-    )
-    currencies = [row["billing_currency"] for row in by_currency]
+    stack = "account_id" if group_by == "account" else "service_name"
+    groups = _spend_groups(scoped.filter(day__range=(f.date_from, f.date_to)), stack)
+    by_currency = {row[1]: row[6] for row in groups if row[0] == _SET_CURRENCY}
+    currencies = [c for c, _ in sorted(by_currency.items(), key=lambda item: (-item[1], item[0]))]
     currency = f.currency or (currencies[0] if currencies else "USD")
-    mine = in_period.filter(billing_currency=currency)
-    field = "account_id" if group_by == "account" else "service_name"
-
-    top_rows = list(mine.values(field).annotate(total=Sum("billed_cost")).order_by("-total", field)[:top])
-    top_keys = [row[field] for row in top_rows]
-    key = Case(
-        *[When(**{field: k}, then=Value(str(k))) for k in top_keys], default=Value(OTHER), output_field=CharField()
-    )
-    daily = mine.annotate(group=key).values("day", "group").annotate(total=Sum("billed_cost")).order_by()
+    mine = [row for row in groups if row[1] == currency]
+    per = {
+        name: {row[column]: row[6] for row in mine if row[0] == set_id}
+        for name, set_id, column in (
+            ("services", _SET_SERVICE, 2), ("accounts", _SET_ACCOUNT, 3), ("regions", _SET_REGION, 4),
+        )
+    }  # fmt: skip
+    stack_totals = per["accounts" if stack == "account_id" else "services"]
+    top_keys = [key for key, _ in _ranked(stack_totals, top)]
     days = f.days()
     index = {d: i for i, d in enumerate(days)}
-    groups = [str(k) for k in top_keys] + [OTHER]
-    values = {g: [ZERO] * len(days) for g in groups}
-    for row in daily:
-        values[row["group"]][index[row["day"]]] = row["total"]
-    names = account_names(user, top_keys) if group_by == "account" else {}
+    column = 3 if stack == "account_id" else 2
+    values = {key: [ZERO] * len(days) for key in [*top_keys, OTHER]}
+    for row in mine:
+        if row[0] == _SET_DAILY[stack]:
+            series = values.get(row[column], values[OTHER])
+            series[index[row[5]]] += row[6]
+    ranked_accounts = _ranked(per["accounts"], top)
+    stacked_accounts = top_keys if stack == "account_id" else []
+    names = account_names(user, {*stacked_accounts, *(key for key, _ in ranked_accounts)}) if by_currency else {}
     series = [
         {
-            "key": g,
-            "label": _group_label(g, group_by, names),
-            "values": [_money(v) for v in values[g]],
-            "total": _money(sum(values[g], ZERO)),
+            "key": str(key),
+            "label": _group_label(str(key), group_by, names),
+            "values": [_money(v) for v in values[key]],
+            "total": _money(sum(values[key], ZERO)),
         }
-        for g in groups
-        if g != OTHER or any(values[OTHER])
+        for key in [*top_keys, OTHER]
+        if key != OTHER or any(values[OTHER])
     ]
+
+    def table(totals: list[tuple], label) -> list[dict]:
+        return [{"key": str(key), "label": label(key), "total": _money(total)} for key, total in totals]
+
+    tops = {
+        "services": table(_ranked(per["services"], top), lambda key: key or "(no service)"),
+        "accounts": table(ranked_accounts, lambda key: names.get(key, f"account {key}")),
+        "regions": table(_ranked(per["regions"], top), lambda key: key or "(no region)"),
+        "tags": _top_tags(user, f, currency, top),
+    }
     return {
         "currency": currency,
         "currencies": currencies,
@@ -135,9 +176,9 @@ def spend_dashboard(user, f: SpendFilter, *, group_by: str, top: int) -> dict:
         "group_by": group_by,
         "days": days,
         "series": series,
-        "total": _money(sum((sum(values[g], ZERO) for g in groups), ZERO)),
+        "total": _money(by_currency.get(currency, ZERO)),
         "month_to_date": _month_to_date(scoped.filter(billing_currency=currency), f.date_to),
-        "top": _tops(user, f, mine, currency, top),
+        "top": tops,
     }
 
 
@@ -168,40 +209,30 @@ def _month_to_date(queryset: QuerySet, today: date) -> dict:
     }
 
 
-def _tops(user, f: SpendFilter, mine: QuerySet, currency: str, top: int) -> dict:
-    def ranked(field: str) -> list[dict]:
-        rows = mine.values(field).annotate(total=Sum("billed_cost")).order_by("-total", field)[:top]
-        return [{"key": row[field], "total": _money(row["total"])} for row in rows]
-
-    accounts = ranked("account_id")
-    names = account_names(user, [row["key"] for row in accounts])
-    for row in accounts:
-        row["label"] = names.get(row["key"], f"account {row['key']}")
-    # Tag values of the period (the untagged "" rows left out: they are every key's remainder, not a value).
-    tag_rows = (
+def _top_tags(user, f: SpendFilter, currency: str, top: int) -> list[dict]:
+    """The period's largest tag values (of the filtered key, else of every active key), the untagged "" rows left
+    out: they are each key's remainder, not a value."""
+    rows = (
         tag_rollups_for(user)
         .filter(day__range=(f.date_from, f.date_to), billing_currency=currency)
         .exclude(tag_value="")
-        .filter(**({"account_id": f.account} if f.account is not None else {}))
-        .filter(**{k: v for k, v in (("sub_account_id", f.sub_account), ("service_name", f.service),
-                                     ("region_id", f.region)) if v})
-    )  # fmt: skip
-    if f.tag_key:  # filtered on one tag: rank that key's values
-        tag_rows = tag_rows.filter(tag_key=f.tag_key)
-    tag_top = tag_rows.values("tag_key", "tag_value").annotate(total=Sum("billed_cost")).order_by("-total")[:top]
-    return {
-        "services": [{**row, "label": row["key"] or "(no service)"} for row in ranked("service_name")],
-        "accounts": accounts,
-        "regions": [{**row, "label": row["key"] or "(no region)"} for row in ranked("region_id")],
-        "tags": [
-            {
-                "key": f"{r['tag_key']}={r['tag_value']}",
-                "label": f"{r['tag_key']} = {r['tag_value']}",
-                "total": _money(r["total"]),
-            }
-            for r in tag_top
-        ],  # fmt: skip
-    }
+    )
+    if f.tag_key:
+        rows = rows.filter(tag_key=f.tag_key)
+    if f.account is not None:
+        rows = rows.filter(account_id=f.account)
+    for field, value in (("sub_account_id", f.sub_account), ("service_name", f.service), ("region_id", f.region)):
+        if value:
+            rows = rows.filter(**{field: value})
+    ranked = rows.values("tag_key", "tag_value").annotate(total=Sum("billed_cost")).order_by("-total")[:top]
+    return [
+        {
+            "key": f"{r['tag_key']}={r['tag_value']}",
+            "label": f"{r['tag_key']} = {r['tag_value']}",
+            "total": _money(r["total"]),
+        }
+        for r in ranked
+    ]
 
 
 # --- budgets ---------------------------------------------------------------------------------------------------
