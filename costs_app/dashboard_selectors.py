@@ -179,7 +179,6 @@ def spend_dashboard(user, f: SpendFilter, *, group_by: str, top: int) -> dict:
         "services": table(_ranked(per["services"], top), lambda key: key or "(no service)"),
         "accounts": table(ranked_accounts, lambda key: names.get(key, f"account {key}")),
         "regions": table(_ranked(per["regions"], top), lambda key: key or "(no region)"),
-        "tags": _top_tags(user, f, currency, top),
     }
     return {
         "currency": currency,
@@ -222,31 +221,38 @@ def _month_to_date(queryset: QuerySet, today: date) -> dict:
     }
 
 
-def _top_tags(user, f: SpendFilter, currency: str, top: int) -> list[dict]:
-    """The period's largest tag values (of the filtered key, else of every active key), the untagged "" rows left
-    out: they are each key's remainder, not a value."""
-    rows = (
-        tag_rollups_for(user)
-        .filter(day__range=(f.date_from, f.date_to), billing_currency=currency)
-        .exclude(tag_value="")
-    )
+def spend_top_tags(user, f: SpendFilter, *, top: int) -> dict:
+    """The period's largest tag values (the filtered one, else those of every active cost allocation tag) in the given
+    currency, else in the one with the most tagged spend; the untagged "" rows are left out (each key's remainder,
+    not a value). Apart from spend_dashboard: the tag rollups are the largest table, the chart need not wait."""
+    rows = tag_rollups_for(user).filter(day__range=(f.date_from, f.date_to)).exclude(tag_value="")
     # By key (the index leads with tag_key, then day): the filtered key, else the active cost allocation tags.
     active = CostAllocationTag.objects.filter(is_active=True).values_list("key", flat=True)
     rows = rows.filter(tag_key__in=[f.tag_key] if f.tag_key else list(active))
+    if f.tag_key:  # the spend of one tag value: that value's total
+        rows = rows.filter(tag_value=f.tag_value)
+    if f.currency:
+        rows = rows.filter(billing_currency=f.currency)
     if f.account is not None:
         rows = rows.filter(account_id=f.account)
     for field, value in (("sub_account_id", f.sub_account), ("service_name", f.service), ("region_id", f.region)):
         if value:
             rows = rows.filter(**{field: value})
-    ranked = rows.values("tag_key", "tag_value").annotate(total=Sum("billed_cost")).order_by("-total")[:top]
-    return [
-        {
-            "key": f"{r['tag_key']}={r['tag_value']}",
-            "label": f"{r['tag_key']} = {r['tag_value']}",
-            "total": _money(r["total"]),
-        }
-        for r in ranked
-    ]
+    groups = list(
+        rows.values_list("billing_currency", "tag_key", "tag_value").annotate(total=Sum("billed_cost")).order_by()
+    )
+    by_currency: dict[str, Decimal] = {}
+    for currency, _, _, total in groups:
+        by_currency[currency] = by_currency.get(currency, ZERO) + total
+    currency = f.currency or min(by_currency, key=lambda c: (-by_currency[c], c), default="USD")
+    ranked = sorted((g for g in groups if g[0] == currency), key=lambda g: (-g[3], g[1], g[2]))[:top]
+    return {
+        "currency": currency,
+        "tags": [
+            {"key": f"{key}={value}", "label": f"{key} = {value}", "total": _money(total)}
+            for _, key, value, total in ranked
+        ],
+    }
 
 
 # --- budgets ---------------------------------------------------------------------------------------------------

@@ -115,7 +115,6 @@ class TopOut(serializers.Serializer):
     services = RankedOut(many=True)
     accounts = RankedOut(many=True)
     regions = RankedOut(many=True)
-    tags = RankedOut(many=True)
 
 
 class PeriodTotalOut(serializers.Serializer):
@@ -141,6 +140,11 @@ class SpendOut(serializers.Serializer):
     total = _money()
     month_to_date = MonthToDateOut()
     top = TopOut()
+
+
+class TagsOut(serializers.Serializer):
+    currency = serializers.CharField()
+    tags = RankedOut(many=True, help_text="The largest tag values, key=value.")
 
 
 class ThresholdOut(serializers.Serializer):
@@ -260,6 +264,23 @@ class SpendDashboardView(_Dashboard):
             top=params.validated_data["top"],
         )
         return Response(SpendOut(data).data)
+
+
+@extend_schema(tags=["dashboards"])
+class SpendTagsView(_Dashboard):
+    permission = "costs_app.view_costtagrollup"
+
+    @extend_schema(
+        summary="The period's largest tag values",
+        description="From the tag rollups (the active cost allocation tags, or the key of `tag`), with the spend "
+        "filters; `currency` defaults to the one with the most tagged spend. `group_by` is ignored.",
+        parameters=[SpendQuery],
+        responses={200: TagsOut, 400: BAD_INPUT, 403: FORBIDDEN},
+    )
+    def get(self, request):
+        params = _valid(SpendQuery, request)
+        data = dashboards.spend_top_tags(request.user, params.spend_filter(), top=params.validated_data["top"])
+        return Response(TagsOut(data).data)
 
 
 @extend_schema(tags=["dashboards"])

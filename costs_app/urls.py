@@ -17,6 +17,7 @@ urlpatterns = router.urls
 # The dashboards' JSON (costs_app/dashboards_api.py): what the admin's charts draw.
 urlpatterns += [
     path("dashboards/spend/", dashboards_api.SpendDashboardView.as_view(), name="dashboards-api-spend"),
+    path("dashboards/spend/tags/", dashboards_api.SpendTagsView.as_view(), name="dashboards-api-spend-tags"),
     path("dashboards/budgets/", dashboards_api.BudgetsDashboardView.as_view(), name="dashboards-api-budgets"),
     path("dashboards/budgets/<int:pk>/burn/", dashboards_api.BudgetBurnView.as_view(), name="dashboards-api-burn"),
     path(

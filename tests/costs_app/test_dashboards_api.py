@@ -48,9 +48,11 @@ def test_spend_is_the_rollups_sum_stacked_by_the_top_services_with_the_rest_as_o
     # the other team's account (500 a day) is in no figure
     assert "other-team" not in answer.content.decode()
     assert [row["label"] for row in body["top"]["accounts"]] == ["prod-aws", "data-aws"]
-    assert len(body["top"]["tags"]) == 2  # top N everywhere
-    wider = viewer_client.get(SPEND, {**params, "top": 5}).json()
-    assert {row["key"] for row in wider["top"]["tags"]} == {"team=web", "team=api", "team=data"}
+    tags = viewer_client.get(f"{SPEND}tags/", params).json()
+    assert tags["currency"] == "USD" and len(tags["tags"]) == 2  # top N everywhere
+    wider = viewer_client.get(f"{SPEND}tags/", {**params, "top": 5}).json()
+    assert {row["key"] for row in wider["tags"]} == {"team=web", "team=api", "team=data"}
+    assert sum(Decimal(row["total"]) for row in wider["tags"]) < expected_total  # the untagged spend is left out
 
 
 def test_spend_filters_narrow_to_an_account_a_service_a_region_and_a_tag(viewer_client, world):
@@ -63,6 +65,9 @@ def test_spend_filters_narrow_to_an_account_a_service_a_region_and_a_tag(viewer_
     tagged = viewer_client.get(SPEND, {**base, "tag": "team=web"}).json()
     assert {s["key"] for s in tagged["series"]} == {EC2, "Amazon Simple Storage Service"}
     assert [row["label"] for row in tagged["top"]["regions"]] == ["us-east-1"]
+    assert [row["key"] for row in viewer_client.get(f"{SPEND}tags/", {**base, "tag": "team=web"}).json()["tags"]] == [
+        "team=web"
+    ]
 
 
 def test_month_to_date_compares_the_same_days_of_last_month(viewer_client, world):

@@ -160,6 +160,8 @@ def test_the_dashboards_draw_their_charts_and_act_with_the_users_rights(live_ser
     top_services = browser.find_elements(By.CSS_SELECTOR, "#top-services tr")
     assert len(top_services) >= 4 and top_services[-1].text.startswith("Total")
     assert "$" in browser.find_element(By.CSS_SELECTOR, "[data-field=total]").text
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#top-tags[data-loaded=true]"))
+    assert "team = " in browser.find_element(By.ID, "top-tags").text
     seen["spend"] = violations(browser)
     by_account = drawn(
         browser,

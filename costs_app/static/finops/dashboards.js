@@ -138,8 +138,15 @@
         },
         options: baseOptions(currency, { plugins: { legend: { display: false } } })
       });
-      ["services", "accounts", "regions", "tags"].forEach(function (name) {
+      ["services", "accounts", "regions"].forEach(function (name) {
         fillTable(container.querySelector("#top-" + name), data.top[name], currency);
+      });
+      // The tag values come from the largest table, in their own request: the chart does not wait for them.
+      var tagsUrl = new URL(container.getAttribute("data-tags-api"), window.location.href);
+      tagsUrl.searchParams.set("currency", currency);
+      return getJSON(tagsUrl.toString()).then(function (tags) {
+        fillTable(container.querySelector("#top-tags"), tags.tags, tags.currency);
+        container.querySelector("#top-tags").setAttribute("data-loaded", "true");
       });
     }).catch(function (e) { fail(container, e.message); });
   }
