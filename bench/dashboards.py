@@ -120,6 +120,8 @@ def main() -> None:
         ("api spend 400d service+region", "/api/v1/dashboards/spend/",
          {"date_from": d400, "service": "AWS Lambda", "region": "us-east-1"}),
         ("api spend 400d tag", "/api/v1/dashboards/spend/", {"date_from": d400, "tag": "team=web"}),
+        ("api spend tags 30d", "/api/v1/dashboards/spend/tags/", {}),
+        ("api spend tags 400d", "/api/v1/dashboards/spend/tags/", {"date_from": d400}),
         ("api budgets", "/api/v1/dashboards/budgets/", {}),
         ("api budget burn", f"/api/v1/dashboards/budgets/{budget.pk}/burn/", {}),
         ("api savings", "/api/v1/dashboards/savings/", {}),
