@@ -13,6 +13,7 @@ from tasks_app.metrics import metrics_view
 urlpatterns = [
     # The admin's sign-in form shares the token endpoint's attempt limits (finops/limits.py).
     path("admin/login/", throttled_login(admin.site.login)),
+    path("admin/dashboards/", include("costs_app.dashboards")),  # cost dashboards, admin views (before the admin)
     path("admin/", admin.site.urls),
     path("api/v1/", include("tasks_app.urls")),
     path("api/v1/", include("providers_app.urls")),
