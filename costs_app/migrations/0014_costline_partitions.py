@@ -12,7 +12,8 @@ on this machine (PostgreSQL 15, 2 cores; docs/partitioning.md): deleting 500,000
 month partition took 3.9 s (+ vacuum later), detaching and dropping its leaf 0.03 s; planning a pruned query over
 24 months x 40 accounts (960 leaves) costs 1.3 ms against 0.9 ms over 24 month partitions.
 
-Django keeps `id` as the model's primary key; PostgreSQL needs the partition keys in it: PRIMARY KEY (id,
+The (account_id, billing_period_start) index is dropped: a leaf holds one account's month, so partition pruning
+does its work, and each import would otherwise build it again. Django keeps `id` as the model's primary key; PostgreSQL needs the partition keys in it: PRIMARY KEY (id,
 billing_period_start, account_id). Ids still come from one sequence, so they stay unique. The schema is plain
 SQL here (state unchanged): no maintained library fits a two-level layout whose leaves are swapped by the
 import (django-postgres-extra manages one level and creates partitions ahead of time; pg_partman is an
@@ -81,7 +82,6 @@ SELECT setval('{LINES}_id_seq', greatest((SELECT max(id) FROM {OLD}),
                                          (SELECT last_value FROM {OLD}_id_seq), 1));
 ALTER TABLE {LINES} ALTER COLUMN id SET DEFAULT nextval('{LINES}_id_seq');
 ALTER TABLE {LINES} ADD CONSTRAINT {LINES}_pkey PRIMARY KEY (id, billing_period_start, account_id);
-CREATE INDEX costline_acct_period_idx ON {LINES} (account_id, billing_period_start);
 CREATE INDEX costline_acct_charge_idx ON {LINES} (account_id, charge_period_start);
 CREATE TABLE {LINES}_default PARTITION OF {LINES} DEFAULT;
 {LEAF_FUNCTION}
@@ -113,4 +113,11 @@ CREATE INDEX costline_acct_charge_idx ON {LINES} (account_id, charge_period_star
 class Migration(migrations.Migration):
     dependencies = [("costs_app", "0013_merge_teams_encrypted_fields")]
 
-    operations = [migrations.RunSQL(sql=FORWARD, reverse_sql=BACKWARD, state_operations=[])]
+    operations = [
+        migrations.RunSQL(
+            sql=FORWARD,
+            reverse_sql=BACKWARD,
+            # The (account, billing period) index goes: a leaf is one account's month, pruning finds it.
+            state_operations=[migrations.RemoveIndex(model_name="costlineitem", name="costline_acct_period_idx")],
+        )
+    ]

@@ -194,13 +194,26 @@ def leaf_drop_if_older(cursor, *, parent: str, leaf: str, cutoff: datetime) -> i
     newest = cursor.fetchone()[0]
     if newest is not None and newest >= cutoff:
         return None
-    # The audit's figure: the planner's count when the leaf was analysed (exact counting a month of 20 M lines
-    # would take longer than dropping it), else counted.
-    cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [leaf])
+    # Counted exactly for the audit entry (a parallel scan: about 0.1 s per million lines here).
+    cursor.execute(f"SELECT count(*) FROM {leaf}")  # noqa: S608
     rows = cursor.fetchone()[0]
-    if rows < 0:
-        cursor.execute(f"SELECT count(*) FROM {leaf}")  # noqa: S608
-        rows = cursor.fetchone()[0]
     cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {leaf}")
     cursor.execute(f"DROP TABLE {leaf}")
     return rows
+
+
+def month_drop_if_empty(cursor, *, parent: str) -> bool:
+    """Detach and drop a month's table once no account leaf is left in it and its DEFAULT holds nothing."""
+    cursor.execute(
+        """SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = %s::regclass AND c.relname <> %s""",
+        [parent, f"{parent}_default"],
+    )
+    if cursor.fetchone()[0]:
+        return False
+    cursor.execute(f"SELECT EXISTS (SELECT FROM {parent}_default)")  # noqa: S608
+    if cursor.fetchone()[0]:
+        return False
+    cursor.execute(f"ALTER TABLE {LINES} DETACH PARTITION {parent}")
+    cursor.execute(f"DROP TABLE {parent}")
+    return True
