@@ -263,6 +263,9 @@ class _Load:
         if self.writer is None:
             self._start_copy()
         self.writer.write(data)
+        self._in_copy()
+
+    def _in_copy(self) -> None:
         if not self.paused:
             self.paused = True
             pause_point("copy")
@@ -286,6 +289,7 @@ class _Load:
                 self.writer.write(chunk)
             self.spool.close()
             self.spool = None
+            self._in_copy()
 
     def _join_delete(self) -> None:
         if self.deleting is not None:
