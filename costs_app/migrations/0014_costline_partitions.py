@@ -8,9 +8,10 @@ costs_app_costlineitem
 
 Why per account too: an import loads one account's periods, so the unit it replaces must be (month, account).
 With months only, a reload of one account in a month shared with others is a row-by-row DELETE again. Measured
-on this machine (PostgreSQL 15, 2 cores; docs/partitioning.md): deleting 500,000 lines of one account from a
-month partition took 3.9 s (+ vacuum later), detaching and dropping its leaf 0.03 s; planning a pruned query over
-24 months x 40 accounts (960 leaves) costs 1.3 ms against 0.9 ms over 24 month partitions.
+on this machine (bench/partition_layout.py, PostgreSQL 15, 2 shared cores, 300,000 lines per account-month):
+replacing one account's month took 12.9 s in a month-only layout (DELETE + INSERT, indexes maintained) and
+7.2 s as a swapped (month, account) leaf; dropping it 0.76 s as a DELETE (plus the vacuum it leaves) and
+0.09 s as detach + drop; planning a pruned query among 24 months x 40 accounts of leaves stays under 0.1 ms.
 
 The (account_id, billing_period_start) index is dropped: a leaf holds one account's month, so partition pruning
 does its work, and each import would otherwise build it again. Django keeps `id` as the model's primary key; PostgreSQL needs the partition keys in it: PRIMARY KEY (id,

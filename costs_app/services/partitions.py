@@ -55,12 +55,13 @@ def leaf_table(month: datetime, account_id: int) -> str:
 
 
 def pause_point(name: str) -> None:
-    """A place the kill tests stop an import at: with FINOPS_INGEST_PAUSE_AT=<name>, touch the file
-    FINOPS_INGEST_PAUSE_FILE and wait there (60 s at most) for the test's SIGKILL. Unset, nothing happens."""
+    """A place the kill drills stop an import at: with FINOPS_INGEST_PAUSE_AT=<name>, write this process's id to
+    the file FINOPS_INGEST_PAUSE_FILE and wait there FINOPS_INGEST_PAUSE_SECONDS (60) for the drill's SIGKILL or
+    SIGSTOP. Unset, nothing happens."""
     if os.environ.get(PAUSE_AT) != name:
         return
     Path(os.environ["FINOPS_INGEST_PAUSE_FILE"]).write_text(str(os.getpid()))
-    time.sleep(60)
+    time.sleep(float(os.environ.get("FINOPS_INGEST_PAUSE_SECONDS", "60")))
 
 
 class Stage:

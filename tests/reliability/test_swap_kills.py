@@ -7,9 +7,14 @@ detaching the old leaf and attaching the new one; the whole worker (its process 
 Shown, for each point: right after the kill the month is the old load, whole (row count and BilledCost sum of
 the old file) and no staging table is left; once a worker without the pause runs again and the reconciler has
 handed it the lost run, the month is the new load, whole; a reader never sees anything else in between.
+
+And a fenced run does not swap: the executing process frozen (SIGSTOP) before its swap until the reconciler
+has handed its run to another worker, then resumed, stops at its next statement and rolls back.
 """
 
+import os
 import shutil
+import signal
 import time
 
 import psycopg
@@ -91,12 +96,41 @@ def test_a_month_is_all_old_or_all_new_whenever_the_loading_worker_is_killed(sta
             assert all(s in (expected[current], expected[new]) for s in seen), point
             assert staging_tables(url) == [], point
             current = new
+
+        # when: the executing process is frozen before its swap, its run handed over meanwhile, then resumed
+        new = 1 - current
+        shutil.copy(files[new], export)
+        paused = tmp_path / "paused-fenced"
+        frozen = stack.worker(
+            concurrency=1,
+            FINOPS_INGEST_PAUSE_AT="index",
+            FINOPS_INGEST_PAUSE_FILE=str(paused),
+            FINOPS_INGEST_PAUSE_SECONDS="1",
+        )
+        [run] = driver("enqueue", task="sync_provider_cost_data", kwargs={"account_id": account})
+        _wait_for(paused.exists, 90, "the load to reach its index build")
+        child = int(paused.read_text())
+        os.kill(child, signal.SIGSTOP)
+        healthy = stack.worker(concurrency=1)
+        _wait_for(lambda: _run(driver, run)["redeliveries"] >= 1, 90, "the reconciler to hand the run over")
+        os.kill(child, signal.SIGCONT)
+        _wait_state(driver, run, "SUCCESS")
+        # then: the frozen execution was fenced and rolled back; the run's new owner swapped the month in, once
+        _wait_for(lambda: "records nothing" in frozen.log, 30, "the frozen execution to be fenced")
+        assert month_figures(url, account) == expected[new]
+        assert staging_tables(url) == []
+        healthy.stop()
+        frozen.stop()
     finally:
         driver.close()
 
 
+def _run(driver, run: str) -> dict:
+    return next(r for r in driver("runs") if r["celery_task_id"] == run)
+
+
 def _state(driver, run: str) -> str:
-    return next(r for r in driver("runs") if r["celery_task_id"] == run)["state"]
+    return _run(driver, run)["state"]
 
 
 def _wait_state(driver, run: str, state: str, timeout: float = 120) -> None:
