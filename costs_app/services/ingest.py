@@ -173,7 +173,7 @@ def cost_period_replace(
             raise RuntimeError(
                 f"rows read {result.rows_read} != loaded {result.rows_loaded} + skipped {result.rows_skipped}"
             )
-        if sums.periods:
+        if stage.prepared:
             # Months the first batch did not show (a file of several months) get their leaves and counts now.
             stage.finish_copy(cursor, {_utc(p) for p in sums.periods})
             stage.build_indexes(cursor)

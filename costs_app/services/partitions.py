@@ -72,12 +72,14 @@ class Stage:
         self.name = f"{LINES}_s{self.account_id}_{secrets.token_hex(4)}"
         self.leaves: dict[datetime, str] = {}  # month -> staging leaf
         self.periods: set[datetime] = set()  # billing_period_start values loaded
-        self.old_days: Counter = Counter()  # replaced lines per day (UTC)
-        self.counted: set[datetime] = set()  # months whose replaced lines are counted
+        # month -> the account's stored lines of that month: (day (UTC), billing_period_start) -> count
+        self.stored: dict[datetime, Counter] = {}
+        self.prepared = False
 
     # -- before the COPY (in the ingest's helper thread, on its own cursor of the import's connection) --
 
     def prepare(self, raw_cursor, periods: set[datetime]) -> None:
+        self.prepared = True
         raw_cursor.execute(
             f"CREATE TABLE {self.name} (LIKE {LINES} INCLUDING DEFAULTS) PARTITION BY RANGE (billing_period_start)"
         )
@@ -88,7 +90,8 @@ class Stage:
                 f"ALTER TABLE {self.name} ATTACH PARTITION {self.leaves[month]} FOR VALUES FROM (%s) TO (%s)",
                 [month, next_month(month)],
             )
-        self._count_old(raw_cursor, periods)
+        self.periods |= set(periods)
+        self._count_stored(raw_cursor, {month_of(p) for p in periods})
 
     @property
     def copy_target(self) -> str:
@@ -105,18 +108,26 @@ class Stage:
         )
         return leaf
 
-    def _count_old(self, cursor, periods: set[datetime]) -> None:
-        """Count, per day, the account's stored lines of `periods` (those the swap replaces)."""
-        self.periods |= set(periods)
-        if not periods:
-            return
-        self.counted |= {month_of(p) for p in periods}
-        cursor.execute(
-            f"""SELECT (charge_period_start AT TIME ZONE 'UTC')::date, count(*) FROM {LINES}
-                WHERE account_id = %s AND billing_period_start = ANY(%s) GROUP BY 1""",  # noqa: S608
-            [self.account_id, sorted(periods)],
-        )
-        self.old_days.update(dict(cursor.fetchall()))
+    def _count_stored(self, cursor, months: set[datetime]) -> None:
+        """Count the account's stored lines of `months` per day and billing period (one pass over each leaf)."""
+        for month in sorted(months - set(self.stored)):
+            cursor.execute(
+                f"""SELECT (charge_period_start AT TIME ZONE 'UTC')::date, billing_period_start, count(*) FROM {LINES}
+                    WHERE account_id = %s AND billing_period_start >= %s AND billing_period_start < %s
+                    GROUP BY 1, 2""",  # noqa: S608
+                [self.account_id, month, next_month(month)],
+            )
+            self.stored[month] = Counter({(day, period): n for day, period, n in cursor.fetchall()})
+
+    @property
+    def old_days(self) -> Counter:
+        """The lines the swap replaces (the account's stored lines of the billing periods loaded), per day."""
+        days: Counter = Counter()
+        for counts in self.stored.values():
+            for (day, period), n in counts.items():
+                if period in self.periods:
+                    days[day] += n
+        return days
 
     # -- after the COPY --
 
@@ -131,10 +142,13 @@ class Stage:
                 "WHERE billing_period_start >= %s AND billing_period_start < %s",
                 [month, next_month(month)],
             )
-        self._count_old(cursor, set(periods) - self.periods)
+        self.periods |= set(periods)
+        self._count_stored(cursor, set(self.leaves))
         for month, leaf in self.leaves.items():
             # Rare (two billing periods starting in one month): the swap replaces the whole month of the
             # account, so lines of a billing period this import does not hold move to the new leaf.
+            if all(period in self.periods for _day, period in self.stored[month]):
+                continue
             cursor.execute(
                 f"""INSERT INTO {leaf} SELECT * FROM {LINES} WHERE account_id = %s AND billing_period_start >= %s
                     AND billing_period_start < %s AND billing_period_start <> ALL(%s)""",  # noqa: S608

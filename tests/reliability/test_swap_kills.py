@@ -45,14 +45,16 @@ def staging_tables(url: str) -> list[str]:
         return [row[0] for row in rows.fetchall()]
 
 
-def test_a_month_is_all_old_or_all_new_whenever_the_loading_worker_is_killed(stack, focus_files, tmp_path):
+@pytest.fixture
+def drill(stack, focus_files, tmp_path):
+    """The stack with a beat (the reconciler), and an account holding the first of two files' month."""
     url = stack.postgres.database_url(stack.db_name)
     files = [focus_files(ROWS, 41), focus_files(ROWS, 42)]
     export = tmp_path / "export.csv.gz"
     stack.beat()  # the reconciler hands lost runs to live workers
     driver = Driver(stack.env(), stack.log_dir)
     try:
-        # given: what each file loads, measured on accounts of their own
+        # what each file loads, measured on accounts of their own
         expected = []
         worker = stack.worker(concurrency=1)
         for i, path in enumerate(files):
@@ -66,63 +68,71 @@ def test_a_month_is_all_old_or_all_new_whenever_the_loading_worker_is_killed(sta
         [run] = driver("enqueue", task="sync_provider_cost_data", kwargs={"account_id": account})
         _wait_state(driver, run, "SUCCESS")
         worker.stop()
-        current = 0
-        assert month_figures(url, account) == expected[current]
-
-        for point in ("copy", "index", "swap"):
-            # when: the other file is loaded by a worker that stops at `point`, and is killed there
-            new = 1 - current
-            shutil.copy(files[new], export)
-            paused = tmp_path / f"paused-{point}"
-            doomed = stack.worker(concurrency=1, FINOPS_INGEST_PAUSE_AT=point, FINOPS_INGEST_PAUSE_FILE=str(paused))
-            [run] = driver("enqueue", task="sync_provider_cost_data", kwargs={"account_id": account})
-            _wait_for(paused.exists, 90, f"the load to reach {point}")
-            doomed.kill()
-            # then: the old month, whole, and nothing staged left behind
-            assert month_figures(url, account) == expected[current], point
-            assert staging_tables(url) == [], point
-
-            # when: a healthy worker takes the lost run over
-            healthy = stack.worker(concurrency=1)
-            seen = []
-            deadline = time.monotonic() + 120
-            while _state(driver, run) != "SUCCESS":
-                assert time.monotonic() < deadline, f"the run killed at {point} was not re-run"
-                seen.append(month_figures(url, account))
-                time.sleep(0.5)
-            healthy.stop()
-            # then: the new month, whole; readers saw only the old one or the new one
-            assert month_figures(url, account) == expected[new], point
-            assert all(s in (expected[current], expected[new]) for s in seen), point
-            assert staging_tables(url) == [], point
-            current = new
-
-        # when: the executing process is frozen before its swap, its run handed over meanwhile, then resumed
-        new = 1 - current
-        shutil.copy(files[new], export)
-        paused = tmp_path / "paused-fenced"
-        frozen = stack.worker(
-            concurrency=1,
-            FINOPS_INGEST_PAUSE_AT="index",
-            FINOPS_INGEST_PAUSE_FILE=str(paused),
-            FINOPS_INGEST_PAUSE_SECONDS="1",
-        )
-        [run] = driver("enqueue", task="sync_provider_cost_data", kwargs={"account_id": account})
-        _wait_for(paused.exists, 90, "the load to reach its index build")
-        child = int(paused.read_text())
-        os.kill(child, signal.SIGSTOP)
-        healthy = stack.worker(concurrency=1)
-        _wait_for(lambda: _run(driver, run)["redeliveries"] >= 1, 90, "the reconciler to hand the run over")
-        os.kill(child, signal.SIGCONT)
-        _wait_state(driver, run, "SUCCESS")
-        # then: the frozen execution was fenced and rolled back; the run's new owner swapped the month in, once
-        _wait_for(lambda: "records nothing" in frozen.log, 30, "the frozen execution to be fenced")
-        assert month_figures(url, account) == expected[new]
-        assert staging_tables(url) == []
-        healthy.stop()
-        frozen.stop()
+        assert month_figures(url, account) == expected[0]
+        yield {"url": url, "files": files, "export": export, "driver": driver, "account": account, "expected": expected}
     finally:
         driver.close()
+
+
+def test_a_month_is_all_old_or_all_new_whenever_the_loading_worker_is_killed(drill, stack, tmp_path):
+    url, files, export, driver = drill["url"], drill["files"], drill["export"], drill["driver"]
+    account, expected = drill["account"], drill["expected"]
+    current = 0
+    for point in ("copy", "index", "swap"):
+        # when: the other file is loaded by a worker that stops at `point`, and is killed there
+        new = 1 - current
+        shutil.copy(files[new], export)
+        paused = tmp_path / f"paused-{point}"
+        doomed = stack.worker(concurrency=1, FINOPS_INGEST_PAUSE_AT=point, FINOPS_INGEST_PAUSE_FILE=str(paused))
+        [run] = driver("enqueue", task="sync_provider_cost_data", kwargs={"account_id": account})
+        _wait_for(paused.exists, 90, f"the load to reach {point}")
+        doomed.kill()
+        # then: the old month, whole, and nothing staged left behind
+        assert month_figures(url, account) == expected[current], point
+        assert staging_tables(url) == [], point
+
+        # when: a healthy worker takes the lost run over
+        healthy = stack.worker(concurrency=1)
+        seen = []
+        deadline = time.monotonic() + 120
+        while _state(driver, run) != "SUCCESS":
+            assert time.monotonic() < deadline, f"the run killed at {point} was not re-run"
+            seen.append(month_figures(url, account))
+            time.sleep(0.5)
+        healthy.stop()
+        # then: the new month, whole; readers saw only the old one or the new one
+        assert month_figures(url, account) == expected[new], point
+        assert all(s in (expected[current], expected[new]) for s in seen), point
+        assert staging_tables(url) == [], point
+        current = new
+
+
+def test_a_fenced_run_does_not_swap(drill, stack, tmp_path):
+    url, files, export, driver = drill["url"], drill["files"], drill["export"], drill["driver"]
+    account, expected = drill["account"], drill["expected"]
+    # when: the executing process is frozen before its swap, its run handed over meanwhile, then resumed
+    shutil.copy(files[1], export)
+    paused = tmp_path / "paused-fenced"
+    frozen = stack.worker(
+        concurrency=1,
+        FINOPS_INGEST_PAUSE_AT="index",
+        FINOPS_INGEST_PAUSE_FILE=str(paused),
+        FINOPS_INGEST_PAUSE_SECONDS="1",
+    )
+    [run] = driver("enqueue", task="sync_provider_cost_data", kwargs={"account_id": account})
+    _wait_for(paused.exists, 90, "the load to reach its index build")
+    child = int(paused.read_text())
+    os.kill(child, signal.SIGSTOP)
+    healthy = stack.worker(concurrency=1)
+    _wait_for(lambda: _run(driver, run)["redeliveries"] >= 1, 90, "the reconciler to hand the run over")
+    os.kill(child, signal.SIGCONT)
+    _wait_state(driver, run, "SUCCESS")
+    # then: the frozen execution was fenced and rolled back; the run's new owner swapped the month in, once
+    _wait_for(lambda: "records nothing" in frozen.log, 30, "the frozen execution to be fenced")
+    assert month_figures(url, account) == expected[1]
+    assert staging_tables(url) == []
+    healthy.stop()
+    frozen.stop()
 
 
 def _run(driver, run: str) -> dict:
