@@ -33,7 +33,7 @@ from providers_app.models import Resource
 from tasks_app.models import DeadLetter, RetentionDataClass, RetentionPolicy, RunState, TaskRun, TriggerKind
 from tasks_app.services.retention import old_data_cleanup
 from tasks_app.services.runs import task_enqueue
-from tests.costs_app.focus_lines import daily, load
+from tests.costs_app.focus_lines import daily, line, load
 from tests.factories import BudgetFactory, CloudAccountFactory, CostLineItemFactory, ResourceFactory
 
 pytestmark = pytest.mark.django_db
@@ -443,3 +443,33 @@ def test_cleanup_task_dry_run_then_real_run_through_a_worker(tmp_path):
     }
     assert set(Recommendation.objects.values_list("provider_resource_id", flat=True)) == {"r3", "r4", "r5", "r6"}
     assert RetentionPolicy.objects.get(data_class="task_runs").last_deleted_rows == 3
+
+
+def test_a_month_wholly_past_is_dropped_and_a_month_cut_by_the_cutoff_takes_the_batched_path(tmp_path):
+    # given: an account's May (all past the cutoff of 2024-06-01 01:00) and June, cut by it: its first hour's
+    # line is past, the next day's is not
+    account = CloudAccountFactory()
+    june_first = datetime(2024, 6, 1, tzinfo=UTC)
+    load(
+        account,
+        [
+            *daily("i-may", [date(2024, 5, 30), date(2024, 5, 31)], "1"),
+            line(start=june_first, hours=1, cost="2", resource_id="i-june"),
+            line(start=june_first + timedelta(days=1), cost="3", resource_id="i-june"),
+        ],
+        tmp_path,
+    )
+    # when
+    result = old_data_cleanup(now=NOW, classes=["cost_lines"]).as_dict()
+    # then: May went as a whole partition, June's old hour row by row, the rest of June stays in its leaf
+    outcome = result["classes"]["cost_lines"]
+    assert (outcome["partitions_dropped"], outcome["rows"], outcome["batches"]) == (1, 3, 1)
+    assert list(CostLineItem.objects.values_list("charge_period_start", "billed_cost")) == [
+        (june_first + timedelta(days=1), Decimal("3"))
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT to_regclass(%s), to_regclass(%s)",
+            [f"costs_app_costlineitem_p202405_a{account.pk}", f"costs_app_costlineitem_p202406_a{account.pk}"],
+        )
+        assert cursor.fetchone() == (None, f"costs_app_costlineitem_p202406_a{account.pk}")
