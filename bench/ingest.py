@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DATABASE = "finops_bench_ingest"
+DATABASE = os.environ.get("BENCH_INGEST_DATABASE", "finops_bench_ingest")  # one per session sharing a server
 CACHE = ROOT / ".data" / "bench"
 COPY_CHUNK = 1 << 20
 

@@ -46,13 +46,12 @@ class CostLineItem(models.Model):
     source_row = models.IntegerField(null=True, blank=True)
 
     class Meta:
-        # Every index is paid for on each of millions of rows a load writes; these two serve the period replace,
-        # exports, retention and every charge-window query. Lines are found by resource through a charge window
-        # (optimisation, anomaly root causes) or from the Resource inventory, never by resource id alone.
-        indexes = [
-            models.Index(fields=["account", "billing_period_start"], name="costline_acct_period_idx"),
-            models.Index(fields=["account", "charge_period_start"], name="costline_acct_charge_idx"),
-        ]
+        # Every index is paid for on each of millions of rows a load writes. The table is partitioned by billing
+        # month and account (migration 0014, services/partitions.py), so a filter on account and billing period
+        # picks whole partitions and needs no index; this one serves retention and every charge-window query.
+        # Lines are found by resource through a charge window (optimisation, anomaly root causes) or from the
+        # Resource inventory, never by resource id alone.
+        indexes = [models.Index(fields=["account", "charge_period_start"], name="costline_acct_charge_idx")]
 
     def __str__(self) -> str:
         return f"{self.service_name} {self.billed_cost} {self.billing_currency}"

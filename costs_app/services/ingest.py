@@ -1,13 +1,17 @@
-"""Cost ingestion: a connector's FOCUS 1.2 batches into CostLineItem by COPY, each billing period replaced atomically.
+"""Cost ingestion: a connector's FOCUS 1.2 batches into CostLineItem by COPY, each billing month swapped atomically.
 
 One transaction per import, holding the account row locked (imports of one account are serialised):
 
-1. The first batch tells which billing periods the import holds; a thread deletes the account's older rows of
-   those periods (counting them per day) while reading goes on, its output spooled to a temporary file.
-2. The rows are streamed in with COPY, fed from a writer thread through a short queue: PostgreSQL parses and
-   indexes one batch while this thread reads, checks and maps the next (`_Load`, `CopyWriter`).
+1. The first batch tells which billing periods the import holds; a thread makes the staging tables for their
+   months and counts the account's stored lines of those periods per day (`partitions.Stage`) while reading
+   goes on, its output spooled to a temporary file.
+2. The rows are streamed in with COPY into the staging tables (no index yet), fed from a writer thread through a
+   short queue: PostgreSQL parses one batch while this thread reads, checks and maps the next (`_Load`,
+   `CopyWriter`). Each staging leaf then gets its indexes, built once after the COPY.
 3. The daily and tag rollups are summed from the batches on the way (`rollups.NewRollups`); each touched day
    gets those sums, or is summed in SQL when it also holds lines of other billing periods (`_roll_up`).
+4. Last, each month's old leaf (the account's lines of that month) is detached and dropped and the staging
+   leaf attached in its place: no row is deleted one by one, and readers see the old month or the new one.
 
 A source that breaks a FOCUS rule it cannot map raises PermanentError with the report; a value PostgreSQL
 refuses inside the COPY raises one naming the file, row and column. Either way the rollback leaves the
@@ -27,6 +31,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC
 from decimal import Decimal
 
 import numpy as np
@@ -40,6 +45,7 @@ from psycopg.copy import LibpqWriter
 from psycopg.generators import copy_to
 
 from costs_app.models import CostAllocationTag, CostDailyRollup, CostLineItem, CostTagRollup
+from costs_app.services.partitions import Stage, pause_point
 from costs_app.services.rollups import DAILY_COLUMNS, TAG_COLUMNS, NewRollups
 from finops.errors import PermanentError
 from providers_app import focus_schema as focus
@@ -52,7 +58,7 @@ ROLLUPS = CostDailyRollup._meta.db_table
 TAG_ROLLUPS = CostTagRollup._meta.db_table
 COPY_COLUMNS = ["account_id", "source_file", "source_row", *(c.field for c in focus.COLUMNS)]
 FOCUS_NAMES = {c.field: c.name for c in focus.COLUMNS}
-COPY_SQL = f"COPY {LINES} ({', '.join(COPY_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"  # noqa: S608
+COPY_SQL = "COPY {table} (" + ", ".join(COPY_COLUMNS) + ") FROM STDIN WITH (FORMAT csv)"
 CSV_OPTIONS = pcsv.WriteOptions(include_header=False, quoting_style="needed")
 NAIVE_TS = pa.timestamp("us")
 COPY_CHUNK = 128 * 1024  # psycopg's own largest single write
@@ -73,7 +79,7 @@ class IngestResult:
     rows_loaded: int = 0
     # Rows outside a requested billing period: read and counted, deliberately not loaded.
     rows_skipped: int = 0
-    rows_replaced: int = 0  # older rows of the same account and periods, deleted
+    rows_replaced: int = 0  # older rows of the same account and periods, replaced
     periods: dict[str, int] = field(default_factory=dict)
     billed_cost: dict[str, Decimal] = field(default_factory=dict)  # currency -> sum over the loaded periods
     rollup_days: int = 0
@@ -141,12 +147,10 @@ def cost_period_replace(
     tag_keys = active_tag_keys()
     sums = NewRollups(with_tags=bool(tag_keys))
     with connection.cursor() as cursor:
-        # Every row this import writes gets a larger id than any row already there for the account.
-        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", [LINES])
-        boundary = cursor.fetchone()[0]
         cursor.execute("SET LOCAL TIME ZONE 'UTC'")  # the COPY's date-times are UTC without a zone
         lines = CopyLines()
-        load = _Load(cursor.cursor, account.pk, boundary)
+        stage = Stage(account.pk)
+        load = _Load(cursor.cursor, stage)
         try:
             with load:
                 for batch in source.batches(billing_period=billing_period):
@@ -169,15 +173,21 @@ def cost_period_replace(
             raise RuntimeError(
                 f"rows read {result.rows_read} != loaded {result.rows_loaded} + skipped {result.rows_skipped}"
             )
-        # Periods the first batch did not show (a file of several months) lose their old rows now.
-        load.old_days.update(_delete_old(cursor.cursor, account.pk, boundary, sums.periods - load.deleted_periods))
-        result.rows_replaced = sum(load.old_days.values())
-        result.rollup_days = _roll_up(cursor, account.pk, load.old_days, sums, tag_keys)
+        if stage.prepared:
+            # Months the first batch did not show (a file of several months) get their leaves and counts now.
+            stage.finish_copy(cursor, {_utc(p) for p in sums.periods})
+            stage.build_indexes(cursor)
+        result.rows_replaced = sum(stage.old_days.values())
+        mixed = _roll_up(cursor, account.pk, stage.old_days, sums, tag_keys)
         result.billed_cost = sums.billed_by_currency()
-    _export_states_record(account, source.fingerprints, result.periods)
-    result.report = source.report.as_dict()
-    result.warnings = list(source.report.warnings)
-    CloudAccount.objects.filter(pk=account.pk).update(last_synced_at=timezone.now())
+        _export_states_record(account, source.fingerprints, result.periods)
+        result.report = source.report.as_dict()
+        result.warnings = list(source.report.warnings)
+        CloudAccount.objects.filter(pk=account.pk).update(last_synced_at=timezone.now())
+        if sums.periods:
+            stage.swap(cursor)  # last: its locks are held only until the commit
+            _roll_up_mixed(cursor, account.pk, mixed, tag_keys)  # these days read the lines just swapped in
+        result.rollup_days = len(set(stage.old_days) | sums.days) if sums.periods else 0
     result.duration_ms = int((time.monotonic() - started) * 1000)
     return result
 
@@ -213,21 +223,24 @@ class CopyLines:
         return f"{where}: PostgreSQL refused the value ({problem})"
 
 
-class _Load:
-    """The COPY of one import, with the delete of the rows it replaces run beside it.
+def _utc(value):
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
-    The first batch tells which billing periods the import holds. Their old rows are deleted at once, in a
-    thread, while this thread goes on reading and checking; what it produces meanwhile waits in a temporary
-    file (not in memory). When the delete is done the COPY starts, the spooled data first. Only one thread
-    uses the connection at a time: the COPY starts after the delete's thread is joined.
+
+class _Load:
+    """The COPY of one import into its staging tables, made (and the lines replaced counted) beside the reading.
+
+    The first batch tells which billing periods the import holds. Their staging tables are made and the old
+    lines counted at once, in a thread, while this thread goes on reading and checking; what it produces
+    meanwhile waits in a temporary file (not in memory). Then the COPY starts, the spooled data first. Only one
+    thread uses the connection at a time: the COPY starts after the helper thread is joined.
     """
 
     SPOOL_READ = 4 << 20
 
-    def __init__(self, raw_cursor, account_id: int, boundary: int):
-        self.raw, self.account_id, self.boundary = raw_cursor, account_id, boundary
-        self.old_days: Counter = Counter()
-        self.deleted_periods: set = set()
+    def __init__(self, raw_cursor, stage: Stage):
+        self.raw, self.stage = raw_cursor, stage
+        self.paused = False
         self.deleting: threading.Thread | None = None
         self.delete_error: BaseException | None = None
         self.spool = None
@@ -239,8 +252,8 @@ class _Load:
 
     def write(self, batch: CostBatch, data) -> None:
         if self.writer is None and self.deleting is None:
-            self.deleted_periods = set(pc.unique(batch.table["BillingPeriodStart"]).drop_null().to_pylist())
-            self.deleting = threading.Thread(target=self._delete, name="ingest-delete", daemon=True)
+            periods = {_utc(p) for p in pc.unique(batch.table["BillingPeriodStart"]).drop_null().to_pylist()}
+            self.deleting = threading.Thread(target=self._prepare, args=(periods,), name="ingest-stage", daemon=True)
             self.deleting.start()
         if self.writer is None and self.deleting.is_alive():
             if self.spool is None:
@@ -250,18 +263,25 @@ class _Load:
         if self.writer is None:
             self._start_copy()
         self.writer.write(data)
+        self._in_copy()
 
-    def _delete(self) -> None:
+    def _in_copy(self) -> None:
+        if not self.paused:
+            self.paused = True
+            pause_point("copy")
+
+    def _prepare(self, periods: set) -> None:
         try:
             # A cursor of its own on the same connection; the producing thread does not touch it meanwhile.
             with self.raw.connection.cursor() as cursor:
-                self.old_days = _delete_old(cursor, self.account_id, self.boundary, self.deleted_periods)
+                self.stage.prepare(cursor, periods)
         except BaseException as exc:  # noqa: BLE001 - raised in the producing thread
             self.delete_error = exc
 
     def _start_copy(self) -> None:
         self._join_delete()
-        copy = self.stack.enter_context(self.raw.copy(COPY_SQL, writer=FlushingWriter(self.raw)))
+        copy_sql = COPY_SQL.format(table=self.stage.copy_target)
+        copy = self.stack.enter_context(self.raw.copy(copy_sql, writer=FlushingWriter(self.raw)))
         self.writer = self.stack.enter_context(CopyWriter(copy))
         if self.spool is not None:
             self.spool.seek(0)
@@ -269,6 +289,7 @@ class _Load:
                 self.writer.write(chunk)
             self.spool.close()
             self.spool = None
+            self._in_copy()
 
     def _join_delete(self) -> None:
         if self.deleting is not None:
@@ -354,32 +375,16 @@ def _export_states_record(account: CloudAccount, fingerprints: dict[str, str], p
         )
 
 
-def _delete_old(raw_cursor, account_id: int, boundary: int, periods) -> Counter:
-    """Delete the account's rows of `periods` loaded before this import; their count per day (UTC)."""
-    if not periods:
-        return Counter()
-    raw_cursor.execute(
-        f"""
-        WITH gone AS (
-            DELETE FROM {LINES} WHERE account_id = %s AND id <= %s AND billing_period_start = ANY(%s)
-            RETURNING charge_period_start
-        )
-        SELECT (charge_period_start AT TIME ZONE 'UTC')::date, count(*) FROM gone GROUP BY 1
-        """,  # noqa: S608
-        [account_id, boundary, sorted(periods)],
-    )
-    return Counter(dict(raw_cursor.fetchall()))
+def _roll_up(cursor, account_id: int, old_days: Counter, sums: NewRollups, tag_keys: list[str]) -> list:
+    """Rebuild the rollups of every day touched, old rows' days and new rows' alike; returns the mixed days.
 
-
-def _roll_up(cursor, account_id: int, old_days: Counter, sums: NewRollups, tag_keys: list[str]) -> int:
-    """Rebuild the rollups of every day touched, old rows' days and new rows' alike; returns how many days.
-
-    A day whose lines all belonged to the replaced periods (its rollups count exactly the old rows deleted from
+    A day whose lines all belonged to the replaced periods (its rollups count exactly the old rows replaced on
     it) gets the sums `sums` took on the way in. A day that also holds lines of other billing periods, or whose
-    rollups no longer match its lines (retention keeps rollups longer than lines), is summed again in SQL.
+    rollups no longer match its lines (retention keeps rollups longer than lines), is "mixed": its rollups are
+    deleted here and summed again in SQL by `_roll_up_mixed`, once the new lines are swapped in.
     """
     if not sums.periods:
-        return 0
+        return []
     # Days of the old and the new rows alike: a day the new data no longer has must lose its rollup too.
     days = sorted(set(old_days) | sums.days)
     cursor.execute(
@@ -391,17 +396,19 @@ def _roll_up(cursor, account_id: int, old_days: Counter, sums: NewRollups, tag_k
     pure = set(days) - set(mixed)
     cursor.execute(f"DELETE FROM {ROLLUPS} WHERE account_id = %s AND day = ANY(%s)", [account_id, days])  # noqa: S608
     _copy_in(cursor, ROLLUPS, DAILY_COLUMNS, sums.daily_csv(account_id, pure))
-    if mixed:
-        _roll_up_days(cursor, account_id, mixed)
     if tag_keys:
         cursor.execute(
             f"DELETE FROM {TAG_ROLLUPS} WHERE account_id = %s AND tag_key = ANY(%s) AND day = ANY(%s)",  # noqa: S608
             [account_id, tag_keys, days],
         )
         _copy_in(cursor, TAG_ROLLUPS, TAG_COLUMNS, sums.tag_csv(account_id, pure, _tag_values(cursor, sums, tag_keys)))
-        if mixed:
-            _roll_up_tags(cursor, account_id, mixed, tag_keys, delete=False)
-    return len(days)
+    return mixed
+
+
+def _roll_up_mixed(cursor, account_id: int, mixed: list, tag_keys: list[str]) -> None:
+    if mixed:
+        _roll_up_days(cursor, account_id, mixed)
+        _roll_up_tags(cursor, account_id, mixed, tag_keys, delete=False)
 
 
 def _tag_values(cursor, sums: NewRollups, keys: list[str]) -> dict[str, dict[str, str | None]]:

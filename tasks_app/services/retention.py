@@ -18,6 +18,11 @@ is aged by:
                           provider id, the link is cleared)
 - resolved_anomalies      resolved and false-positive Anomalies, by their last update
 
+Cost lines are partitioned by billing month and account (costs_app.services.partitions): an account's month
+whose lines are all past the cutoff is detached and dropped whole, in its own short transaction under the same
+lock_timeout, instead of deleted row by row; a month only partly past it (a cut mid-month) takes the batched
+path below. The outcome's `partitions_dropped` counts those months; their rows count in `rows`.
+
 A disabled policy keeps its class forever. Each batch of RETENTION_BATCH_SIZE rows is its own short
 transaction — `DELETE ... WHERE id IN (SELECT id ... LIMIT n FOR UPDATE SKIP LOCKED)` — with a
 lock_timeout of RETENTION_LOCK_TIMEOUT, so the cleanup never holds long locks nor queues behind writers,
@@ -48,6 +53,7 @@ from costs_app.models import (
     Recommendation,
     RecommendationStatus,
 )
+from costs_app.services import partitions
 from finops.errors import PermanentError, TransientError
 from providers_app.models import CloudAccount, Resource
 
@@ -120,6 +126,7 @@ class ClassOutcome:
     oldest: datetime | None = None  # dry run: the oldest row that would go
     tables: dict[str, int] = field(default_factory=dict)
     finished: bool = True
+    partitions_dropped: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -131,6 +138,7 @@ class ClassOutcome:
             "oldest": self.oldest.isoformat() if self.oldest else None,
             "tables": dict(self.tables),
             "finished": self.finished,
+            "partitions_dropped": self.partitions_dropped,
         }
 
 
@@ -228,6 +236,36 @@ def _delete_batch(target: Target, select_sql: str, params: tuple, batch_size: in
         raise
 
 
+def _drop_whole_months(outcome: ClassOutcome, target: Target, cutoff: datetime, deadline: float) -> None:
+    """Drop each account's month of cost lines that is wholly past `cutoff`, one short transaction per month."""
+    with connection.cursor() as cursor:
+        candidates = partitions.leaves_before(cursor, cutoff)
+    months = sorted({parent for parent, _leaf, _month in candidates})
+    steps = [(parent, leaf) for parent, leaf, _month in candidates] + [(parent, None) for parent in months]
+    for parent, leaf in steps:
+        if time.monotonic() > deadline:
+            return  # the batched loop that follows stops at once and says so
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                timeout_ms = int(settings.RETENTION_LOCK_TIMEOUT * 1000)
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{timeout_ms}ms"])
+                if leaf is None:  # the month's table itself, once every account's leaf in it is gone
+                    partitions.month_drop_if_empty(cursor, parent=parent)
+                    continue
+                rows = partitions.leaf_drop_if_older(cursor, parent=parent, leaf=leaf, cutoff=cutoff)
+        except OperationalError as exc:
+            if "lock timeout" not in str(exc):
+                raise
+            # Someone holds rows of it (or the table): like SKIP LOCKED, leave it; the batched path below takes
+            # the rows it can, and a later run drops what is left.
+            logger.info("retention: %s is in use; its old rows take the batched path", leaf or parent)
+            continue
+        if rows is not None:
+            outcome.partitions_dropped += 1
+            outcome.rows += rows
+            outcome.tables[target.table] += rows
+
+
 def _count_old(target: Target, cutoff: datetime) -> tuple[int, datetime | None]:
     found = target.old_rows(cutoff).aggregate(rows=models.Count("pk"), oldest=models.Min(target.age_expression))
     oldest = found["oldest"]
@@ -270,6 +308,8 @@ def old_data_cleanup(*, now: datetime, dry_run: bool = False, classes: list[str]
                     outcome.oldest = oldest
                 continue
             outcome.tables[target.table] = 0
+            if target.model is CostLineItem:
+                _drop_whole_months(outcome, target, cutoff, deadline)
             for account_id in account_ids if target.per_account else [None]:
                 select_sql, params = target.old_rows(cutoff, account_id).values("pk").query.sql_with_params()
                 while True:

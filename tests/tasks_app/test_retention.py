@@ -33,8 +33,8 @@ from providers_app.models import Resource
 from tasks_app.models import DeadLetter, RetentionDataClass, RetentionPolicy, RunState, TaskRun, TriggerKind
 from tasks_app.services.retention import old_data_cleanup
 from tasks_app.services.runs import task_enqueue
-from tests.costs_app.focus_lines import daily, load
-from tests.factories import BudgetFactory, CloudAccountFactory, ResourceFactory
+from tests.costs_app.focus_lines import daily, line, load
+from tests.factories import BudgetFactory, CloudAccountFactory, CostLineItemFactory, ResourceFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -181,7 +181,9 @@ def test_deletes_only_rows_past_retention_per_class_in_batches(data):
     # then
     assert result["deleted"] == EXPECTED_DELETED
     assert result["complete"] is True
-    assert result["batches"]["cost_lines"] == 4  # 8 rows, 2 per batch (the last batch finds nothing more)
+    # the account's March and May are wholly past: dropped as partitions, not deleted row by row
+    assert result["batches"]["cost_lines"] == 0
+    assert result["classes"]["cost_lines"]["partitions_dropped"] == 2
     assert result["cutoffs"]["task_runs"] == ago(90).isoformat()
     assert result["classes"]["daily_rollups"]["tables"] == {
         "costs_app_costdailyrollup": 3,
@@ -204,18 +206,33 @@ def test_deletes_only_rows_past_retention_per_class_in_batches(data):
 
 
 def test_each_batch_is_a_limited_delete_under_a_lock_timeout(data, policies):
-    # given
+    # given: besides the imported months (dropped whole), 4 old lines the ORM wrote (they wait in the
+    # partitioned table's DEFAULT partition, so only the batched path can take them)
     policies.RETENTION_LOCK_TIMEOUT = 2.5
+    account = CloudAccountFactory()
+    for day in range(4):
+        CostLineItemFactory(account=account, charge_period_start=ago(400 + day))
     # when
     with CaptureQueriesContext(connection) as queries:
         old_data_cleanup(now=NOW, classes=["cost_lines"])
     # then
     sqls = [q["sql"] for q in queries]
     deletes = [i for i, sql in enumerate(sqls) if sql.startswith('DELETE FROM "costs_app_costlineitem"')]
-    assert len(deletes) == 5  # 8 rows, 2 at a time; the fifth finds none left
+    # the imported account's batch finds none left; the other's 4 rows go 2 at a time, the third finds none
+    assert len(deletes) == 1 + 3
     assert all("LIMIT 2 FOR UPDATE SKIP LOCKED" in sqls[i] for i in deletes)
     # every batch is its own transaction that first sets a local lock_timeout
     assert all("set_config('lock_timeout', '2500ms', true)" in sqls[i - 1] for i in deletes)
+    # and each whole month past the cutoff (the account's leaf, then the emptied month's table) was detached and
+    # dropped in a transaction of its own, under the same timeout
+    detaches = [i for i, sql in enumerate(sqls) if "DETACH PARTITION costs_app_costlineitem_p2024" in sql]
+    assert [sqls[i].split()[-1] for i in detaches] == [
+        f"costs_app_costlineitem_p202403_a{data['account'].pk}",
+        f"costs_app_costlineitem_p202405_a{data['account'].pk}",
+        "costs_app_costlineitem_p202403",
+        "costs_app_costlineitem_p202405",
+    ]
+    assert all("set_config('lock_timeout', '2500ms', true)" in sqls[i - 3] for i in detaches)
 
 
 def test_dry_run_reports_count_oldest_and_cutoff_and_deletes_nothing(data):
@@ -417,7 +434,8 @@ def test_cleanup_task_dry_run_then_real_run_through_a_worker(tmp_path):
         worker.stop()
     # then: its TaskRun carries the counts per class (the audit entry); rows inside their window are kept
     assert real.result["deleted"] == EXPECTED_DELETED
-    assert real.result["batches"]["cost_lines"] == 4
+    # (how many go by batch and how many by dropping a month depends on where today's cutoff falls)
+    assert real.result["classes"]["cost_lines"]["partitions_dropped"] >= 1
     assert real.result["batches"]["task_results"] == 2
     assert sorted(CostLineItem.objects.values_list("resource_id", flat=True)) == ["i-june", "i-june"]
     assert set(TaskRun.objects.filter(id__in=[r.id for r in data["kept_runs"]]).values_list("id", flat=True)) == {
@@ -425,3 +443,33 @@ def test_cleanup_task_dry_run_then_real_run_through_a_worker(tmp_path):
     }
     assert set(Recommendation.objects.values_list("provider_resource_id", flat=True)) == {"r3", "r4", "r5", "r6"}
     assert RetentionPolicy.objects.get(data_class="task_runs").last_deleted_rows == 3
+
+
+def test_a_month_wholly_past_is_dropped_and_a_month_cut_by_the_cutoff_takes_the_batched_path(tmp_path):
+    # given: an account's May (all past the cutoff of 2024-06-01 01:00) and June, cut by it: its first hour's
+    # line is past, the next day's is not
+    account = CloudAccountFactory()
+    june_first = datetime(2024, 6, 1, tzinfo=UTC)
+    load(
+        account,
+        [
+            *daily("i-may", [date(2024, 5, 30), date(2024, 5, 31)], "1"),
+            line(start=june_first, hours=1, cost="2", resource_id="i-june"),
+            line(start=june_first + timedelta(days=1), cost="3", resource_id="i-june"),
+        ],
+        tmp_path,
+    )
+    # when
+    result = old_data_cleanup(now=NOW, classes=["cost_lines"]).as_dict()
+    # then: May went as a whole partition, June's old hour row by row, the rest of June stays in its leaf
+    outcome = result["classes"]["cost_lines"]
+    assert (outcome["partitions_dropped"], outcome["rows"], outcome["batches"]) == (1, 3, 1)
+    assert list(CostLineItem.objects.values_list("charge_period_start", "billed_cost")) == [
+        (june_first + timedelta(days=1), Decimal("3"))
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT to_regclass(%s), to_regclass(%s)",
+            [f"costs_app_costlineitem_p202405_a{account.pk}", f"costs_app_costlineitem_p202406_a{account.pk}"],
+        )
+        assert cursor.fetchone() == (None, f"costs_app_costlineitem_p202406_a{account.pk}")

@@ -1,0 +1,234 @@
+"""The partitions of the cost lines: an import's staging tables and their swap, and whole leaves dropped by retention.
+
+Layout (migration 0014, docs/partitioning.md): RANGE by the UTC month of billing_period_start, then LIST by
+account; a leaf holds one account's lines of one billing month and is the unit an import replaces.
+
+An import (`ingest.cost_period_replace`) loads through a `Stage`, all in its one transaction:
+
+1. `prepare`: a staging table partitioned by month (a DEFAULT partition catches months the first batch did not
+   show), one standalone leaf per month with a CHECK equal to the leaf's partition bound, so that ATTACH skips
+   its validation scan. No index: the COPY writes bare heaps.
+2. the COPY, routed to the staging leaves; `finish_copy` moves rows of other months out of the DEFAULT into
+   leaves of their own, carries over the few lines of the account's month whose billing period the import
+   does not hold (the swap replaces the whole month), and counts the replaced lines per day.
+3. `build_indexes`: each leaf's primary key and index, built once over the loaded rows (a sort, not a
+   million index insertions).
+4. `swap`, the import's last statements: per month, detach the old leaf, drop it, attach the new one. The
+   locks (ACCESS EXCLUSIVE on the month's table) are held only from there to the commit.
+
+Readers see the old month or the new one, never both: the swap is in the import's transaction. Any failure,
+a fenced run (every statement of `swap` goes through Django's cursor, which checks the claim) or a killed
+worker rolls the transaction back: the staging tables never existed and the old leaf is where it was.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from costs_app.models import CostLineItem
+
+LINES = CostLineItem._meta.db_table
+DEFAULT = f"{LINES}_default"
+PAUSE_AT = "FINOPS_INGEST_PAUSE_AT"  # tests only: see pause_point
+
+
+def month_of(value: datetime) -> datetime:
+    value = value.astimezone(UTC)
+    return datetime(value.year, value.month, 1, tzinfo=UTC)
+
+
+def next_month(month: datetime) -> datetime:
+    return datetime(month.year + (month.month == 12), month.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def period_table(month: datetime) -> str:
+    return f"{LINES}_p{month:%Y%m}"
+
+
+def leaf_table(month: datetime, account_id: int) -> str:
+    return f"{period_table(month)}_a{int(account_id)}"
+
+
+def pause_point(name: str) -> None:
+    """A place the kill drills stop an import at: with FINOPS_INGEST_PAUSE_AT=<name>, write this process's id to
+    the file FINOPS_INGEST_PAUSE_FILE and wait there FINOPS_INGEST_PAUSE_SECONDS (60) for the drill's SIGKILL or
+    SIGSTOP. Unset, nothing happens."""
+    if os.environ.get(PAUSE_AT) != name:
+        return
+    Path(os.environ["FINOPS_INGEST_PAUSE_FILE"]).write_text(str(os.getpid()))
+    time.sleep(float(os.environ.get("FINOPS_INGEST_PAUSE_SECONDS", "60")))
+
+
+class Stage:
+    """One import's staging tables for one account (see the module docstring)."""
+
+    def __init__(self, account_id: int):
+        self.account_id = int(account_id)
+        self.name = f"{LINES}_s{self.account_id}_{secrets.token_hex(4)}"
+        self.leaves: dict[datetime, str] = {}  # month -> staging leaf
+        self.periods: set[datetime] = set()  # billing_period_start values loaded
+        # month -> the account's stored lines of that month: (day (UTC), billing_period_start) -> count
+        self.stored: dict[datetime, Counter] = {}
+        self.prepared = False
+
+    # -- before the COPY (in the ingest's helper thread, on its own cursor of the import's connection) --
+
+    def prepare(self, raw_cursor, periods: set[datetime]) -> None:
+        self.prepared = True
+        raw_cursor.execute(
+            f"CREATE TABLE {self.name} (LIKE {LINES} INCLUDING DEFAULTS) PARTITION BY RANGE (billing_period_start)"
+        )
+        raw_cursor.execute(f"CREATE TABLE {self.name}_default PARTITION OF {self.name} DEFAULT")
+        for month in sorted({month_of(p) for p in periods}):
+            self._leaf(raw_cursor, month)
+            raw_cursor.execute(
+                f"ALTER TABLE {self.name} ATTACH PARTITION {self.leaves[month]} FOR VALUES FROM (%s) TO (%s)",
+                [month, next_month(month)],
+            )
+        self.periods |= set(periods)
+        self._count_stored(raw_cursor, {month_of(p) for p in periods})
+
+    @property
+    def copy_target(self) -> str:
+        return self.name
+
+    def _leaf(self, cursor, month: datetime) -> str:
+        leaf = self.leaves[month] = f"{self.name}_{month:%Y%m}"
+        # The CHECK is the leaf's partition bound: ATTACH trusts it instead of scanning the rows.
+        cursor.execute(
+            f"""CREATE TABLE {leaf} (LIKE {LINES} INCLUDING DEFAULTS,
+                CONSTRAINT {leaf}_bound CHECK (account_id = {self.account_id}
+                    AND billing_period_start >= %s AND billing_period_start < %s))""",
+            [month, next_month(month)],
+        )
+        return leaf
+
+    def _count_stored(self, cursor, months: set[datetime]) -> None:
+        """Count the account's stored lines of `months` per day and billing period (one pass over each leaf)."""
+        for month in sorted(months - set(self.stored)):
+            cursor.execute(
+                f"""SELECT (charge_period_start AT TIME ZONE 'UTC')::date, billing_period_start, count(*) FROM {LINES}
+                    WHERE account_id = %s AND billing_period_start >= %s AND billing_period_start < %s
+                    GROUP BY 1, 2""",  # noqa: S608
+                [self.account_id, month, next_month(month)],
+            )
+            self.stored[month] = Counter({(day, period): n for day, period, n in cursor.fetchall()})
+
+    @property
+    def old_days(self) -> Counter:
+        """The lines the swap replaces (the account's stored lines of the billing periods loaded), per day."""
+        days: Counter = Counter()
+        for counts in self.stored.values():
+            for (day, period), n in counts.items():
+                if period in self.periods:
+                    days[day] += n
+        return days
+
+    # -- after the COPY --
+
+    def finish_copy(self, cursor, periods: set[datetime]) -> None:
+        """Give every month loaded a leaf of its own; carry over the month's lines of other billing periods."""
+        cursor.execute(f"SELECT DISTINCT billing_period_start FROM {self.name}_default")  # noqa: S608
+        late = {row[0] for row in cursor.fetchall()}
+        for month in sorted({month_of(p) for p in late}):
+            self._leaf(cursor, month)
+            cursor.execute(
+                f"INSERT INTO {self.leaves[month]} SELECT * FROM {self.name}_default "  # noqa: S608
+                "WHERE billing_period_start >= %s AND billing_period_start < %s",
+                [month, next_month(month)],
+            )
+        self.periods |= set(periods)
+        self._count_stored(cursor, set(self.leaves))
+        for month, leaf in self.leaves.items():
+            # Rare (two billing periods starting in one month): the swap replaces the whole month of the
+            # account, so lines of a billing period this import does not hold move to the new leaf.
+            if all(period in self.periods for _day, period in self.stored[month]):
+                continue
+            cursor.execute(
+                f"""INSERT INTO {leaf} SELECT * FROM {LINES} WHERE account_id = %s AND billing_period_start >= %s
+                    AND billing_period_start < %s AND billing_period_start <> ALL(%s)""",  # noqa: S608
+                [self.account_id, month, next_month(month), sorted(self.periods)],
+            )
+        for leaf in self.leaves.values():
+            if self._attached(cursor, leaf):
+                cursor.execute(f"ALTER TABLE {self.name} DETACH PARTITION {leaf}")
+        cursor.execute(f"DROP TABLE {self.name}")
+
+    def _attached(self, cursor, leaf: str) -> bool:
+        cursor.execute("SELECT EXISTS (SELECT FROM pg_inherits WHERE inhrelid = %s::regclass)", [leaf])
+        return cursor.fetchone()[0]
+
+    def build_indexes(self, cursor) -> None:
+        """The parent's primary key and index on each leaf, built after the COPY; ATTACH adopts them."""
+        cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        for leaf in self.leaves.values():
+            cursor.execute(f"ALTER TABLE {leaf} ADD PRIMARY KEY (id, billing_period_start, account_id)")
+            pause_point("index")
+            cursor.execute(f"CREATE INDEX ON {leaf} (account_id, charge_period_start)")
+
+    def swap(self, cursor) -> None:
+        """Per month: the old leaf out and dropped, the new one in. `cursor` is Django's: a fenced run stops here."""
+        for month, leaf in sorted(self.leaves.items()):
+            cursor.execute("SELECT finops_costline_leaf(%s, %s)", [month, self.account_id])
+            old, parent = leaf_table(month, self.account_id), period_table(month)
+            cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {old}")
+            pause_point("swap")
+            cursor.execute(f"DROP TABLE {old}")
+            cursor.execute(f"ALTER TABLE {leaf} RENAME TO {old}")
+            cursor.execute(f"ALTER TABLE {parent} ATTACH PARTITION {old} FOR VALUES IN ({self.account_id})")
+
+
+def leaves_before(cursor, cutoff: datetime) -> list[tuple[str, str, datetime]]:
+    """(period table, leaf, month) of every account leaf whose month ends on or before `cutoff`."""
+    cursor.execute(
+        f"""SELECT p.relname, c.relname FROM pg_inherits top JOIN pg_class p ON p.oid = top.inhrelid
+            JOIN pg_inherits i ON i.inhparent = p.oid JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE top.inhparent = %s::regclass AND p.relname ~ '^{LINES}_p[0-9]{{6}}$'
+              AND c.relname ~ '_a[0-9]+$' ORDER BY 1, 2""",
+        [LINES],
+    )
+    found = []
+    for parent, leaf in cursor.fetchall():
+        month = datetime.strptime(parent[-6:], "%Y%m").replace(tzinfo=UTC)
+        if next_month(month) <= cutoff:
+            found.append((parent, leaf, month))
+    return found
+
+
+def leaf_drop_if_older(cursor, *, parent: str, leaf: str, cutoff: datetime) -> int | None:
+    """Detach and drop `leaf` if every line in it is older than `cutoff` (by charge_period_start); the lines
+    dropped, or None when some line is not (the batched DELETE then takes what is old)."""
+    account_id = int(leaf.rsplit("_a", 1)[1])
+    # One backwards step of the (account, charge_period_start) index: a leaf holds one account.
+    cursor.execute(f"SELECT max(charge_period_start) FROM {leaf} WHERE account_id = %s", [account_id])  # noqa: S608
+    newest = cursor.fetchone()[0]
+    if newest is not None and newest >= cutoff:
+        return None
+    # Counted exactly for the audit entry (a parallel scan: about 0.1 s per million lines here).
+    cursor.execute(f"SELECT count(*) FROM {leaf}")  # noqa: S608
+    rows = cursor.fetchone()[0]
+    cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {leaf}")
+    cursor.execute(f"DROP TABLE {leaf}")
+    return rows
+
+
+def month_drop_if_empty(cursor, *, parent: str) -> bool:
+    """Detach and drop a month's table once no account leaf is left in it and its DEFAULT holds nothing."""
+    cursor.execute(
+        """SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = %s::regclass AND c.relname <> %s""",
+        [parent, f"{parent}_default"],
+    )
+    if cursor.fetchone()[0]:
+        return False
+    cursor.execute(f"SELECT EXISTS (SELECT FROM {parent}_default)")  # noqa: S608
+    if cursor.fetchone()[0]:
+        return False
+    cursor.execute(f"ALTER TABLE {LINES} DETACH PARTITION {parent}")
+    cursor.execute(f"DROP TABLE {parent}")
+    return True
