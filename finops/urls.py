@@ -6,10 +6,14 @@ from django.urls import include, path
 from django.views import defaults
 
 from finops.api_docs import SchemaView, SwaggerDocsView
+from tasks_app.admin_control_room import control_room_act, control_room_view
 from tasks_app.api.views import LivenessView
 from tasks_app.metrics import metrics_view
 
 urlpatterns = [
+    # Admin pages of our own, before the admin's catch-all; admin_view: signed-in staff only, CSRF-checked.
+    path("admin/control-room/", admin.site.admin_view(control_room_view), name="admin-control-room"),
+    path("admin/control-room/act", admin.site.admin_view(control_room_act), name="admin-control-room-act"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("tasks_app.urls")),
     path("api/v1/", include("providers_app.urls")),
