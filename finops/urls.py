@@ -2,7 +2,9 @@
 
 from django.contrib import admin
 from django.http import JsonResponse
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from django.views import defaults
 
 from finops.api_docs import SchemaView, SwaggerDocsView
@@ -22,6 +24,9 @@ urlpatterns = [
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SwaggerDocsView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", LivenessView.as_view(), name="healthz"),
+    # The admin is the product's user interface: "/" (and the admin's "View site") lead there.
+    path("", RedirectView.as_view(url="/admin/", permanent=False), name="home"),
+    path("favicon.ico", RedirectView.as_view(url=static("finops/favicon.svg"), permanent=True), name="favicon"),
     path("metrics", metrics_view, name="metrics"),
 ]
 

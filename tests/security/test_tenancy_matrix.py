@@ -401,8 +401,6 @@ PLATFORM_ONLY = {
     "django_celery_beat.crontabschedule",
     "django_celery_beat.solarschedule",
     "django_celery_beat.clockedschedule",
-    "django_celery_results.taskresult",
-    "django_celery_results.groupresult",
     "tasks_app.retentionpolicy",
     "costs_app.costallocationtag",
 }
