@@ -314,7 +314,17 @@ def _delivery_summary(alert) -> str:
 class BudgetAdmin(OrgWideNeedsPlatformAdmin, OperatorActionsMixin, TeamScopedAdminMixin, admin.ModelAdmin):
     form = BudgetForm
     org_wide_field = "accounts"
-    list_display = ("name", "scope", "amount_money", "period", "threshold_labels", "is_active")
+    list_display = (
+        "name",
+        "scope",
+        "amount_money",
+        "period",
+        "spend_column",
+        "forecast_column",
+        "used_column",
+        "threshold_labels",
+        "is_active",
+    )
     list_filter = ("period", "is_active", "currency", ("accounts", RELATED_ONLY))
     search_fields = ("name", "tag_key")
     filter_horizontal = ("accounts", "channels")
@@ -338,6 +348,45 @@ class BudgetAdmin(OrgWideNeedsPlatformAdmin, OperatorActionsMixin, TeamScopedAdm
         return super().get_queryset(request).prefetch_related("accounts")
 
     amount_money = money_column("amount", description="amount")
+
+    def changelist_view(self, request, extra_context=None):
+        """Spend, forecast and % used of the page's budgets, computed together (budgets_spend: two queries for
+        the page, not one per budget) and attached to the rows before the list renders."""
+        from .services.budgets import budgets_spend
+
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            budgets = list(changelist.result_list)
+            latest: dict[int, object] = {}
+            for spend in budgets_spend(budgets, today=timezone.now().date()):
+                current = latest.get(spend.budget.id)
+                if current is None or spend.period_start > current.period_start:
+                    latest[spend.budget.id] = spend
+            for budget in budgets:
+                budget.current_spend = latest.get(budget.id)
+        return response
+
+    @admin.display(description="spend (this period)")
+    def spend_column(self, obj):
+        spend = getattr(obj, "current_spend", None)
+        return format_html('<span class="finops-money">{}</span>', format_money(spend.actual, obj.currency)) if spend else "—"
+
+    @admin.display(description="forecast")
+    def forecast_column(self, obj):
+        spend = getattr(obj, "current_spend", None)
+        if spend is None or spend.forecast is None:
+            return "—"
+        return format_html('<span class="finops-money">{}</span>', format_money(spend.forecast, obj.currency))
+
+    @admin.display(description="% used")
+    def used_column(self, obj):
+        spend = getattr(obj, "current_spend", None)
+        if spend is None:
+            return "—"
+        percent = spend.percentage
+        css = "finops-alert" if percent >= 100 else ""
+        return format_html('<span class="{}">{} %</span>', css, f"{percent:.0f}")
 
     @admin.display(description="scope")
     def scope(self, obj):
@@ -1044,6 +1093,8 @@ class CostDailyRollupAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.Model
     date_hierarchy = "day"
     list_select_related = ("account",)
     show_full_result_count = False
+    # "Show counts" would count every option of every filter over the whole table (millions of rows): off.
+    show_facets = admin.ShowFacets.NEVER
 
 
 from . import admin_tags  # noqa: E402,F401  (cost allocation tags and their rollups)

@@ -86,7 +86,8 @@ def _workers_and_queues(platform: bool) -> dict:
     return out
 
 
-def _next_run(task: PeriodicTask, now):
+def next_run_at(task: PeriodicTask, now):
+    """When beat sends `task` next (None: disabled, a one-off already sent, or a schedule celery cannot estimate)."""
     if not task.enabled or (task.one_off and task.total_run_count):
         return None
     try:
@@ -121,7 +122,7 @@ def _schedules(now) -> list[dict]:
                 "enabled": task.enabled,
                 "schedule": str(task.scheduler) if task.scheduler else "",
                 "last_run_at": _iso(task.last_run_at),
-                "next_run_at": _iso(_next_run(task, now)),
+                "next_run_at": _iso(next_run_at(task, now)),
                 "last_state": run.state if run else None,
                 "last_run_url": reverse("admin:tasks_app_taskrun_change", args=[run.pk]) if run else None,
                 "url": reverse("admin:django_celery_beat_periodictask_change", args=[task.pk]),
