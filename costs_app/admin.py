@@ -317,8 +317,7 @@ class BudgetAdmin(OrgWideNeedsPlatformAdmin, OperatorActionsMixin, TeamScopedAdm
     list_display = (
         "name",
         "scope",
-        "amount_money",
-        "period",
+        "amount_column",
         "spend_column",
         "forecast_column",
         "used_column",
@@ -347,7 +346,11 @@ class BudgetAdmin(OrgWideNeedsPlatformAdmin, OperatorActionsMixin, TeamScopedAdm
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("accounts")
 
-    amount_money = money_column("amount", description="amount")
+    @admin.display(description="amount", ordering="amount")
+    def amount_column(self, obj):
+        return format_html(
+            '<span class="finops-money">{}</span> {}', format_money(obj.amount, obj.currency), obj.get_period_display()
+        )
 
     def changelist_view(self, request, extra_context=None):
         """Spend, forecast and % used of the page's budgets, computed together (budgets_spend: two queries for
@@ -473,17 +476,13 @@ class AlertDeliveryInline(admin.TabularInline):
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
-        "budget",
-        "period_start",
+        "budget_name",
         "threshold_label",
         "spend_money",
-        "forecast_money",
-        "forecast_range",
-        "percentage",
-        "forecast_percentage",
+        "forecast_column",
+        "percent_column",
         "delivery_status",
         "created_at",
-        "notified_at",
     )
     list_filter = (
         NotifiedFilter,
@@ -504,13 +503,31 @@ class BudgetAlertAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmi
         return _with_delivery_counts(super().get_queryset(request))
 
     spend_money = money_column("spend", description="spend")
-    forecast_money = money_column("forecast", description="forecast")
 
-    @admin.display(description="forecast range")
-    def forecast_range(self, obj):
-        if obj.forecast_low is None and obj.forecast_high is None:
+    @admin.display(description="budget · period", ordering="budget__name")
+    def budget_name(self, obj):
+        return f"{obj.budget.name} · {obj.period_start:%Y-%m-%d}"
+
+    @admin.display(description="forecast", ordering="forecast")
+    def forecast_column(self, obj):
+        if obj.forecast is None:
             return "—"
-        return f"{format_money(obj.forecast_low)} – {format_money(obj.forecast_high)}"
+        spread = (
+            f"{format_money(obj.forecast_low)} – {format_money(obj.forecast_high)}"
+            if obj.forecast_low is not None and obj.forecast_high is not None
+            else ""
+        )
+        return format_html(
+            '<span class="finops-money">{}</span><br><span class="quiet">{}</span>',
+            format_money(obj.forecast, obj.currency),
+            spread,
+        )
+
+    @admin.display(description="% used (fcst)", ordering="percentage")
+    def percent_column(self, obj):
+        actual = f"{obj.percentage:.0f} %" if obj.percentage is not None else "—"
+        forecast = f" ({obj.forecast_percentage:.0f} %)" if obj.forecast_percentage is not None else ""
+        return actual + forecast
 
     @admin.display(description="threshold", ordering="threshold")
     def threshold_label(self, obj):
