@@ -124,6 +124,10 @@ def test_an_operator_runs_the_task_system_from_the_control_room(
     wait_for(lambda: TaskRun.objects.get(id=run.id).state == RunState.SUCCESS, what="the run to succeed")
     refreshed(browser, lambda text: "SUCCESS" in browser.find_element(By.ID, "cr-schedules").text, "last state")
     shot(browser, shots, "01-control-room.png")
+    browser.execute_script("document.getElementById('cr-schedules-module').scrollIntoView()")
+    shot(browser, shots, "01b-control-room-schedules-runs.png")
+    browser.execute_script("document.getElementById('cr-stats-module').scrollIntoView()")
+    shot(browser, shots, "01c-control-room-stats.png")
 
     # cancel a run (one held back 10 minutes): the button, a confirmation, and the ledger says CANCELLED
     later = task_enqueue(task_name="monitor_budget", kwargs={}, triggered_by=TriggerKind.API, countdown=600)

@@ -34,6 +34,16 @@ def run(task_name="monitor_budget", *, account=None, state=RunState.QUEUED, dura
     return TaskRun.objects.get(id=record.id)
 
 
+def schedule(name: str) -> PeriodicTask:
+    """An hourly monitor_budget schedule (the default ones come from a data migration and may exist already)."""
+    every_hour, _ = IntervalSchedule.objects.get_or_create(every=1, period="hours")
+    task, _ = PeriodicTask.objects.update_or_create(
+        name=name,
+        defaults={"task": "monitor_budget", "interval": every_hour, "crontab": None, "enabled": True, "kwargs": "{}"},
+    )
+    return task
+
+
 @pytest.fixture
 def staff_viewer(user):
     user.is_staff = True
@@ -76,11 +86,7 @@ def test_a_viewer_sees_only_ok_flags_no_schedules_and_no_buttons(viewer_client, 
     account = CloudAccountFactory(team=default_team)
     run(account=account)
     run()  # organisation-wide: not for a viewer
-    PeriodicTask.objects.create(
-        name="Budget monitoring",
-        task="monitor_budget",
-        interval=IntervalSchedule.objects.create(every=1, period="hours"),
-    )
+    schedule("Budget monitoring")
     data = viewer_client.get(API).json()
     assert data["can_trigger"] is False and data["platform_admin"] is False
     assert data["schedules"] == []
@@ -89,15 +95,14 @@ def test_a_viewer_sees_only_ok_flags_no_schedules_and_no_buttons(viewer_client, 
 
 
 def test_platform_admin_sees_schedules_with_last_state_and_next_run(platform_client):
-    every_hour = IntervalSchedule.objects.create(every=1, period="hours")
-    task = PeriodicTask.objects.create(name="Budget monitoring", task="monitor_budget", interval=every_hour)
+    task = schedule("Budget monitoring")
     PeriodicTask.objects.filter(id=task.id).update(last_run_at=timezone.now() - timedelta(minutes=20))
     last = run(state=RunState.FAILURE)
     TaskRun.objects.filter(id=last.id).update(trigger_detail="Budget monitoring", triggered_by=TriggerKind.SCHEDULE)
     data = platform_client.get(API).json()
-    (schedule,) = [s for s in data["schedules"] if s["name"] == "Budget monitoring"]
-    assert schedule["last_state"] == "FAILURE"
-    next_run = timezone.datetime.fromisoformat(schedule["next_run_at"])
+    (shown,) = [s for s in data["schedules"] if s["name"] == "Budget monitoring"]
+    assert shown["last_state"] == "FAILURE"
+    next_run = timezone.datetime.fromisoformat(shown["next_run_at"])
     assert timedelta(minutes=39) < next_run - timezone.now() <= timedelta(minutes=40)
     assert {q["name"] for q in data["system"]["queues"]} >= {"monitoring", "cost_sync"}
 
@@ -133,12 +138,10 @@ def test_forged_posts_of_a_viewer_are_refused(client, staff_viewer, default_team
 
 def test_an_operator_cannot_act_on_another_teams_run_or_on_schedules(client, staff_operator):
     other = run(account=CloudAccountFactory(team=TeamFactory()))  # another team's account
-    schedule = PeriodicTask.objects.create(
-        name="x", task="monitor_budget", interval=IntervalSchedule.objects.create(every=1, period="hours")
-    )
+    periodic = schedule("x")
     client.force_login(staff_operator)
     assert client.post(reverse("admin-control-room-act"), {"do": "cancel", "id": str(other.id)}).status_code == 404
-    assert client.post(reverse("admin-control-room-act"), {"do": "run_now", "id": schedule.id}).status_code == 403
+    assert client.post(reverse("admin-control-room-act"), {"do": "run_now", "id": periodic.id}).status_code == 403
     assert client.post(reverse("admin-control-room-act"), {"do": "cancel", "id": "not-a-uuid"}).status_code == 404
     assert TaskRun.objects.get(id=other.id).state == RunState.QUEUED
 
@@ -147,12 +150,10 @@ def test_replay_and_run_now_buttons_of_a_platform_admin(client, platform_staff):
     flush_broker()
     failed = run(state=RunState.FAILURE)
     letter = DeadLetter.objects.create(run=failed, task_name="monitor_budget", queue="monitoring", error="boom")
-    schedule = PeriodicTask.objects.create(
-        name="Budget monitoring", task="monitor_budget", interval=IntervalSchedule.objects.create(every=1, period="hours")
-    )
+    periodic = schedule("Budget monitoring")
     client.force_login(platform_staff)
     client.post(reverse("admin-control-room-act"), {"do": "replay", "id": letter.id})
-    client.post(reverse("admin-control-room-act"), {"do": "run_now", "id": schedule.id})
+    client.post(reverse("admin-control-room-act"), {"do": "run_now", "id": periodic.id})
     assert DeadLetter.objects.get(id=letter.id).replay_run is not None
     assert TaskRun.objects.filter(trigger_detail="Budget monitoring", triggered_by=TriggerKind.ADMIN).count() == 1
     page = client.get("/admin/control-room/")
