@@ -373,7 +373,9 @@ class BudgetAdmin(OrgWideNeedsPlatformAdmin, OperatorActionsMixin, TeamScopedAdm
     @admin.display(description="spend (this period)")
     def spend_column(self, obj):
         spend = getattr(obj, "current_spend", None)
-        return format_html('<span class="finops-money">{}</span>', format_money(spend.actual, obj.currency)) if spend else "—"
+        if spend is None:
+            return "—"
+        return format_html('<span class="finops-money">{}</span>', format_money(spend.actual, obj.currency))
 
     @admin.display(description="forecast")
     def forecast_column(self, obj):

@@ -4,8 +4,8 @@ from django.contrib import admin
 from django.http import JsonResponse
 from django.templatetags.static import static
 from django.urls import include, path
-from django.views.generic import RedirectView
 from django.views import defaults
+from django.views.generic import RedirectView
 
 from finops.api_docs import SchemaView, SwaggerDocsView
 from tasks_app.admin_control_room import control_room_act, control_room_view

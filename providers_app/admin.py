@@ -97,7 +97,7 @@ class CredentialInlineFormSet(forms.BaseInlineFormSet):
 # "advanced settings" JSON): (key, label, help, kind) with kind "text", "list" (comma-separated) or "int".
 PROVIDER_FIELDS = {
     "focus": [
-        ("path", "Export path", "A FOCUS file or folder inside FOCUS_IMPORT_ROOT (*.csv, *.csv.gz, *.parquet).", "text"),
+        ("path", "Export path", "A FOCUS file or folder in FOCUS_IMPORT_ROOT (*.csv, *.csv.gz, *.parquet).", "text"),
     ],
     "aws": [
         ("bucket", "S3 bucket", "Where the CUR 2.0 / Data Exports / FOCUS export is delivered.", "text"),

@@ -244,7 +244,17 @@ class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMi
     fieldsets = (
         (
             None,
-            {"fields": ("task_name", "account_name", "celery_task_id", "state_badge", "queue", "worker", "correlation_id")},
+            {
+                "fields": (
+                    "task_name",
+                    "account_name",
+                    "celery_task_id",
+                    "state_badge",
+                    "queue",
+                    "worker",
+                    "correlation_id",
+                )
+            },
         ),
         ("Trigger", {"fields": ("triggered_by", "trigger_detail", "user", "parent_link", "dead_letter_link")}),
         ("Timing", {"fields": ("enqueued_at", "started_at", "finished_at", "duration", "retries", "redeliveries")}),
@@ -407,7 +417,15 @@ class ReplayedFilter(admin.SimpleListFilter):
 @admin.register(DeadLetter)
 class DeadLetterAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     scope_path = "run__account"
-    list_display = ("task_name", "letter_account", "error_type", "short_error", "created_at", "replayed_at", "original_run")
+    list_display = (
+        "task_name",
+        "letter_account",
+        "error_type",
+        "short_error",
+        "created_at",
+        "replayed_at",
+        "original_run",
+    )
     list_filter = (("task_name", admin.AllValuesFieldListFilter), "error_type", ReplayedFilter, "created_at")
     search_fields = ("run__celery_task_id", "task_name")
     list_select_related = ("run", "run__account")

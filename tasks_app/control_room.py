@@ -99,9 +99,7 @@ def next_run_at(task: PeriodicTask, now):
 
 
 def _schedules(now) -> list[dict]:
-    tasks = list(
-        PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked").order_by("name")[:100]
-    )
+    tasks = list(PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked").order_by("name")[:100])
     names = [task.name for task in tasks]
     # The latest run of each schedule (by beat, or by "run now" in the admin, both name it in trigger_detail).
     latest = {

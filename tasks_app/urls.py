@@ -3,8 +3,8 @@
 from django.urls import path
 
 from .api import views
-from .api.control_room import ControlRoomView
 from .api.auth import ThrottledTokenObtainPairView, ThrottledTokenRefreshView
+from .api.control_room import ControlRoomView
 
 CREATE = {"post": "create"}
 

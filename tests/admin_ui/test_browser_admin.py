@@ -18,11 +18,19 @@ from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
 from tasks_app.services.runs import task_enqueue
 from tests.celery_procs import ROOT, wait_for
 from tests.factories import UserFactory
-from tests.security.test_browser_csp import CHROMIUM, CHROMEDRIVER, SELENIUM, browser, violations  # noqa: F401
+from tests.security.test_browser_csp import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    SELENIUM,
+    browser,  # noqa: F401  (the fixture)
+    violations,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER and SELENIUM), reason="chromium, chromedriver or selenium missing"),
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER and SELENIUM), reason="chromium, chromedriver or selenium missing"
+    ),
 ]
 PASSWORD = "demo-pass-word-1"
 
@@ -30,7 +38,9 @@ PASSWORD = "demo-pass-word-1"
 @pytest.fixture
 def shots() -> Path:
     folder = Path(
-        os.environ.get("FINOPS_SCREENSHOTS_DIR") or os.environ.get("FINOPS_SCREENSHOT_DIR") or ROOT / "build/screenshots"
+        os.environ.get("FINOPS_SCREENSHOTS_DIR")
+        or os.environ.get("FINOPS_SCREENSHOT_DIR")
+        or ROOT / "build/screenshots"
     )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -78,13 +88,21 @@ def demo(db):
     # The default schedules come from a data migration; an earlier transactional test's flush may have emptied them.
     PeriodicTask.objects.get_or_create(
         name="Budget monitoring",
-        defaults={"task": "monitor_budget", "interval": IntervalSchedule.objects.get_or_create(every=1, period="hours")[0]},
+        defaults={
+            "task": "monitor_budget",
+            "interval": IntervalSchedule.objects.get_or_create(every=1, period="hours")[0],
+        },
     )
     return CloudAccount.objects.get(name="demo-focus")
 
 
 def test_an_operator_runs_the_task_system_from_the_control_room(
-    live_server, browser, shots, demo, celery_worker_proc, celery_beat_proc  # noqa: F811
+    live_server,
+    browser,  # noqa: F811
+    shots,
+    demo,
+    celery_worker_proc,
+    celery_beat_proc,  # noqa: F811
 ):
     from selenium.webdriver.common.by import By
 
