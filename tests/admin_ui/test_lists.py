@@ -86,3 +86,16 @@ def test_azure_fields_become_its_settings_and_the_secret_input_is_masked(admin_c
 def test_root_leads_to_the_admin_and_the_favicon_is_served(client):
     assert client.get("/")["Location"] == "/admin/"
     assert client.get("/favicon.ico")["Location"].endswith("finops/favicon.svg")
+
+
+def test_failed_24h_links_a_24h_filter_and_forgets_a_failure_replayed_successfully():
+    from tasks_app.models import DeadLetter, RunState, TaskRun
+    from tasks_app.templatetags.task_admin import task_system_summary
+
+    failed = TaskRun.objects.create(task_name="monitor_budget", celery_task_id="f-1", state=RunState.FAILURE)
+    letter = DeadLetter.objects.create(run=failed, task_name="monitor_budget", queue="monitoring", error="boom")
+    summary = task_system_summary()
+    assert summary["failed_24h"] == 1 and "enqueued_at__gte=" in summary["failed_24h_query"]
+    replay = TaskRun.objects.create(task_name="monitor_budget", celery_task_id="r-1", state=RunState.SUCCESS)
+    DeadLetter.objects.filter(id=letter.id).update(replay_run=replay)
+    assert task_system_summary()["failed_24h"] == 0
