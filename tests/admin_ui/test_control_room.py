@@ -158,3 +158,14 @@ def test_replay_and_run_now_buttons_of_a_platform_admin(client, platform_staff):
     assert TaskRun.objects.filter(trigger_detail="Budget monitoring", triggered_by=TriggerKind.ADMIN).count() == 1
     page = client.get("/admin/control-room/")
     assert b"Enqueued 1" in page.content  # the admin action's own message shows on the control room
+
+
+def test_cancelling_a_run_waiting_to_retry_keeps_its_earlier_error(client, staff_operator, default_team):
+    flush_broker()
+    waiting = run(account=CloudAccountFactory(team=default_team), state=RunState.RETRY)
+    TaskRun.objects.filter(id=waiting.id).update(error="TransientError: S3 timed out", error_type="TransientError")
+    client.force_login(staff_operator)
+    client.post(reverse("admin-control-room-act"), {"do": "cancel", "id": str(waiting.id)})
+    cancelled = TaskRun.objects.get(id=waiting.id)
+    assert cancelled.state == RunState.CANCELLED
+    assert cancelled.error == "TransientError: S3 timed out (cancelled before it started)"
