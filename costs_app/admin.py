@@ -15,6 +15,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from finops.admin_mixins import ReadOnlyAdminMixin, TeamScopedAdminMixin
+from finops.money import format_money, money_column
 from providers_app import focus_schema as focus
 from providers_app.admin import TRIGGER_PERMISSION, WriteOnlyField
 from providers_app.models import Role
@@ -313,7 +314,16 @@ def _delivery_summary(alert) -> str:
 class BudgetAdmin(OrgWideNeedsPlatformAdmin, OperatorActionsMixin, TeamScopedAdminMixin, admin.ModelAdmin):
     form = BudgetForm
     org_wide_field = "accounts"
-    list_display = ("name", "scope", "amount", "currency", "period", "threshold_labels", "is_active")
+    list_display = (
+        "name",
+        "scope",
+        "amount_column",
+        "spend_column",
+        "forecast_column",
+        "used_column",
+        "threshold_labels",
+        "is_active",
+    )
     list_filter = ("period", "is_active", "currency", ("accounts", RELATED_ONLY))
     search_fields = ("name", "tag_key")
     filter_horizontal = ("accounts", "channels")
@@ -335,6 +345,53 @@ class BudgetAdmin(OrgWideNeedsPlatformAdmin, OperatorActionsMixin, TeamScopedAdm
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("accounts")
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_column(self, obj):
+        return format_html(
+            '<span class="finops-money">{}</span> {}', format_money(obj.amount, obj.currency), obj.get_period_display()
+        )
+
+    def changelist_view(self, request, extra_context=None):
+        """Spend, forecast and % used of the page's budgets, computed together (budgets_spend: two queries for
+        the page, not one per budget) and attached to the rows before the list renders."""
+        from .services.budgets import budgets_spend
+
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            budgets = list(changelist.result_list)
+            latest: dict[int, object] = {}
+            for spend in budgets_spend(budgets, today=timezone.now().date()):
+                current = latest.get(spend.budget.id)
+                if current is None or spend.period_start > current.period_start:
+                    latest[spend.budget.id] = spend
+            for budget in budgets:
+                budget.current_spend = latest.get(budget.id)
+        return response
+
+    @admin.display(description="spend (this period)")
+    def spend_column(self, obj):
+        spend = getattr(obj, "current_spend", None)
+        if spend is None:
+            return "—"
+        return format_html('<span class="finops-money">{}</span>', format_money(spend.actual, obj.currency))
+
+    @admin.display(description="forecast")
+    def forecast_column(self, obj):
+        spend = getattr(obj, "current_spend", None)
+        if spend is None or spend.forecast is None:
+            return "—"
+        return format_html('<span class="finops-money">{}</span>', format_money(spend.forecast, obj.currency))
+
+    @admin.display(description="% used")
+    def used_column(self, obj):
+        spend = getattr(obj, "current_spend", None)
+        if spend is None:
+            return "—"
+        percent = spend.percentage
+        css = "finops-alert" if percent >= 100 else ""
+        return format_html('<span class="{}">{} %</span>', css, f"{percent:.0f}")
 
     @admin.display(description="scope")
     def scope(self, obj):
@@ -421,19 +478,13 @@ class AlertDeliveryInline(admin.TabularInline):
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
-        "budget",
-        "period_start",
+        "budget_name",
         "threshold_label",
-        "spend",
-        "forecast",
-        "forecast_low",
-        "forecast_high",
-        "percentage",
-        "forecast_percentage",
-        "currency",
+        "spend_money",
+        "forecast_column",
+        "percent_column",
         "delivery_status",
         "created_at",
-        "notified_at",
     )
     list_filter = (
         NotifiedFilter,
@@ -452,6 +503,33 @@ class BudgetAlertAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmi
 
     def get_queryset(self, request):
         return _with_delivery_counts(super().get_queryset(request))
+
+    spend_money = money_column("spend", description="spend")
+
+    @admin.display(description="budget · period", ordering="budget__name")
+    def budget_name(self, obj):
+        return f"{obj.budget.name} · {obj.period_start:%Y-%m-%d}"
+
+    @admin.display(description="forecast", ordering="forecast")
+    def forecast_column(self, obj):
+        if obj.forecast is None:
+            return "—"
+        spread = (
+            f"{format_money(obj.forecast_low)} – {format_money(obj.forecast_high)}"
+            if obj.forecast_low is not None and obj.forecast_high is not None
+            else ""
+        )
+        return format_html(
+            '<span class="finops-money">{}</span><br><span class="quiet">{}</span>',
+            format_money(obj.forecast, obj.currency),
+            spread,
+        )
+
+    @admin.display(description="% used (fcst)", ordering="percentage")
+    def percent_column(self, obj):
+        actual = f"{obj.percentage:.0f} %" if obj.percentage is not None else "—"
+        forecast = f" ({obj.forecast_percentage:.0f} %)" if obj.forecast_percentage is not None else ""
+        return actual + forecast
 
     @admin.display(description="threshold", ordering="threshold")
     def threshold_label(self, obj):
@@ -616,9 +694,9 @@ class AnomalyAdmin(OperatorActionsMixin, TeamScopedAdminMixin, admin.ModelAdmin)
         "monitor",
         "series",
         "day_count",
-        "expected",
-        "actual",
-        "impact",
+        "expected_money",
+        "actual_money",
+        "impact_money",
         "impact_percent",
         "score",
         "status",
@@ -686,6 +764,10 @@ class AnomalyAdmin(OperatorActionsMixin, TeamScopedAdminMixin, admin.ModelAdmin)
     def has_delete_permission(self, request, obj=None):
         # The record of what was found and what people said about it (deleting its monitor removes it).
         return False
+
+    expected_money = money_column("expected", description="expected")
+    actual_money = money_column("actual", description="actual")
+    impact_money = money_column("impact", description="impact")
 
     @admin.display(description="series", ordering="dimension_value")
     def series(self, obj):
@@ -789,21 +871,73 @@ def _transition_report(modeladmin, request, result, verb: str) -> None:
         )
 
 
+def rule_title(name: str) -> str:
+    """The rule's human title ("Spend without an owner tag"), not its code name (untagged_spend)."""
+    from .services.optimization.catalogue import RULES_BY_NAME
+
+    rule = RULES_BY_NAME.get(name)
+    return rule.title if rule is not None else name.replace("_", " ").capitalize()
+
+
+MONEY_KEYS = ("cost", "saving", "price", "spend", "amount")
+
+
+def _detail_value(key: str, value, currency: str):
+    if isinstance(value, dict):
+        return details_table(value, currency)
+    if isinstance(value, list):
+        if value and all(isinstance(item, dict) for item in value):
+            return format_html_join(mark_safe(""), "{}", ((details_table(item, currency),) for item in value[:20]))
+        return ", ".join(str(item) for item in value)
+    if any(word in key for word in MONEY_KEYS) and isinstance(value, (int, float, str)):
+        try:
+            return format_money(value, currency)
+        except Exception:
+            return str(value)
+    return "—" if value in (None, "") else str(value)
+
+
+def details_table(details, currency: str = "") -> str:
+    """A recommendation's details as a table of labelled values (nested ones as nested tables), not raw JSON."""
+    if not isinstance(details, dict) or not details:
+        return "—"
+    rows = format_html_join(
+        mark_safe(""),
+        "<tr><th>{}</th><td>{}</td></tr>",
+        ((key.replace("_", " ").capitalize(), _detail_value(key, value, currency)) for key, value in details.items()),
+    )
+    return format_html('<table class="finops-details">{}</table>', rows)
+
+
+class RuleFilter(admin.SimpleListFilter):
+    """The rules by their titles; every rule of the catalogue (no DISTINCT over the recommendations)."""
+
+    title = "rule"
+    parameter_name = "rule"
+
+    def lookups(self, request, model_admin):
+        from .services.optimization.catalogue import RULES
+
+        return sorted(((rule.name, rule.title) for rule in RULES), key=lambda pair: pair[1])
+
+    def queryset(self, request, queryset):
+        return queryset.filter(rule=self.value()) if self.value() else queryset
+
+
 @admin.register(Recommendation)
 class RecommendationAdmin(OperatorActionsMixin, TeamScopedAdminMixin, admin.ModelAdmin):
     change_role = Role.OPERATOR  # dismissing and marking done is an operator's job
     list_display = (
         "title",
         "account",
-        "rule",
-        "estimated_monthly_saving",
-        "currency",
+        "rule_title",
+        "saving_money",
         "saving_basis",
         "status",
-        "realised_monthly_saving",
+        "realised_money",
         "last_found_at",
     )
-    list_filter = ("status", "rule", "saving_basis", ("account", RELATED_ONLY), "currency")
+    list_filter = ("status", RuleFilter, "saving_basis", ("account", RELATED_ONLY), "currency")
     search_fields = ("title", "provider_resource_id")
     list_select_related = ("account",)
     fields = (
@@ -812,10 +946,9 @@ class RecommendationAdmin(OperatorActionsMixin, TeamScopedAdminMixin, admin.Mode
         "rule",
         "provider_resource_id",
         "resource",
-        "details",
-        "estimated_monthly_saving",
-        "currency",
-        "monthly_cost",
+        "details_table",
+        "saving_money",
+        "monthly_cost_money",
         "saving_basis",
         "status",
         "status_reason",
@@ -825,8 +958,8 @@ class RecommendationAdmin(OperatorActionsMixin, TeamScopedAdminMixin, admin.Mode
         "updated_at",
         "last_found_at",
         "done_at",
-        "baseline_monthly_cost",
-        "realised_monthly_saving",
+        "baseline_money",
+        "realised_money",
         "realised_days",
         "realised_measured_at",
         "realised_note",
@@ -835,9 +968,21 @@ class RecommendationAdmin(OperatorActionsMixin, TeamScopedAdminMixin, admin.Mode
     # baseline are always recorded together.
     readonly_fields = fields
     actions = ("dismiss", "mark_done", "reopen")
+    saving_money = money_column("estimated_monthly_saving", description="saving / month")
+    realised_money = money_column("realised_monthly_saving", description="realised / month")
+    monthly_cost_money = money_column("monthly_cost", description="monthly cost")
+    baseline_money = money_column("baseline_monthly_cost", description="baseline monthly cost")
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="rule", ordering="rule")
+    def rule_title(self, obj):
+        return rule_title(obj.rule)
+
+    @admin.display(description="details")
+    def details_table(self, obj):
+        return details_table(obj.details, obj.currency)
 
     @admin.action(description="Dismiss (with a reason)…", permissions=["change"])
     def dismiss(self, request, queryset):
@@ -956,16 +1101,19 @@ class CostDailyRollupAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.Model
         "service_name",
         "sub_account_id",
         "region_id",
-        "billing_currency",
-        "billed_cost",
-        "effective_cost",
+        "billed_money",
+        "effective_money",
         "line_count",
     )
     list_filter = (("account", RELATED_ONLY), "billing_currency", "service_category", BillingPeriodFilter)
+    billed_money = money_column("billed_cost", currency="billing_currency", description="billed cost")
+    effective_money = money_column("effective_cost", currency="billing_currency", description="effective cost")
     search_fields = ("service_name",)
     date_hierarchy = "day"
     list_select_related = ("account",)
     show_full_result_count = False
+    # "Show counts" would count every option of every filter over the whole table (millions of rows): off.
+    show_facets = admin.ShowFacets.NEVER
 
 
 from . import admin_tags  # noqa: E402,F401  (cost allocation tags and their rollups)

@@ -55,6 +55,8 @@ class CostTagRollupAdmin(TeamScopedAdminMixin, admin.ModelAdmin):
     date_hierarchy = "day"
     list_select_related = ("account",)
     show_full_result_count = False
+    # "Show counts" would count every option of every filter over the whole table (millions of rows): off.
+    show_facets = admin.ShowFacets.NEVER
 
     def has_add_permission(self, request):
         return False

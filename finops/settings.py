@@ -121,6 +121,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# The admin's date and time formats (to the second): finops/formats/en/formats.py.
+FORMAT_MODULE_PATH = ["finops.formats"]
 
 # --- HTTPS: one switch for a site served over TLS (usually terminated by a proxy in front of gunicorn) ---
 HTTPS = env.bool("HTTPS", default=False)

@@ -28,12 +28,15 @@ class WriteOnlyTextarea(forms.Textarea):
 
 
 class WriteOnlyField(forms.CharField):
-    """A secret input: empty means "keep what is stored"."""
+    """A secret input: empty means "keep what is stored"; masked while typed (a password input: a pasted JSON key
+    loses only its line breaks, which JSON does not need)."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("required", False)
         kwargs.setdefault("strip", True)
-        kwargs.setdefault("widget", WriteOnlyTextarea(attrs={"rows": 3, "cols": 60, "autocomplete": "off"}))
+        kwargs.setdefault(
+            "widget", forms.PasswordInput(render_value=False, attrs={"size": 80, "autocomplete": "new-password"})
+        )
         super().__init__(**kwargs)
 
     def has_changed(self, initial, data):
@@ -90,20 +93,84 @@ class CredentialInlineFormSet(forms.BaseInlineFormSet):
                 raise forms.ValidationError(exc.message_dict.get("credentials", exc.messages)) from None
 
 
+# The settings a person sets per provider, as form fields (README's tables list them all; the rest stay in the
+# "advanced settings" JSON): (key, label, help, kind) with kind "text", "list" (comma-separated) or "int".
+PROVIDER_FIELDS = {
+    "focus": [
+        ("path", "Export path", "A FOCUS file or folder in FOCUS_IMPORT_ROOT (*.csv, *.csv.gz, *.parquet).", "text"),
+    ],
+    "aws": [
+        ("bucket", "S3 bucket", "Where the CUR 2.0 / Data Exports / FOCUS export is delivered.", "text"),
+        ("prefix", "Prefix", "s3://bucket/prefix/export_name/…", "text"),
+        ("export_name", "Export name", "", "text"),
+        ("regions", "Inventory regions", "Comma-separated, e.g. us-east-1, eu-west-1 (default us-east-1).", "list"),
+    ],
+    "azure": [
+        ("subscription_ids", "Subscriptions", "Comma-separated subscription ids (default: the external id).", "list"),
+        ("storage_account_url", "Storage account URL", "https://<account>.blob.core.windows.net", "text"),
+        ("container", "Container", "The export's container.", "text"),
+        ("directory", "Directory", "The export's directory in the container.", "text"),
+        ("export_name", "Export name", "", "text"),
+    ],
+    "gcp": [
+        ("source", "Source", '"bigquery" (default) or "gcs".', "text"),
+        ("project", "Project", "Where the BigQuery export lives (default: the key's project_id).", "text"),
+        ("dataset", "Dataset", "The billing export's BigQuery dataset.", "text"),
+        ("bucket", "GCS bucket", "With source gcs: FOCUS files under gs://bucket/prefix.", "text"),
+        ("prefix", "GCS prefix", "", "text"),
+    ],
+}
+
+
+def provider_field_name(provider: str, key: str) -> str:
+    return f"{provider}__{key}"
+
+
 class CloudAccountForm(forms.ModelForm):
-    """The account's endpoint settings under the egress policy; changing one needs the credential typed again in
-    the same request (`credential_editable`: whether this user's page has the credential inline at all)."""
+    """The account's settings as fields per provider (only the chosen provider's are shown, by
+    finops/account_form.js; the JSON box keeps the advanced keys), validated at save: a FOCUS path must exist
+    inside FOCUS_IMPORT_ROOT, endpoints follow the egress policy. Changing an endpoint needs the credential
+    typed again in the same request (`credential_editable`: whether this user's page has the credential inline)."""
 
     credential_editable = False  # set per request by CloudAccountAdmin.get_form
 
     class Meta:
         model = CloudAccount
         fields = ("name", "provider", "external_id", "is_active", "settings")
+        labels = {"settings": "Advanced settings (JSON)"}
+        help_texts = {"settings": "Keys not offered above (see the README's table for the provider); a field above "
+                      "wins over the same key here."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        current = self.instance.settings if isinstance(self.instance.settings, dict) else {}
+        for key, _label, _help, kind in PROVIDER_FIELDS.get(self.instance.provider or "", []):
+            value = current.get(key)
+            if kind == "list" and isinstance(value, list):
+                value = ", ".join(str(v) for v in value)
+            if value is not None:
+                self.initial.setdefault(provider_field_name(self.instance.provider, key), str(value))
+
+    def _merged_settings(self, provider: str, settings: dict) -> dict:
+        merged = dict(settings)
+        for key, _label, _help, kind in PROVIDER_FIELDS.get(provider, []):
+            name = provider_field_name(provider, key)
+            value = (self.cleaned_data.get(name) or "").strip()
+            if not value:
+                if self.initial.get(name):  # emptied by the user: the key goes; never set: the JSON's stays
+                    merged.pop(key, None)
+                continue
+            merged[key] = [v.strip() for v in value.split(",") if v.strip()] if kind == "list" else value
+        return merged
 
     def clean(self):
         cleaned = super().clean()
         provider = cleaned.get("provider") or self.instance.provider
         settings = cleaned.get("settings")
+        if provider and isinstance(settings, dict):
+            settings = cleaned["settings"] = self._merged_settings(provider, settings)
+            if provider == "focus" and settings.get("path"):
+                self._check_focus_path(settings["path"])
         if provider and isinstance(settings, dict):
             entered = self.credential_editable and bool(str(self.data.get("credential-0-secret") or "").strip())
             try:
@@ -117,6 +184,36 @@ class CloudAccountForm(forms.ModelForm):
                 for message in exc.message_dict.get("settings", []):
                     self.add_error("settings", message)
         return cleaned
+
+    def _check_focus_path(self, path) -> None:
+        from .connectors.focus import FocusPathRefused, focus_path_resolve
+
+        field = provider_field_name("focus", "path")
+        target = field if field in self.fields else "settings"
+        try:
+            resolved = focus_path_resolve(path)
+        except FocusPathRefused as exc:
+            self.add_error(target, str(exc))
+            return
+        except (TypeError, ValueError):
+            self.add_error(target, "a folder or file name (text)")
+            return
+        if not resolved.exists():
+            self.add_error(target, f"{path!r} does not exist under FOCUS_IMPORT_ROOT")
+
+
+# Declared on the class (the admin's form factory accepts only declared or model fields in its fieldsets).
+for _provider, _specs in PROVIDER_FIELDS.items():
+    for _key, _label, _help, _kind in _specs:
+        CloudAccountForm.base_fields[provider_field_name(_provider, _key)] = CloudAccountForm.declared_fields[
+            provider_field_name(_provider, _key)
+        ] = forms.CharField(
+            label=_label,
+            help_text=_help,
+            required=False,
+            max_length=1000,
+            widget=forms.TextInput(attrs={"size": 60, "data-provider": _provider}),
+        )
 
 
 class CredentialInline(admin.StackedInline):
@@ -205,6 +302,24 @@ class CloudAccountAdmin(TeamScopedAdminMixin, admin.ModelAdmin):
     search_fields = ("name", "external_id")
     readonly_fields = ("created_at", "updated_at", "last_synced_at")
     fields = ("name", "team", "provider", "external_id", "is_active", "settings", *readonly_fields)
+
+    def get_fieldsets(self, request, obj=None):
+        provider_sets = [
+            (
+                f"{label} settings",
+                {
+                    "fields": [provider_field_name(provider, key) for key, *_ in PROVIDER_FIELDS[provider]],
+                    "classes": ("finops-provider-settings", f"finops-provider-{provider}"),
+                },
+            )
+            for provider, label in (("focus", "FOCUS files"), ("aws", "AWS"), ("azure", "Azure"), ("gcp", "GCP"))
+        ]
+        return [
+            (None, {"fields": ("name", "team", "provider", "external_id", "is_active")}),
+            *provider_sets,
+            ("Advanced", {"fields": ("settings",)}),
+            ("History", {"fields": self.readonly_fields}),
+        ]
     inlines = (CredentialInline,)
     actions = ("test_connection_now", "sync_cost_data_now", "discover_resources_now")
     change_form_template = "admin/providers_app/cloudaccount/change_form.html"

@@ -11,7 +11,6 @@ from django.utils.html import format_html
 from django_celery_beat import admin as beat_admin
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
-from django_celery_results import admin as results_admin
 from django_celery_results.models import GroupResult, TaskResult
 
 from finops.admin_mixins import PlatformAdminOnlyMixin, ReadOnlyAdminMixin, TeamScopedAdminMixin
@@ -57,10 +56,21 @@ def run_link(run: TaskRun | None) -> str:
     return format_html('<a href="{}">{}</a>', url, run.celery_task_id)
 
 
-def state_badge(state: str) -> str:
+def state_badge(state: str, result=None) -> str:
     # Colours per state are classes in static/finops/admin.css: the CSP refuses inline style attributes.
+    if state == RunState.SUCCESS and isinstance(result, dict) and result.get("ok") is False:
+        # The task ran, what it checked did not work (a failed connection test): shown as the failure it is.
+        return format_html(
+            '<span class="finops-state finops-state-FAILURE" title="{}">CHECK FAILED</span>',
+            result.get("summary") or "the check failed",
+        )
     css = f"finops-state-{state}" if state in RunState.values else ""
     return format_html('<span class="finops-state {}">{}</span>', css, state)
+
+
+def account_label(run: TaskRun) -> str:
+    """The run's account; a run of no single account (a fan-out parent, housekeeping) says so."""
+    return run.account.name if run.account_id else "(all accounts)"
 
 
 def _report(modeladmin, request, done: list[str], failed: list[str], verb: str) -> None:
@@ -81,7 +91,20 @@ admin.site.unregister(PeriodicTask)
 class PeriodicTaskAdmin(PlatformAdminOnlyMixin, TriggerPermissionMixin, BeatPeriodicTaskAdmin):
     # Beat's own "run_tasks" publishes behind the ledger's back (no user, no trigger kind); ours replaces it.
     actions = ("run_now", "enable_tasks", "disable_tasks", "toggle_tasks")
-    list_display = ("name", "task", "enabled", "scheduler", "last_run_at", "total_run_count", "one_off")
+    # Beat's form template has an inline script (refused by the CSP): ours loads it from a file.
+    change_form_template = "admin/finops/periodictask_change_form.html"
+    list_display = ("name", "task", "enabled", "scheduler", "last_run_at", "next_run", "total_run_count", "one_off")
+    list_select_related = ("interval", "crontab", "solar", "clocked")
+
+    @admin.display(description="next run")
+    def next_run(self, obj):
+        from django.utils import timezone
+        from django.utils.formats import date_format
+
+        from .control_room import next_run_at
+
+        when = next_run_at(obj, timezone.now())
+        return date_format(when, "DATETIME_FORMAT") if when else "—"
 
     @admin.action(description="Enable selected tasks", permissions=["change"])
     def enable_tasks(self, request, queryset):
@@ -128,11 +151,15 @@ for _model, _admin in (
     (CrontabSchedule, beat_admin.CrontabScheduleAdmin),
     (SolarSchedule, beat_admin.SolarScheduleAdmin),
     (IntervalSchedule, beat_admin.IntervalScheduleAdmin),
-    (TaskResult, results_admin.TaskResultAdmin),
-    (GroupResult, results_admin.GroupResultAdmin),
 ):
     admin.site.unregister(_model)
     admin.site.register(_model, type(_admin.__name__, (PlatformAdminOnlyMixin, _admin), {}))
+
+# "Celery Results" (task and group results) would always be empty: results go to Redis (CELERY_RESULT_BACKEND),
+# and the run's outcome is in the TaskRun ledger ("Task runs"). django_celery_results stays installed only for
+# its migrations' tables; its admin is removed rather than offering an empty list and an "Add" button.
+for _model in (TaskResult, GroupResult):
+    admin.site.unregister(_model)
 
 
 def runs_operable(modeladmin, request, queryset, *, path: str = "account"):
@@ -158,7 +185,7 @@ def runs_operable(modeladmin, request, queryset, *, path: str = "account"):
 class RunChildInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = TaskRun
     fk_name = "parent"
-    fields = ("child", "state_badge", "kwargs", "enqueued_at", "finished_at")
+    fields = ("child", "child_account", "state_badge", "enqueued_at", "finished_at")
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -174,26 +201,26 @@ class RunChildInline(ReadOnlyAdminMixin, admin.TabularInline):
     def child(self, obj):
         return run_link(obj)
 
+    @admin.display(description="account")
+    def child_account(self, obj):
+        return account_label(obj)
+
     @admin.display(description="state")
     def state_badge(self, obj):
-        return state_badge(obj.state)
+        return state_badge(obj.state, obj.result)
 
 
 @admin.register(TaskRun)
 class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Fits 1440 px: the queue, start time and correlation id are on the run's page (and searchable).
     list_display = (
         "task_name",
-        "account",
+        "account_column",
         "state_badge",
-        "triggered_by",
-        "trigger_who",
-        "queue",
+        "trigger_column",
         "enqueued_at",
-        "started_at",
-        "finished_at",
-        "duration",
-        "retries",
-        "correlation_id",
+        "duration_column",
+        "parent_column",
     )
     list_display_links = ("task_name",)
     list_filter = (
@@ -206,16 +233,28 @@ class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMi
     )
     search_fields = ("celery_task_id", "correlation_id")
     search_help_text = "Exact Celery task id or correlation id"
-    list_select_related = ("user", "account")
+    list_select_related = ("user", "account", "parent")
     list_per_page = 50
     # COUNT(*) over a large ledger on every page view is not worth it.
     show_full_result_count = False
+    # "Show counts" would count every option of every filter over the whole table (millions of rows): off.
+    show_facets = admin.ShowFacets.NEVER
     actions = ("cancel_runs", "run_again")
     inlines = (RunChildInline,)
     fieldsets = (
         (
             None,
-            {"fields": ("task_name", "account", "celery_task_id", "state_badge", "queue", "worker", "correlation_id")},
+            {
+                "fields": (
+                    "task_name",
+                    "account_name",
+                    "celery_task_id",
+                    "state_badge",
+                    "queue",
+                    "worker",
+                    "correlation_id",
+                )
+            },
         ),
         ("Trigger", {"fields": ("triggered_by", "trigger_detail", "user", "parent_link", "dead_letter_link")}),
         ("Timing", {"fields": ("enqueued_at", "started_at", "finished_at", "duration", "retries", "redeliveries")}),
@@ -224,7 +263,7 @@ class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMi
     )
     readonly_fields = (
         "task_name",
-        "account",
+        "account_name",
         "celery_task_id",
         "state_badge",
         "queue",
@@ -267,11 +306,34 @@ class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMi
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, obj):
-        return state_badge(obj.state)
+        return state_badge(obj.state, obj.result)
 
     @admin.display(description="by")
     def trigger_who(self, obj):
         return obj.user.get_username() if obj.user_id else obj.trigger_detail
+
+    @admin.display(description="account", ordering="account__name")
+    def account_column(self, obj):
+        return account_label(obj)
+
+    @admin.display(description="trigger", ordering="triggered_by")
+    def trigger_column(self, obj):
+        if obj.triggered_by == TriggerKind.PARENT:
+            return "fan-out"
+        who = obj.user.get_username() if obj.user_id else obj.trigger_detail
+        return f"{obj.triggered_by}: {who}" if who else obj.triggered_by
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration_column(self, obj):
+        retries = f" · {obj.retries} retr{'y' if obj.retries == 1 else 'ies'}" if obj.retries else ""
+        return f"{format_duration(obj.duration_ms)}{retries}"
+
+    @admin.display(description="parent")
+    def parent_column(self, obj):
+        if obj.parent_id is None:
+            return "—"
+        url = reverse("admin:tasks_app_taskrun_change", args=[obj.parent_id])
+        return format_html('<a href="{}">{}</a>', url, obj.parent.task_name)
 
     @admin.display(description="duration", ordering="duration_ms")
     def duration(self, obj):
@@ -280,6 +342,10 @@ class TaskRunAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMi
     @admin.display(description="parent run")
     def parent_link(self, obj):
         return run_link(obj.parent)
+
+    @admin.display(description="account")
+    def account_name(self, obj):
+        return account_label(obj)
 
     @admin.display(description="dead letter")
     def dead_letter_link(self, obj):
@@ -351,10 +417,18 @@ class ReplayedFilter(admin.SimpleListFilter):
 @admin.register(DeadLetter)
 class DeadLetterAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     scope_path = "run__account"
-    list_display = ("task_name", "error_type", "short_error", "retries", "created_at", "replayed_at", "original_run")
+    list_display = (
+        "task_name",
+        "letter_account",
+        "error_type",
+        "short_error",
+        "created_at",
+        "replayed_at",
+        "original_run",
+    )
     list_filter = (("task_name", admin.AllValuesFieldListFilter), "error_type", ReplayedFilter, "created_at")
     search_fields = ("run__celery_task_id", "task_name")
-    list_select_related = ("run",)
+    list_select_related = ("run", "run__account")
     actions = ("replay",)
     fields = (
         "task_name",
@@ -373,6 +447,10 @@ class DeadLetterAdmin(TeamScopedAdminMixin, TriggerPermissionMixin, ReadOnlyAdmi
     @admin.display(description="error")
     def short_error(self, obj):
         return obj.error if len(obj.error) <= 100 else obj.error[:100] + "…"
+
+    @admin.display(description="account")
+    def letter_account(self, obj):
+        return account_label(obj.run)
 
     @admin.display(description="run")
     def original_run(self, obj):

@@ -571,6 +571,17 @@ def _header(request, key: str):
 # instead of a broadcast to every worker (1-2 s per request). Lapses with the worker: a killed one disappears.
 WORKER_STATE_KEY = "finops:worker:state:"
 WORKER_STATE_TTL = 10
+# What the control room shows of each worker beside its tasks: set once the worker is ready (consumer known).
+_worker_info: dict = {}
+
+
+@signals.worker_ready.connect
+def _remember_worker_info(sender=None, **_):
+    try:
+        _worker_info["concurrency"] = getattr(sender.controller, "concurrency", None) or sender.pool.num_processes
+        _worker_info["queues"] = sorted(queue.name for queue in sender.task_consumer.queues)
+    except Exception as exc:  # informative only
+        logger.debug("worker info not recorded: %s", exc)
 
 
 @signals.heartbeat_sent.connect
@@ -591,6 +602,7 @@ def _publish_worker_state(sender=None, **_):
                 reserved.append(request.info())
         snapshot = {"hostname": hostname, "at": time.time(), "active": active, "reserved": reserved}
         snapshot["scheduled"] = scheduled
+        snapshot.update(_worker_info)
         redis_client().set(WORKER_STATE_KEY + hostname, json.dumps(snapshot, default=str), ex=WORKER_STATE_TTL)
     except Exception as exc:  # the heartbeat itself must go on
         logger.debug("worker state not published: %s", exc)

@@ -4,6 +4,7 @@ from django.urls import path
 
 from .api import views
 from .api.auth import ThrottledTokenObtainPairView, ThrottledTokenRefreshView
+from .api.control_room import ControlRoomView
 
 CREATE = {"post": "create"}
 
@@ -21,6 +22,7 @@ urlpatterns = [
     path("tasks/workers/stats", views.TaskMonitorViewSet.as_view({"get": "workers"}), name="tasks-workers-stats"),
     path("tasks/cancel/<str:task_id>", views.TaskMonitorViewSet.as_view({"delete": "cancel"}), name="tasks-cancel"),
     path("tasks/health", views.HealthView.as_view(), name="tasks-health"),
+    path("tasks/control-room", ControlRoomView.as_view(), name="tasks-control-room"),
     # The audit trail and dead letters.
     path("tasks/runs", views.TaskRunViewSet.as_view({"get": "list"}), name="taskrun-list"),
     path("tasks/runs/<uuid:pk>", views.TaskRunViewSet.as_view({"get": "retrieve"}), name="taskrun-detail"),

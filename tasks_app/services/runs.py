@@ -133,12 +133,14 @@ def run_cancel(*, celery_task_id: str) -> CancelOutcome:
         run.state = RunState.CANCELLED
         run.finished_at = now
         run.lease_expires_at = None
-        run.error = "cancelled while running" if was_running else "cancelled before it started"
+        reason = "cancelled while running" if was_running else "cancelled before it started"
+        # A run waiting to retry already failed once: its error says why and is kept, the cancel noted after it.
+        run.error = f"{run.error} ({reason})" if run.error else reason
         if run.started_at:
             run.duration_ms = int((now - run.started_at).total_seconds() * 1000)
         run.save(update_fields=["state", "finished_at", "lease_expires_at", "error", "duration_ms"])
     current_app.control.revoke(celery_task_id, terminate=was_running, signal="SIGTERM")
-    return CancelOutcome(run, True, run.error)
+    return CancelOutcome(run, True, reason)
 
 
 def run_dead_letter(*, run_id: uuid.UUID) -> DeadLetter:

@@ -708,3 +708,14 @@ def test_no_finding_is_raised_when_there_is_nothing_to_gain(settings, tmp_path):
         "idle_resources",
         "untagged_spend",
     }
+
+
+def test_no_recommendation_concerns_nothing_an_account_without_spend_or_a_zero_saving(settings, tmp_path):
+    # given: an account whose untagged, unused resources cost 0.00 (free tier), and an account with no lines
+    settings.OPTIMIZATION_REQUIRED_TAG_KEYS = ["owner"]
+    free, empty = CloudAccountFactory(provider="aws"), CloudAccountFactory(provider="aws")
+    load(free, [*daily("i-free", SEPTEMBER, "0", tags={"team": "web"})], tmp_path)
+    # when
+    recommendations_refresh(now=NOW)
+    # then: no "save 0.00" and no untagged spend raised for either account
+    assert not Recommendation.objects.filter(account__in=[free, empty]).exists()

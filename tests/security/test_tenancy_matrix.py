@@ -284,6 +284,19 @@ def check_health(world, name):
     assert any(set(check) - {"ok", "latency_ms"} for check in detail.json()["checks"].values())
 
 
+def check_control_room(world, name):
+    own, other = world.a.rows["queued_run"], world.b.rows["queued_run"]
+    for role in TEAM_ROLES:
+        body = client_for(world.users[role]).get("/api/v1/tasks/control-room").json()
+        seen = {r["id"] for r in body["recent_runs"]}
+        assert str(own.pk) in seen and str(other.pk) not in seen, role
+        assert body["schedules"] == [] and "workers" not in body["system"] and "queues" not in body["system"], role
+    assert client_for(world.users["nobody"]).get("/api/v1/tasks/control-room").status_code == 403
+    body = client_for(world.users["platform_admin"]).get("/api/v1/tasks/control-room").json()
+    assert {str(own.pk), str(other.pk)} <= {r["id"] for r in body["recent_runs"]}
+    assert "queues" in body["system"]
+
+
 def check_export(world, name):
     url = "/api/v1/costs/export?account={}"
     for role in TEAM_ROLES:
@@ -354,6 +367,7 @@ ROUTES = {
     "tasks-active": check_active,
     "tasks-workers-stats": check_workers,
     "tasks-health": check_health,
+    "tasks-control-room": check_control_room,
     "costs-export": check_export,
     "recommendations-rules": check_rules,
     "token-obtain": check_not_tenant_data,
@@ -401,8 +415,6 @@ PLATFORM_ONLY = {
     "django_celery_beat.crontabschedule",
     "django_celery_beat.solarschedule",
     "django_celery_beat.clockedschedule",
-    "django_celery_results.taskresult",
-    "django_celery_results.groupresult",
     "tasks_app.retentionpolicy",
     "costs_app.costallocationtag",
 }

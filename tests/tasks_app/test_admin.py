@@ -265,7 +265,7 @@ def test_empty_secret_keeps_the_stored_one_and_a_new_one_replaces_it(admin_clien
         "provider": account.provider,
         "external_id": account.external_id,
         "is_active": "on",
-        "settings": '{"path": "/data"}',
+        "settings": '{"path": "/tmp"}',  # an existing path: a missing one is refused
         "credential-TOTAL_FORMS": "1",
         "credential-INITIAL_FORMS": "1",
         "credential-MIN_NUM_FORMS": "0",
@@ -279,7 +279,7 @@ def test_empty_secret_keeps_the_stored_one_and_a_new_one_replaces_it(admin_clien
     admin_client.post(change_url, form, follow=True)
     # then the secret is unchanged, the other fields saved
     account.refresh_from_db()
-    assert account.settings == {"path": "/data"}
+    assert account.settings == {"path": "/tmp"}
     assert Credential.objects.get(pk=credential.pk).get_secret() == json.loads(SECRET)
     # when a new secret is typed
     admin_client.post(change_url, {**form, "credential-0-secret": "plain-token-123456789"}, follow=True)
