@@ -241,8 +241,8 @@ def pages() -> list[str]:
     lines = reverse("admin:costs_app_costlineitem_changelist")
     biggest = CloudAccount.objects.get(name="bench-scale-0")
     urls.append(f"{lines}?account__id__exact={biggest.id}")
-    urls += [f"{lines}?o={i}" for i in range(1, len(CostLineItemAdmin.list_display) + 1)]
-    urls += [f"{lines}?o=-{i}&account__id__exact={biggest.id}" for i in (1, 2)]
+    urls += [f"{lines}?o={i}" for i in range(len(CostLineItemAdmin.list_display))]  # sorted by each column
+    urls += [f"{lines}?o=-{i}&account__id__exact={biggest.id}" for i in (0, 1)]
     urls.append(f"{lines}?_facets=1")
     return urls + dashboard_urls()
 
