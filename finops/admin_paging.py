@@ -34,14 +34,24 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        # A bounded COUNT: it stops reading after exact_up_to + 1 rows.
-        exact = self.object_list.order_by()[: self.exact_up_to + 1].count()
+        # A bounded COUNT: it stops reading after exact_up_to + 1 rows. The list's own order is kept, so those rows
+        # are the ones the page reads anyway (an index scan), not the first matches of a sequential scan that may
+        # have to pass millions of other rows to find them.
+        exact = self.object_list[: self.exact_up_to + 1].count()
         if exact <= self.exact_up_to:
             return exact
         self.estimated = True
         return max(planner_row_estimate(self.object_list.order_by()), exact)
 
     estimated = False
+
+    @property
+    def count_display(self) -> str:
+        return f"{self.count:,}"
+
+    @property
+    def browsable_display(self) -> str:
+        return f"{self.browsable:,}"
 
     @cached_property
     def num_pages(self) -> int:
