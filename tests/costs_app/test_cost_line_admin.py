@@ -116,6 +116,7 @@ def test_the_count_is_an_estimate_past_the_bound_and_says_so(lines, admin_page, 
     html, sqls = admin_page()
     # then: "about N", N from the planner; no unbounded COUNT over the cost lines
     assert re.search(r"about \d+ cost line items \(an estimate", html), html[-3000:]
+    assert re.search(r'<span class="small quiet">about \d+ results', html)  # the search bar's count too
     counts = [sql for sql in sqls if "COUNT(" in sql.upper()]
     assert counts and all("LIMIT 4" in sql for sql in counts), counts
     # and below the bound the count is exact
