@@ -81,12 +81,23 @@ def admin_url(url: str, name: str = "postgres") -> str:
 # --- the export ---
 
 
-def generate(path: Path, rows: int, seed: int = 7) -> None:
-    """An N-row FOCUS 1.2 CSV.gz: September 2024 of one payer account with hourly line items.
+def generate(
+    path: Path,
+    rows: int,
+    seed: int = 7,
+    *,
+    month: str = "2024-09",
+    sub_accounts: int = 40,
+    service_skew: float = 0.0,
+    sub_account_base: int = 100000000000,
+) -> None:
+    """An N-row FOCUS 1.2 CSV.gz: one month (September 2024 by default) of one payer account with hourly lines.
 
     Cardinalities as in a CUR of that size: ~rows/400 resources (a resource running all month bills 720 hourly
     lines of each usage type; storage and requests bill daily), 40 linked accounts, 16 services, 8 regions,
     640 SKUs, 80 % of resources tagged (team, env, cost-center), 15 % of usage under a Savings Plan.
+    bench/scale.py varies the month, the number of sub-accounts (and their ids) and skews the services
+    (service k drawn with weight 1/(k+1)**service_skew; 0 is uniform).
     """
     import numpy as np
     import pyarrow as pa
@@ -97,9 +108,17 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
 
     rng = np.random.default_rng(seed)
     n_resources = max(50, rows // 400)
-    n_sub = 40
+    n_sub = sub_accounts
+    first = np.datetime64(f"{month}-01", "D")
+    following = (first.astype("datetime64[M]") + 1).astype("datetime64[D]")
+    days = int((following - first).astype(int))
     # Each resource has its service, region, sub-account, SKU and tags for the whole month.
-    res_service = rng.integers(0, len(SERVICES), n_resources)
+    weights = 1.0 / np.arange(1, len(SERVICES) + 1) ** service_skew
+    res_service = (
+        rng.choice(len(SERVICES), n_resources, p=weights / weights.sum())
+        if service_skew
+        else rng.integers(0, len(SERVICES), n_resources)
+    )
     res_region = rng.choice(len(REGIONS), n_resources, p=np.array([30, 15, 20, 12, 10, 6, 5, 2]) / 100)
     res_sub = rng.integers(0, n_sub, n_resources)
     res_sku = res_service * 40 + rng.integers(0, 40, n_resources)
@@ -110,13 +129,13 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
     res_commit = rng.random(n_resources) < 0.15
 
     resource = rng.integers(0, n_resources, rows)
-    hour = rng.integers(0, 30 * 24, rows)  # September has 30 days
+    hour = rng.integers(0, days * 24, rows)
     daily = rng.random(rows) < 0.2  # storage-like lines are per day
     hour = np.where(daily, hour - hour % 24, hour)
     span = np.where(daily, 24, 1)
     category = rng.choice(5, rows, p=[0.93, 0.03, 0.02, 0.01, 0.01])  # Usage Purchase Tax Credit Adjustment
 
-    start = np.datetime64("2024-09-01T00:00:00") + hour.astype("timedelta64[h]")
+    start = first.astype("datetime64[s]") + hour.astype("timedelta64[h]")
     end = start + span.astype("timedelta64[h]")
 
     def text(values) -> pa.Array:
@@ -150,7 +169,8 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
     categories = ["Usage", "Purchase", "Tax", "Credit", "Adjustment"]
 
     resource_ids = [
-        f"arn:aws:{SERVICES[s][0].split()[-1].lower()}:{REGIONS[r][0]}:{100000000000 + sub_i:012d}:resource/r-{i:08x}"
+        f"arn:aws:{SERVICES[s][0].split()[-1].lower()}:{REGIONS[r][0]}:{sub_account_base + sub_i:012d}"
+        f":resource/r-{i:08x}"
         for i, (s, r, sub_i) in enumerate(zip(res_service, res_region, res_sub, strict=True))
     ]
     tags = [
@@ -162,7 +182,7 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
         json.dumps({"InstanceFamily": f"m{i % 7}", "Size": ["large", "xlarge", "2xlarge"][i % 3]})
         for i in range(len(sku_ids))
     ]
-    subs = [f"{100000000000 + i:012d}" for i in range(n_sub)]
+    subs = [f"{sub_account_base + i:012d}" for i in range(n_sub)]
     columns = {
         "AvailabilityZone": null_where(
             pick([f"{r}{z}" for r, _ in REGIONS for z in "abc"], region * 3 + resource % 3), daily
@@ -172,8 +192,8 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
         "BillingAccountName": pick(["Acme Payer"], np.zeros(rows, dtype=np.int64)),
         "BillingAccountType": pick(["Billing Account"], np.zeros(rows, dtype=np.int64)),
         "BillingCurrency": pick(["USD"], np.zeros(rows, dtype=np.int64)),
-        "BillingPeriodEnd": pick(["2024-10-01T00:00:00Z"], np.zeros(rows, dtype=np.int64)),
-        "BillingPeriodStart": pick(["2024-09-01T00:00:00Z"], np.zeros(rows, dtype=np.int64)),
+        "BillingPeriodEnd": pick([f"{following}T00:00:00Z"], np.zeros(rows, dtype=np.int64)),
+        "BillingPeriodStart": pick([f"{first}T00:00:00Z"], np.zeros(rows, dtype=np.int64)),
         "CapacityReservationId": text([None] * rows),
         "CapacityReservationStatus": text([None] * rows),
         "ChargeCategory": pick(categories, category),
@@ -211,7 +231,7 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
         "ContractedCost": money(list_cost),
         "ContractedUnitPrice": money(list_unit),
         "EffectiveCost": money(effective),
-        "InvoiceId": pick(["INV-2024-09-0001"], np.zeros(rows, dtype=np.int64)),
+        "InvoiceId": pick([f"INV-{month}-0001"], np.zeros(rows, dtype=np.int64)),
         "InvoiceIssuerName": pick(["Amazon Web Services, Inc."], np.zeros(rows, dtype=np.int64)),
         "ListCost": money(list_cost),
         "ListUnitPrice": money(list_unit),

@@ -5,6 +5,9 @@ channels have their own rule: a budget is a team's when all its accounts are (or
 are for platform admins); a channel is its team's (org-wide channels, no team, are for platform admins).
 """
 
+from datetime import datetime
+
+from django.db import connection
 from django.db.models import QuerySet
 
 from providers_app.models import Role
@@ -26,6 +29,33 @@ from .models import (
 
 def cost_lines_for(user, *, role: Role = Role.VIEWER) -> QuerySet[CostLineItem]:
     return visible_to(CostLineItem.objects.all(), user, role=role)
+
+
+def billing_periods_for(user, *, limit: int = 36) -> list[datetime]:
+    """The billing periods (their first instant, newest first) the user's accounts have cost in.
+
+    Read from the daily rollups' (account, billing_period_start) index by a loose index scan: one probe per
+    account and period, not a DISTINCT over every rollup row (millions, at a year of a large organisation).
+    """
+    account_ids = list(accounts_for(user).values_list("id", flat=True))
+    if not account_ids:
+        return []
+    table = CostDailyRollup._meta.db_table
+    sql = f"""
+        WITH RECURSIVE periods(account_id, start) AS (
+            SELECT a, (SELECT max(r.billing_period_start) FROM {table} r WHERE r.account_id = a)
+            FROM unnest(%(accounts)s::bigint[]) AS a
+            UNION ALL
+            SELECT p.account_id,
+                   (SELECT max(r.billing_period_start) FROM {table} r
+                    WHERE r.account_id = p.account_id AND r.billing_period_start < p.start)
+            FROM periods p WHERE p.start IS NOT NULL
+        )
+        SELECT DISTINCT start FROM periods WHERE start IS NOT NULL ORDER BY start DESC LIMIT %(limit)s
+    """  # noqa: S608  (the table name is the model's)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"accounts": account_ids, "limit": limit})
+        return [row[0] for row in cursor.fetchall()]
 
 
 def daily_rollups_for(user, *, role: Role = Role.VIEWER) -> QuerySet[CostDailyRollup]:

@@ -642,6 +642,9 @@ spend AS (
       ON l.account_id = a.account_id
      AND l.charge_period_start >= ((a.first_day - %s)::timestamp AT TIME ZONE 'UTC')
      AND l.charge_period_start < ((a.last_day + 1)::timestamp AT TIME ZONE 'UTC')
+     -- the partition key's bound: billed in the charge's period or later; the reference week is within a month
+     AND l.billing_period_start >= (
+         SELECT (date_trunc('month', min(first_day)::timestamp) - interval '2 months') AT TIME ZONE 'UTC' FROM a)
     WHERE l.billing_currency = a.currency AND coalesce(l.resource_id, '') <> ''
       AND (a.service IS NULL OR coalesce(l.service_name, '') = a.service)
       AND (a.tag_key IS NULL OR coalesce(l.tags ->> a.tag_key, '') = a.tag_value)

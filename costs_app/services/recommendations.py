@@ -171,6 +171,8 @@ SELECT d.rec_id,
 FROM d JOIN costs_app_costlineitem c
   ON c.account_id = d.account_id AND {condition}
  AND c.charge_period_start >= d.bs AND c.charge_period_start < d.ae
+ -- the partition key's bound: billed in the charge's period or later (see optimization.base)
+ AND c.billing_period_start >= (SELECT date_trunc('month', min(bs)) - interval '1 month' FROM d)
 GROUP BY d.rec_id
 """
 

@@ -83,9 +83,14 @@ def _windows_cte(accounts: str, starts: str, ends: str) -> str:
 # Every cost-line query starts from this: the accounts in scope and their windows (Windows.params()) ...
 _WINDOWS_CTE = _windows_cte("%s", "%s", "%s")
 _NAMED_WINDOWS_CTE = _windows_cte("%(accounts)s", "%(starts)s", "%(ends)s")  # (Windows.named_params())
-# ... and reads the cost lines of each account in its window,
-_LINES_IN_WINDOWS = """costs_app_costlineitem c
-    JOIN w ON c.account_id = w.account_id AND c.charge_period_start >= w.ws AND c.charge_period_start < w.we"""
+# ... and reads the cost lines of each account in its window. A line is billed in the period of its charge or a later
+# one (corrections), so the billing periods before the earliest window's (less one month of slack) cannot hold
+# them: that bound on the partition key lets PostgreSQL skip the older periods (pruned at execution time, the
+# subquery's value being known once the query starts).
+BILLING_PERIOD_FLOOR = "(SELECT date_trunc('month', min({column})) - interval '1 month' FROM {cte})"
+_LINES_IN_WINDOWS = f"""costs_app_costlineitem c
+    JOIN w ON c.account_id = w.account_id AND c.charge_period_start >= w.ws AND c.charge_period_start < w.we
+     AND c.billing_period_start >= {BILLING_PERIOD_FLOOR.format(column="ws", cte="w")}"""
 # often with the days they span.
 _SPAN_DAYS = "EXTRACT(EPOCH FROM MAX(c.charge_period_end) - MIN(c.charge_period_start)) / 86400"
 

@@ -10,6 +10,7 @@ from django.conf import settings
 
 from .. import cloud_prices as prices
 from .base import (
+    BILLING_PERIOD_FLOOR,
     RUNNING_STATES,
     STOPPED_STATES,
     Context,
@@ -87,8 +88,9 @@ class StoppedInstances(Rule):
     FROM s JOIN costs_app_costlineitem c
       ON c.account_id = s.account_id AND c.resource_id = s.resource_id
      AND c.charge_period_start >= s.since AND c.charge_period_start < s.until
+     AND c.billing_period_start >= {floor}
     GROUP BY 1, 2, 3
-    """
+    """.format(floor=BILLING_PERIOD_FLOOR.format(column="since", cte="s"))
 
     def findings(self, ctx: Context) -> list[Finding]:
         stopped_before = ctx.now - timedelta(days=settings.OPTIMIZATION_STOPPED_DAYS)
