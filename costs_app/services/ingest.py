@@ -177,6 +177,7 @@ def cost_period_replace(
             # Months the first batch did not show (a file of several months) get their leaves and counts now.
             stage.finish_copy(cursor, {_utc(p) for p in sums.periods})
             stage.build_indexes(cursor)
+            stage.claim_months(cursor)  # from here imports of the same months wait for this one's commit
         result.rows_replaced = sum(stage.old_days.values())
         mixed = _roll_up(cursor, account.pk, stage.old_days, sums, tag_keys)
         result.billed_cost = sums.billed_by_currency()

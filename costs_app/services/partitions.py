@@ -9,11 +9,14 @@ An import (`ingest.cost_period_replace`) loads through a `Stage`, all in its one
    show), one standalone leaf per month with a CHECK equal to the leaf's partition bound, so that ATTACH skips
    its validation scan. No index: the COPY writes bare heaps.
 2. the COPY, routed to the staging leaves; `finish_copy` moves rows of other months out of the DEFAULT into
-   leaves of their own, carries over the few lines of the account's month whose billing period the import
-   does not hold (the swap replaces the whole month), and counts the replaced lines per day.
+   leaves of their own.
 3. `build_indexes`: each leaf's primary key and index, built once over the loaded rows (a sort, not a
-   million index insertions).
-4. `swap`, the import's last statements: per month, detach the old leaf, drop it, attach the new one. The
+   million index insertions). Up to here nothing reads the stored lines: imports of other accounts of the
+   same months run in parallel.
+4. `claim_months`: the months' advisory locks (imports of one month serialise from here to their commit),
+   the account's leaves made if missing, the replaced lines counted per day, and the few lines of the
+   account's month whose billing period the import does not hold carried over (the swap replaces the month).
+5. `swap`, the import's last statements: per month, detach the old leaf, drop it, attach the new one. The
    locks (ACCESS EXCLUSIVE on the month's table) are held only from there to the commit.
 
 Readers see the old month or the new one, never both: the swap is in the import's transaction. Any failure,
@@ -91,7 +94,6 @@ class Stage:
                 [month, next_month(month)],
             )
         self.periods |= set(periods)
-        self._count_stored(raw_cursor, {month_of(p) for p in periods})
 
     @property
     def copy_target(self) -> str:
@@ -132,7 +134,8 @@ class Stage:
     # -- after the COPY --
 
     def finish_copy(self, cursor, periods: set[datetime]) -> None:
-        """Give every month loaded a leaf of its own; carry over the month's lines of other billing periods."""
+        """Give every month loaded a leaf of its own. Touches only the staging tables: imports of other accounts
+        go on in parallel up to `claim_months`."""
         cursor.execute(f"SELECT DISTINCT billing_period_start FROM {self.name}_default")  # noqa: S608
         late = {row[0] for row in cursor.fetchall()}
         for month in sorted({month_of(p) for p in late}):
@@ -143,6 +146,28 @@ class Stage:
                 [month, next_month(month)],
             )
         self.periods |= set(periods)
+        for leaf in self.leaves.values():
+            if self._attached(cursor, leaf):
+                cursor.execute(f"ALTER TABLE {self.name} DETACH PARTITION {leaf}")
+        cursor.execute(f"DROP TABLE {self.name}")
+
+    def claim_months(self, cursor) -> None:
+        """Take the months this import replaces, then read what they hold: count the replaced lines per day and
+        carry over the account's lines of billing periods the import does not hold (the swap replaces the whole
+        month).
+
+        Imports of different accounts in one month both read the month's table and both swap in it (DETACH
+        takes ACCESS EXCLUSIVE on it): two such transactions would each wait for the other's read lock. So from
+        here to its commit an import holds the month's advisory lock (the one `finops_costline_leaf` takes, in
+        month order), and it has read nothing of the stored lines before: the second import of a month waits
+        here, with its COPY and indexes already done, and never holds a lock the first one needs. The leaves
+        are made first, so the counts below read the account's leaf, not a DEFAULT partition.
+        """
+        for month in sorted(self.leaves):
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('finops_costline_leaf'), hashtext(%s))", [period_table(month)]
+            )
+            cursor.execute("SELECT finops_costline_leaf(%s, %s)", [month, self.account_id])
         self._count_stored(cursor, set(self.leaves))
         for month, leaf in self.leaves.items():
             # Rare (two billing periods starting in one month): the swap replaces the whole month of the
@@ -154,10 +179,6 @@ class Stage:
                     AND billing_period_start < %s AND billing_period_start <> ALL(%s)""",  # noqa: S608
                 [self.account_id, month, next_month(month), sorted(self.periods)],
             )
-        for leaf in self.leaves.values():
-            if self._attached(cursor, leaf):
-                cursor.execute(f"ALTER TABLE {self.name} DETACH PARTITION {leaf}")
-        cursor.execute(f"DROP TABLE {self.name}")
 
     def _attached(self, cursor, leaf: str) -> bool:
         cursor.execute("SELECT EXISTS (SELECT FROM pg_inherits WHERE inhrelid = %s::regclass)", [leaf])
@@ -170,6 +191,9 @@ class Stage:
             cursor.execute(f"ALTER TABLE {leaf} ADD PRIMARY KEY (id, billing_period_start, account_id)")
             pause_point("index")
             cursor.execute(f"CREATE INDEX ON {leaf} (account_id, charge_period_start)")
+            # Statistics before the leaf is attached: the planner and the lists' estimated counts are right
+            # from the commit on, not once autovacuum comes by (a 1 M-line month read as empty made 10 s pages).
+            cursor.execute(f"ANALYZE {leaf}")
 
     def swap(self, cursor) -> None:
         """Per month: the old leaf out and dropped, the new one in. `cursor` is Django's: a fenced run stops here."""
