@@ -56,15 +56,20 @@ class Round:
         self.errors: dict[int, int] = {}
         self.lock = threading.Lock()
         self.done = threading.Event()
+        self.failure: str | None = None  # a trigger that was not accepted stops the round
 
     def trigger(self, count: int) -> None:
         session = requests.Session()
-        for _ in range(count):
-            response = session.post(f"{self.url}{TRIGGER}", json={}, headers=self.headers, timeout=60)
-            if response.status_code != 202:
-                raise SystemExit(f"trigger answered {response.status_code}: {response.text[:300]}")
-            with self.lock:
-                self.ids.append(response.json()["task_id"])
+        try:
+            for _ in range(count):
+                response = session.post(f"{self.url}{TRIGGER}", json={}, headers=self.headers, timeout=60)
+                if response.status_code != 202:
+                    raise RuntimeError(f"trigger answered {response.status_code}: {response.text[:300]}")
+                with self.lock:
+                    self.ids.append(response.json()["task_id"])
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            self.done.set()
 
     def client(self) -> None:
         session = requests.Session()
@@ -103,12 +108,14 @@ class Round:
         for thread in triggers:
             thread.join()
         triggered = time.perf_counter() - start
-        while TaskRun.objects.filter(state__in=FINAL_STATES).count() < self.tasks:
+        while not self.done.is_set() and TaskRun.objects.filter(state__in=FINAL_STATES).count() < self.tasks:
             connection.close()
             time.sleep(0.2)
         self.done.set()
         for thread in clients:
             thread.join()
+        if self.failure:
+            raise SystemExit(f"{self.kind}: {self.failure}")
         elapsed = time.perf_counter() - start
         states = dict(TaskRun.objects.values_list("state").annotate(n=Count("id")))
         if states.get(RunState.SUCCESS) != self.tasks:
@@ -158,6 +165,7 @@ def main() -> None:
         server = LiveServer(
             log_dir,
             DJANGO_SETTINGS_MODULE="finops.settings",
+            JWT_ACCESS_TOKEN_MINUTES="120",  # the default 5 min token would expire mid-run under load
             DEBUG="0",
             THROTTLE_TRIGGER_RATE="",
             LOG_LEVEL="WARNING",
