@@ -64,12 +64,12 @@ def ensure_database(url: str) -> None:
 
 
 class Worker:
-    def __init__(self, env: dict, log_path: Path):
+    def __init__(self, env: dict, log_path: Path, queues: str = "default"):
         self.hostname = f"bench-{uuid.uuid4().hex[:6]}@%h"
         self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
         self.log_path = log_path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "finops", "worker", "-Q", "default", "-c", "2", "-P", "prefork"]
+            [sys.executable, "-m", "celery", "-A", "finops", "worker", "-Q", queues, "-c", "2", "-P", "prefork"]
             + ["--hostname", self.hostname, "-l", "WARNING", "--without-mingle", "--without-gossip"],
             cwd=ROOT,
             env=env,

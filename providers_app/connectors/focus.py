@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -154,6 +155,26 @@ def source_files(path: str | Path, *, confined: bool = False) -> list[Path]:
     return [root]
 
 
+def files_fingerprint(files: list[Path]) -> str:
+    """What changes when any of the files changes: each one's path, size, modification time and SHA-256.
+
+    Size and mtime alone miss a same-size rewrite within the file system's timestamp granularity (or a copy
+    that kept the mtime); the content hash does not, for about a second per GB read (a reload costs far more).
+    """
+    digest = hashlib.sha256(b"focus-files\n")
+    for file in files:
+        stat = file.stat()
+        with open(file, "rb") as handle:
+            content = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest.update(f"{file}\t{stat.st_size}\t{stat.st_mtime_ns}\t{content}\n".encode())
+    return digest.hexdigest()
+
+
+def scoped_fingerprint(files_fingerprint: str, scope: str) -> str:
+    """The fingerprint recorded for a load of `scope` (one "YYYY-MM" period, or "*" for every period)."""
+    return hashlib.sha256(f"{files_fingerprint}\n{scope}".encode()).hexdigest()
+
+
 def detect_version(names: set[str]) -> str:
     since = {focus.BY_NAME[n].since for n in names if n in focus.BY_NAME}
     return max(since | {"1.0"})
@@ -175,8 +196,28 @@ class FocusFileSource(CostSource):
     def batches(self, *, billing_period: str | None = None) -> Iterator[CostBatch]:
         files = source_files(self.path, confined=self.confined)
         self.files = [str(f) for f in files]
+        # Change detection, as the cloud exports do with ETags: the files' fingerprint, recorded (in
+        # ExportState, once the load commits) for every period they yielded. A file holds any number of
+        # periods, unknown until it is read, so an unchanged file set is recognised by its fingerprint on
+        # the periods it loaded last time. The scope (one period, or all) is part of it: a whole-file sync
+        # after a one-period sync still loads the other periods.
+        content = files_fingerprint(files)
+        whole = scoped_fingerprint(content, "*")
+        fingerprint = whole if billing_period is None else scoped_fingerprint(content, billing_period)
+        if billing_period is None:
+            unchanged = sorted(p for p, known in self.known_fingerprints.items() if known == whole)
+        else:
+            known = self.known_fingerprints.get(billing_period)
+            unchanged = [billing_period] if known in (whole, fingerprint) else []
+        if unchanged:
+            self.unchanged_periods.extend(unchanged)
+            return
+        periods: set[str] = set()
         for file in files:
-            yield from self._file_batches(file, billing_period)
+            for batch in self._file_batches(file, billing_period):
+                periods.update(batch.periods)
+                yield batch
+        self.fingerprints.update(dict.fromkeys(periods, fingerprint))
 
     # --- reading ---
 

@@ -76,6 +76,11 @@ def _workers(timeout: float) -> dict:
     return {"count": len(names), "names": names}
 
 
+def beat_heartbeat(now: float) -> dict:
+    """The beat leader's heartbeat age and lease holder; RuntimeError when beat is missing or stale."""
+    return _beat(now)
+
+
 def _beat(now: float) -> dict:
     max_age = settings.BEAT_HEARTBEAT_MAX_AGE
     with _redis(settings.CELERY_BROKER_URL) as client:

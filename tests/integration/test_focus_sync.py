@@ -23,9 +23,11 @@ def finished(run: TaskRun) -> TaskRun:
     return wait_for(done, timeout=90, what=f"{run.task_name} to finish")
 
 
-def sync(account) -> TaskRun:
+def sync(account, **kwargs) -> TaskRun:
     run = task_enqueue(
-        task_name="sync_provider_cost_data", kwargs={"account_id": account.id}, triggered_by=TriggerKind.COMMAND
+        task_name="sync_provider_cost_data",
+        kwargs={"account_id": account.id, **kwargs},
+        triggered_by=TriggerKind.COMMAND,
     )
     return finished(run)
 
@@ -70,8 +72,9 @@ def test_syncing_twice_leaves_the_same_rows_and_discovery_builds_the_inventory(c
     # given
     account = CloudAccountFactory(settings={"path": str(SAMPLE)})
     first = sync(account)
-    # when
+    # when: again (the file unchanged: nothing reloaded), then forced (reloaded)
     second = sync(account)
+    forced = sync(account, force=True)
     discovery = finished(
         task_enqueue(
             task_name="discover_provider_resources",
@@ -80,8 +83,9 @@ def test_syncing_twice_leaves_the_same_rows_and_discovery_builds_the_inventory(c
         )
     )
     # then
-    assert (first.state, second.state) == (RunState.SUCCESS, RunState.SUCCESS)
-    assert second.result["rows_replaced"] == SAMPLE_ROWS
+    assert (first.state, second.state, forced.state) == (RunState.SUCCESS,) * 3
+    assert (second.result["rows_loaded"], second.result["unchanged_periods"]) == (0, ["2024-09", "2024-10"])
+    assert forced.result["rows_replaced"] == SAMPLE_ROWS
     assert CostLineItem.objects.filter(account=account).count() == SAMPLE_ROWS
     assert discovery.state == RunState.SUCCESS, discovery.error
     assert discovery.queue == "resource_discovery"

@@ -86,6 +86,19 @@ def main() -> None:
         )
         return {str(r["billing_period_start"]): [r["rows"], str(r["billed"])] for r in rows}
 
+    def operator(username: str, password: str, account_id: int) -> int:
+        """A user who may trigger tasks for the account (an operator of its team, the default team if it had none)."""
+        from django.contrib.auth.models import Permission
+
+        from providers_app.models import Role
+        from providers_app.services.teams import team_default, team_member_set
+
+        CloudAccount.objects.filter(id=account_id, team=None).update(team=team_default())
+        user = get_user_model().objects.create_user(username=username, password=password)
+        team_member_set(team=CloudAccount.objects.get(id=account_id).team, user=user, role=Role.OPERATOR)
+        user.user_permissions.add(Permission.objects.get(codename="trigger_tasks"))
+        return user.id
+
     def schedule(name: str, task: str, every: int) -> int:
         from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
@@ -94,6 +107,7 @@ def main() -> None:
 
     commands = {
         "schedule": schedule,
+        "operator": operator,
         "http": http,
         "enqueue": enqueue,
         "runs": runs,

@@ -24,13 +24,19 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, log_dir: Path, **env: str):
+    def __init__(self, log_dir: Path, command: list[str] | None = None, **env: str):
+        """`command`: gunicorn's arguments instead of ours (e.g. docker-compose.yml's); its --bind is replaced."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"gunicorn-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop())
+        if command is not None:
+            command = list(command)
+            command[command.index("--bind") + 1] = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [
+            [sys.executable, "-m", "gunicorn", *command]
+            if command is not None
+            else [
                 sys.executable,
                 "-m",
                 "gunicorn",

@@ -106,6 +106,7 @@ class Command(BaseCommand):
         failed = sub.add_parser("failed", help="recent failed runs and dead letters")
         failed.add_argument("--limit", type=int, default=20, help="how many of each (default 20)")
         sub.add_parser("health", help="database, broker, result backend, workers, beat: each checked for real")
+        sub.add_parser("beat", help="fails unless a beat leads and its heartbeat is fresh (the beat health check)")
 
     def handle(self, *args, subcommand: str, **options):
         handler = getattr(self, f"do_{subcommand}")
@@ -295,6 +296,16 @@ class Command(BaseCommand):
             self.stdout.write(f"  {mark} {name:<15} {check.get('latency_ms', 0):>7.1f} ms  {detail}")
         if health["failing"]:
             raise CommandError(f"unhealthy: {', '.join(health['failing'])}")
+
+    def do_beat(self, **options):
+        """The beat container's health check: the leader's heartbeat in Redis is younger than BEAT_HEARTBEAT_MAX_AGE."""
+        from tasks_app.services.health import beat_heartbeat
+
+        try:
+            beat = beat_heartbeat(time.time())
+        except Exception as exc:
+            raise CommandError(f"beat unhealthy: {exc}") from None
+        self.stdout.write(f"beat ok: leader {beat['leader']}, heartbeat {beat['age_s']} s old")
 
     # --- pieces ---
 
