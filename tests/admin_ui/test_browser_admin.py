@@ -93,7 +93,7 @@ def demo(db):
             "interval": IntervalSchedule.objects.get_or_create(every=1, period="hours")[0],
         },
     )
-    return CloudAccount.objects.get(name="demo-focus")
+    return CloudAccount.objects.get(name="demo-aws")
 
 
 def test_an_operator_runs_the_task_system_from_the_control_room(
@@ -210,7 +210,7 @@ def test_an_operator_runs_the_task_system_from_the_control_room(
     assert overflowing == {}
     browser.get(f"{base}/admin/tasks_app/taskrun/")
     runs = by_css(browser, "#result_list").text
-    assert "(all accounts)" in runs and "demo-focus" in runs  # every run says its account
+    assert "(all accounts)" in runs and "demo-aws" in runs  # every run says its account
     assert {path: found for path, found in seen.items() if found} == {}
 
 

@@ -158,11 +158,11 @@ def test_alerts_show_spend_forecast_percentage_and_delivery_status(admin_client)
     detail = admin_client.get(reverse("admin:costs_app_budgetalert_change", args=[alert.id])).content.decode()
     budget_page = admin_client.get(reverse("admin:costs_app_budget_change", args=[budget.id])).content.decode()
     # then
-    for text in ("100% forecasted", "812.5", "1234.56", "81.25", "123.46", "1 sent, 1 failed"):
+    for text in ("100% forecasted", "812.50 USD", "1,234.56 USD", "81 %", "(123 %)", "1 sent, 1 failed"):
         assert text in listing, text
     assert failed_only.status_code == 200 and "1 sent, 1 failed" in failed_only.content.decode()
     assert "HTTP 500" in detail and "hook" in detail
-    assert "1 sent, 1 failed" in budget_page and "1234.56" in budget_page
+    assert "1 sent, 1 failed" in budget_page and "1234.56" in budget_page.replace(",", "")
 
 
 def test_failed_deliveries_can_be_retried_from_the_admin(admin_client):

@@ -72,6 +72,8 @@ def analysis_data():
             service_category="Storage",
             billed_cost=Decimal("2.00"),
             consumed_quantity=Decimal(0),
+            billing_period_start=midnight(day.replace(day=1)),  # a charge lies in its billing period
+            billing_period_end=midnight((day.replace(day=1) + timedelta(days=32)).replace(day=1)),
             charge_period_start=midnight(day),
             charge_period_end=midnight(day) + timedelta(days=1),
         )
