@@ -20,6 +20,7 @@ from django.urls import reverse
 from costs_app.models import CostLineItem
 from costs_app.services.ingest import FocusRulesError, account_cost_sync, focus_file_import
 from finops.errors import PermanentError
+from providers_app.admin import provider_field_name
 from providers_app.connectors.focus import connection_check
 from providers_app.models import CloudAccount
 from tests.celery_procs import ROOT, child_env
@@ -295,7 +296,9 @@ def test_changing_the_path_to_etc_is_refused_in_the_api_and_the_admin(admin_clie
             "provider": "focus",
             "external_id": account.external_id,
             "is_active": "on",
-            "settings": json.dumps({"path": "/etc"}),
+            # the account form's own field for the path (the advanced JSON box keeps the other keys)
+            provider_field_name("focus", "path"): "/etc",
+            "settings": json.dumps({}),
             "credential-TOTAL_FORMS": "0",
             "credential-INITIAL_FORMS": "0",
             "credential-MIN_NUM_FORMS": "0",
@@ -306,7 +309,8 @@ def test_changing_the_path_to_etc_is_refused_in_the_api_and_the_admin(admin_clie
     assert api.status_code == 400
     assert "not inside the FOCUS import folder" in api.json()["settings"][0]
     assert admin.status_code == 200  # the form again, with the error
-    assert "not inside the FOCUS import folder" in " ".join(admin.context["adminform"].form.errors["settings"])
+    errors = admin.context["adminform"].form.errors
+    assert "not inside the FOCUS import folder" in " ".join(errors[provider_field_name("focus", "path")])
     account.refresh_from_db()
     assert account.settings == {"path": "acme"}
 

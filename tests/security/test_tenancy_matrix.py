@@ -309,6 +309,53 @@ def check_export(world, name):
     assert client_for(world.users["platform_admin"]).get(url.format(world.b.account.name)).status_code == 200
 
 
+def check_dashboards(world, name):
+    """The dashboards' JSON: a team's users see their accounts' spend, budgets, anomalies and savings only; another
+    team's budget or anomaly is not found; a platform admin sees the organisation."""
+    from decimal import Decimal
+
+    from costs_app.models import CostDailyRollup, CostTagRollup
+
+    spend_b = Decimal("123.45")
+    CostDailyRollup.objects.filter(account=world.b.account).update(billed_cost=spend_b)
+    CostTagRollup.objects.filter(account=world.b.account).update(billed_cost=spend_b)
+    window = "date_from=2024-09-01&date_to=2024-09-30&currency=USD"
+    budget_a, budget_b = world.a.rows["costs_app.budget"], world.b.rows["costs_app.budget"]
+    anomaly_a, anomaly_b = world.a.rows["costs_app.anomaly"], world.b.rows["costs_app.anomaly"]
+    paths = {
+        "dashboards-api-spend": f"/api/v1/dashboards/spend/?{window}&account={world.b.account.id}&group_by=account",
+        "dashboards-api-spend-tags": f"/api/v1/dashboards/spend/tags/?{window}",
+        "dashboards-api-budgets": "/api/v1/dashboards/budgets/",
+        "dashboards-api-burn": f"/api/v1/dashboards/budgets/{budget_b.pk}/burn/",
+        "dashboards-api-anomaly-series": f"/api/v1/dashboards/anomalies/{anomaly_b.pk}/series/",
+        "dashboards-api-savings": "/api/v1/dashboards/savings/",
+    }
+    path = paths[name]
+    platform = client_for(world.users["platform_admin"]).get(path)
+    assert platform.status_code == 200, platform.content
+    assert client_for(world.users["nobody"]).get(path).status_code in (403, 404)
+    for role in TEAM_ROLES:
+        client = client_for(world.users[role])
+        answer = client.get(path)
+        if name == "dashboards-api-burn":
+            assert answer.status_code == 404, role
+            assert client.get(f"/api/v1/dashboards/budgets/{budget_a.pk}/burn/").status_code == 200, role
+        elif name == "dashboards-api-anomaly-series":
+            assert answer.status_code == 404, role
+            assert client.get(f"/api/v1/dashboards/anomalies/{anomaly_a.pk}/series/").status_code == 200, role
+        else:
+            assert answer.status_code == 200, role
+            text = answer.content.decode()
+            # nothing of team B in the answer: its spend, its budget's name, its account's name
+            for secret in ("123.45", budget_b.name, world.b.account.name):
+                assert secret not in text, (role, secret)
+    text = platform.content.decode()
+    if name == "dashboards-api-spend":
+        assert "123.45" in text  # the platform admin's answer does hold team B's spend
+    if name == "dashboards-api-budgets":
+        assert budget_a.name in text and budget_b.name in text
+
+
 def check_account_create(world, name):
     admin_a = client_for(world.users["account_admin"])
     payload = {"provider": "focus", "settings": {"path": "/data"}}
@@ -368,6 +415,12 @@ ROUTES = {
     "tasks-workers-stats": check_workers,
     "tasks-health": check_health,
     "tasks-control-room": check_control_room,
+    "dashboards-api-spend": check_dashboards,
+    "dashboards-api-spend-tags": check_dashboards,
+    "dashboards-api-budgets": check_dashboards,
+    "dashboards-api-burn": check_dashboards,
+    "dashboards-api-anomaly-series": check_dashboards,
+    "dashboards-api-savings": check_dashboards,
     "costs-export": check_export,
     "recommendations-rules": check_rules,
     "token-obtain": check_not_tenant_data,
