@@ -139,7 +139,10 @@ def main() -> None:
         f"month x account layout {account_replace:.2f} s"
     )
     print(f"drop one account's month: DELETE {month_drop:.2f} s, detach + drop {account_drop:.3f} s")
-    print(f"planning a pruned query: 1 + 24 month partitions {plan_month:.2f} ms, 1 + 24 x 40 leaves {plan_account:.2f} ms")
+    print(
+        f"planning a pruned query: 1 + 24 month partitions {plan_month:.2f} ms, "
+        f"1 + 24 x 40 leaves {plan_account:.2f} ms"
+    )
     figures = {
         "rows": n,
         "replace_month_s": round(month_replace, 2),

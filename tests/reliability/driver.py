@@ -118,6 +118,14 @@ def main() -> None:
         "reconcile": lambda: runs_reconcile(now=timezone.now()).as_dict(),
         "dead_letters": lambda: list(DeadLetter.objects.values("task_name", "error", "run__celery_task_id")),
     }
+    # Each command is one "request": its connection goes back to the pool, as a web request's does, and the next
+    # one takes a connection from the pool (checked there: CONN_HEALTH_CHECKS).
+    serve(commands, after=connection.close)
+
+
+def serve(commands: dict, *, after) -> None:
+    """Answer JSON lines `{"command": name, **kwargs}` on stdin with `{"value": ...}` or `{"error": ...}`;
+    `after` runs once each command is done (its connections go back to their pools)."""
     for line in sys.stdin:
         request = json.loads(line)
         name = request.pop("command")
@@ -127,9 +135,7 @@ def main() -> None:
             traceback.print_exc()
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
-            # Each command is one "request": its connection goes back to the pool, as a web request's does,
-            # and the next one takes a connection from the pool (checked there: CONN_HEALTH_CHECKS).
-            connection.close()
+            after()
         sys.stdout.write(json.dumps(reply, default=str) + "\n")
         sys.stdout.flush()
 

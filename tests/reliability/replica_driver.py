@@ -3,8 +3,8 @@ through the real URL conf and middleware, and the writes the drill needs, done o
 """
 
 import json
-import sys
-import traceback
+
+from tests.reliability.driver import serve
 
 
 def main() -> None:
@@ -67,19 +67,8 @@ def main() -> None:
         "read_write_read": read_write_read,
         "set_setting": set_setting,
     }
-    for raw in sys.stdin:
-        request = json.loads(raw)
-        name = request.pop("command")
-        try:
-            reply = {"value": commands[name](**request)}
-        except Exception as exc:
-            traceback.print_exc()
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        finally:
-            # Each command is one "request": its connections (primary and replica) go back to their pools.
-            connections.close_all()
-        sys.stdout.write(json.dumps(reply, default=str) + "\n")
-        sys.stdout.flush()
+    # Each command is one "request": its connections (primary and replica) go back to their pools.
+    serve(commands, after=connections.close_all)
 
 
 if __name__ == "__main__":
