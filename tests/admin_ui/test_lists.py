@@ -91,11 +91,14 @@ def test_root_leads_to_the_admin_and_the_favicon_is_served(client):
 def test_failed_24h_links_a_24h_filter_and_forgets_a_failure_replayed_successfully():
     from tasks_app.models import DeadLetter, RunState, TaskRun
     from tasks_app.templatetags.task_admin import task_system_summary
+    from tests.factories import UserFactory
+
+    admin = UserFactory(username="root", is_staff=True, is_superuser=True)  # the run has no account: org-wide
 
     failed = TaskRun.objects.create(task_name="monitor_budget", celery_task_id="f-1", state=RunState.FAILURE)
     letter = DeadLetter.objects.create(run=failed, task_name="monitor_budget", queue="monitoring", error="boom")
-    summary = task_system_summary()
+    summary = task_system_summary(admin)
     assert summary["failed_24h"] == 1 and "enqueued_at__gte=" in summary["failed_24h_query"]
     replay = TaskRun.objects.create(task_name="monitor_budget", celery_task_id="r-1", state=RunState.SUCCESS)
     DeadLetter.objects.filter(id=letter.id).update(replay_run=replay)
-    assert task_system_summary()["failed_24h"] == 0
+    assert task_system_summary(admin)["failed_24h"] == 0

@@ -6,6 +6,8 @@ Routes are enumerated from the URL resolver and the admin registry: a new route 
 does not cover fails `test_every_api_route_is_covered` / `test_every_admin_page_is_covered`.
 """
 
+import re
+
 import pytest
 from django.contrib import admin
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -579,3 +581,19 @@ def test_admin_trigger_actions_only_act_on_operated_accounts(client, world):
         {"action": "mark_done", "_selected_action": [rec.pk]},
     )
     assert Recommendation.objects.get(pk=rec.pk).status == "open"
+
+
+def test_admin_index_task_system_box_counts_only_the_users_runs(client, world):
+    # given team A and team B each with a queued run and a failed run (dead-lettered), and an org-wide failed run
+    def box(user) -> dict[str, str]:
+        client.force_login(user)
+        html = client.get(reverse("admin:index")).content.decode()
+        return {
+            name: re.search(rf'id="task-system-{name}"[^>]*>(\d+)</td>', html).group(1)
+            for name in ("queued", "failed", "dead-letters")
+        }
+
+    # then a team A user counts team A's runs only, a platform admin every run
+    for role in TEAM_ROLES:
+        assert box(world.users[role]) == {"queued": "1", "failed": "1", "dead-letters": "1"}, role
+    assert box(world.users["platform_admin"]) == {"queued": "2", "failed": "3", "dead-letters": "3"}
