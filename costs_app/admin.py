@@ -1,7 +1,7 @@
 """Admin for the money: budgets and their alerts, channels (write-only targets), anomalies, recommendations, costs."""
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from django import forms
 from django.contrib import admin, messages
@@ -39,7 +39,7 @@ from .models import (
     NotificationChannel,
     Recommendation,
 )
-from .selectors import billing_periods_for, budget_scope, channel_scope, daily_rollups_for
+from .selectors import billing_periods_for, budget_scope, budgets_for, channel_scope
 from .services.anomalies import anomalies_status_set, anomaly_monitor_save
 from .services.notifications import channel_target_validate
 
@@ -258,21 +258,24 @@ class BudgetForm(forms.ModelForm):
 
 
 class BudgetAlertInline(admin.TabularInline):
+    """The budget's alerts: money with its currency and two decimals (finops/money.py), percentages rounded, as in
+    the alert list."""
+
     model = BudgetAlert
     fields = (
         "period_start",
         "threshold_label",
-        "spend",
-        "forecast",
-        "forecast_low",
-        "forecast_high",
-        "percentage",
-        "forecast_percentage",
+        "spend_money",
+        "forecast_money",
+        "forecast_range",
+        "percent_used",
         "created_at",
         "delivery_status",
         "resolved_at",
     )
     readonly_fields = fields
+    spend_money = money_column("spend", description="spend")
+    forecast_money = money_column("forecast", description="forecast")
     extra = 0
     max_num = 0
     can_delete = False
@@ -286,9 +289,29 @@ class BudgetAlertInline(admin.TabularInline):
     def threshold_label(self, obj):
         return obj.threshold_spec.label(obj.currency)
 
+    @admin.display(description="forecast interval (80 %)")
+    def forecast_range(self, obj):
+        if obj.forecast_low is None or obj.forecast_high is None:
+            return "—"
+        return format_html(
+            '<span class="finops-money">{} – {}</span>',
+            format_money(obj.forecast_low, obj.currency),
+            format_money(obj.forecast_high, obj.currency),
+        )
+
+    @admin.display(description="% used (fcst)")
+    def percent_used(self, obj):
+        return _percent_label(obj)
+
     @admin.display(description="deliveries")
     def delivery_status(self, obj):
         return _delivery_summary(obj)
+
+
+def _percent_label(alert) -> str:
+    actual = f"{alert.percentage:.0f} %" if alert.percentage is not None else "—"
+    forecast = f" ({alert.forecast_percentage:.0f} %)" if alert.forecast_percentage is not None else ""
+    return actual + forecast
 
 
 def _with_delivery_counts(queryset):
@@ -468,6 +491,23 @@ class DeliveryProblemFilter(admin.SimpleListFilter):
         return queryset
 
 
+class AlertBudgetFilter(admin.SimpleListFilter):
+    """The user's budgets (a small table), not RelatedOnlyFieldListFilter's DISTINCT over every alert."""
+
+    title = "budget"
+    parameter_name = "budget__id__exact"
+
+    def lookups(self, request, model_admin):
+        return [(str(pk), name) for pk, name in budgets_for(request.user).order_by("name").values_list("pk", "name")]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        if not self.value().isdigit():
+            return queryset.none()
+        return queryset.filter(budget_id=int(self.value()))
+
+
 class AlertDeliveryInline(admin.TabularInline):
     model = AlertDelivery
     fields = ("channel", "status", "attempts", "last_error", "next_attempt_at", "last_attempt_at", "sent_at")
@@ -493,18 +533,36 @@ class BudgetAlertAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmi
         DeliveryProblemFilter,
         "basis",
         "threshold_type",
-        "period_start",
-        ("budget", RELATED_ONLY),
+        AlertBudgetFilter,
     )
     list_select_related = ("budget",)
-    date_hierarchy = "period_start"
+    date_hierarchy = "period_start"  # the period's filter too (no DISTINCT list of every period_start)
     inlines = (AlertDeliveryInline,)
+    show_full_result_count = False
 
     def scope_queryset(self, queryset, user, *, role):
         return budget_scope(queryset, user, role=role, path="budget_id")
 
-    def get_queryset(self, request):
-        return _with_delivery_counts(super().get_queryset(request))
+    def changelist_view(self, request, extra_context=None):
+        """The deliveries of the page's alerts counted in one query for those alerts, attached to the rows; not an
+        annotation of the list's queryset, which made its COUNT group every alert of every budget with its
+        deliveries."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            alerts = list(changelist.result_list)
+            counts: dict[tuple[int, str], int] = {
+                (alert_id, status): n
+                for alert_id, status, n in AlertDelivery.objects.filter(alert_id__in=[a.id for a in alerts])
+                .values_list("alert_id", "status")
+                .annotate(n=Count("id"))
+                .order_by()
+            }
+            for alert in alerts:
+                alert.sent_count = counts.get((alert.id, DeliveryStatus.SENT), 0)
+                alert.pending_count = counts.get((alert.id, DeliveryStatus.PENDING), 0)
+                alert.failed_count = counts.get((alert.id, DeliveryStatus.FAILED), 0)
+        return response
 
     spend_money = money_column("spend", description="spend")
 
@@ -529,9 +587,7 @@ class BudgetAlertAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmi
 
     @admin.display(description="% used (fcst)", ordering="percentage")
     def percent_column(self, obj):
-        actual = f"{obj.percentage:.0f} %" if obj.percentage is not None else "—"
-        forecast = f" ({obj.forecast_percentage:.0f} %)" if obj.forecast_percentage is not None else ""
-        return actual + forecast
+        return _percent_label(obj)
 
     @admin.display(description="threshold", ordering="threshold")
     def threshold_label(self, obj):
@@ -1039,26 +1095,6 @@ class RecommendationAdmin(OperatorActionsMixin, TeamScopedAdminMixin, admin.Mode
 # --- Cost data (read-only) ---
 
 
-class BillingPeriodFilter(admin.SimpleListFilter):
-    """Periods listed from the small rollup table, never from a DISTINCT over the cost lines."""
-
-    title = "billing period"
-    parameter_name = "period"
-
-    def lookups(self, request, model_admin):
-        starts = daily_rollups_for(request.user).values_list("billing_period_start", flat=True).distinct()
-        return [(s.strftime("%Y-%m"), s.strftime("%Y-%m")) for s in sorted(starts, reverse=True)[:36]]
-
-    def queryset(self, request, queryset):
-        if not self.value():
-            return queryset
-        try:
-            start = datetime.strptime(self.value(), "%Y-%m").replace(tzinfo=UTC)
-        except ValueError:
-            return queryset.none()
-        return queryset.filter(billing_period_start=start)
-
-
 class CostLinePeriodFilter(admin.SimpleListFilter):
     """One billing period at a time, the latest by default (no "All"): every page of the cost line list reads one
     period (one partition), whatever else is chosen. Periods come from a loose index scan of the rollups."""
@@ -1166,8 +1202,53 @@ class CostLineItemAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdm
         return matches, False
 
 
+class RollupMonthFilter(CostLinePeriodFilter):
+    """A rollup list shows one month of days at a time, the latest month with cost by default (no "All"): its
+    queries read that month's range of the (day) / (account, day) / (tag_key, day) indexes, never the whole table.
+    The months are the billing periods of the user's accounts (a loose index scan, selectors.billing_periods_for).
+    """
+
+    title = "month (latest by default)"
+
+    def queryset(self, request, queryset):
+        try:
+            start = datetime.strptime(self.value() or "", "%Y-%m").date()
+        except ValueError:  # no cost at all yet, or not a month
+            return queryset.none()
+        following = date(start.year + (start.month == 12), start.month % 12 + 1, 1)
+        return queryset.filter(day__gte=start, day__lt=following)
+
+
+LARGE_LIST_NOTE = (
+    "One month at a time (the latest by default, pick another on the right); the count is exact up to 10,000 rows "
+    'and estimated past that; sorted by day only; no per-option counts ("show counts" is off on this table).'
+)
+
+
+class LargeRollupListMixin:
+    """What the rollup lists share at millions of rows: a month filter always applied, the user's accounts as the
+    account filter (a small table), an estimated count, sorting on the day only (the indexed column), no facets,
+    no date hierarchy (its DISTINCT over dates)."""
+
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    ordering = ("-day",)
+    list_per_page = 100
+    list_select_related = ("account",)
+
+    def get_changelist(self, request, **kwargs):
+        return BoundedSortChangeList
+
+    def get_sortable_by(self, request):
+        return ("day",)
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {"subtitle": LARGE_LIST_NOTE, **(extra_context or {})})
+
+
 @admin.register(CostDailyRollup)
-class CostDailyRollupAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class CostDailyRollupAdmin(LargeRollupListMixin, TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "day",
         "account",
@@ -1178,15 +1259,19 @@ class CostDailyRollupAdmin(TeamScopedAdminMixin, ReadOnlyAdminMixin, admin.Model
         "effective_money",
         "line_count",
     )
-    list_filter = (("account", RELATED_ONLY), "billing_currency", "service_category", BillingPeriodFilter)
+    list_filter = (
+        RollupMonthFilter,
+        CostLineAccountFilter,
+        fixed_values_filter("service category", "service_category", focus.SERVICE_CATEGORIES),
+    )
     billed_money = money_column("billed_cost", currency="billing_currency", description="billed cost")
     effective_money = money_column("effective_cost", currency="billing_currency", description="effective cost")
     search_fields = ("service_name",)
-    date_hierarchy = "day"
-    list_select_related = ("account",)
-    show_full_result_count = False
-    # "Show counts" would count every option of every filter over the whole table (millions of rows): off.
-    show_facets = admin.ShowFacets.NEVER
+    search_help_text = "Exact service name (within the month)"
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        return (queryset.filter(service_name=term) if term else queryset), False
 
 
 from . import admin_tags  # noqa: E402,F401  (cost allocation tags and their rollups)

@@ -4,7 +4,9 @@ from django.contrib import admin, messages
 from django.db import transaction
 
 from finops.admin_mixins import PlatformAdminOnlyMixin, TeamScopedAdminMixin
+from finops.money import money_column
 
+from .admin import CostLineAccountFilter, LargeRollupListMixin, RollupMonthFilter
 from .models import CostAllocationTag, CostTagRollup
 from .services.ingest import tag_rollups_rebuild
 
@@ -47,16 +49,47 @@ class CostAllocationTagAdmin(PlatformAdminOnlyMixin, admin.ModelAdmin):
         self.message_user(request, f"rebuilt {', '.join(keys)}: {rows} rollup rows")
 
 
+class TagKeyFilter(admin.SimpleListFilter):
+    """One tag key at a time, the first cost allocation tag by default (a small table, not a DISTINCT over the
+    rollups): with the month, the list reads one range of the (tag_key, day) index."""
+
+    title = "tag key"
+    parameter_name = "tag_key"
+
+    def __init__(self, request, params, model, model_admin):
+        super().__init__(request, params, model, model_admin)
+        self.default = self.lookup_choices[0][0] if self.lookup_choices else None
+
+    def lookups(self, request, model_admin):
+        keys = CostAllocationTag.objects.order_by("-is_active", "key").values_list("key", flat=True)
+        return [(key, key) for key in keys]
+
+    def value(self):
+        return super().value() or self.default
+
+    def choices(self, changelist):
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": self.value() == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        return queryset.filter(tag_key=self.value()) if self.value() else queryset
+
+
 @admin.register(CostTagRollup)
-class CostTagRollupAdmin(TeamScopedAdminMixin, admin.ModelAdmin):
-    list_display = ("day", "account", "tag_key", "tag_value", "service_name", "region_id", "billed_cost")
-    list_filter = ("tag_key", ("account", admin.RelatedOnlyFieldListFilter), "billing_currency")
+class CostTagRollupAdmin(LargeRollupListMixin, TeamScopedAdminMixin, admin.ModelAdmin):
+    list_display = ("day", "account", "tag_key", "tag_value", "service_name", "region_id", "billed_money")
+    list_filter = (RollupMonthFilter, TagKeyFilter, CostLineAccountFilter)
+    billed_money = money_column("billed_cost", currency="billing_currency", description="billed cost")
     search_fields = ("tag_value",)
-    date_hierarchy = "day"
-    list_select_related = ("account",)
-    show_full_result_count = False
-    # "Show counts" would count every option of every filter over the whole table (millions of rows): off.
-    show_facets = admin.ShowFacets.NEVER
+    search_help_text = "Exact tag value (within the month and tag key)"
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        return (queryset.filter(tag_value=term) if term else queryset), False
 
     def has_add_permission(self, request):
         return False

@@ -21,9 +21,7 @@ def task_system_summary(user) -> dict:
     from tasks_app.selectors import dead_letters_for, runs_for
 
     runs = runs_for(user, permission=None)
-    by_state = dict(
-        runs.filter(state__in=ACTIVE_STATES).values_list("state").annotate(n=Count("id")).order_by()
-    )
+    by_state = dict(runs.filter(state__in=ACTIVE_STATES).values_list("state").annotate(n=Count("id")).order_by())
     since = timezone.now() - timedelta(hours=24)
     return {
         "queued": by_state.get(RunState.QUEUED, 0),
