@@ -104,6 +104,41 @@ class CostDailyRollup(CostRollup):
         return f"{self.day} {self.service_name or '(all services)'} {self.billed_cost} {self.billing_currency}"
 
 
+class CostMonthRollup(models.Model):
+    """Cost per account × month × service × region × currency: the daily rollups summed by month, for the dashboards'
+    long periods (a year is 12 months of a few thousand rows, not 365 days of hundreds of thousands).
+
+    Never written by Python: statement-level triggers on CostDailyRollup (migration 0016) add each statement's
+    inserted rows and subtract its deleted ones, in the same transaction. So whatever writes the daily rollups (an
+    import's swap, a reload, retention, an account's deletion, a TRUNCATE) leaves this table equal to
+    `SELECT ... FROM costdailyrollup GROUP BY account, month, service, region, currency`; a row goes when its last
+    daily row does (`rollup_rows` counts them). No sub-account and no tag: filters on those read the daily rollups.
+    """
+
+    account = models.ForeignKey(CloudAccount, related_name="monthly_costs", **BULK_ACCOUNT)
+    month = models.DateField(help_text="The first day of the month of the daily rollups' days (UTC).")
+    service_name = models.TextField(default="", blank=True)
+    region_id = models.TextField(default="", blank=True)
+    billing_currency = models.CharField(max_length=3)
+    billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    effective_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    list_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    line_count = models.BigIntegerField(default=0)
+    rollup_rows = models.IntegerField(default=0, help_text="Daily rollup rows summed here.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "month", "service_name", "region_id", "billing_currency"],
+                name="month_rollup_dims_uniq",
+            )
+        ]
+        indexes = [models.Index(fields=["month"], name="month_rollup_month_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.service_name or '(all services)'} {self.billed_cost} {self.billing_currency}"
+
+
 class CostAllocationTag(models.Model):
     """A tag key whose spend is rolled up per value (AWS calls these "cost allocation tags").
 
