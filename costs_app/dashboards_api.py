@@ -135,6 +135,10 @@ class SpendOut(serializers.Serializer):
     date_from = serializers.DateField()
     date_to = serializers.DateField()
     group_by = serializers.CharField()
+    granularity = serializers.ChoiceField(
+        choices=["day", "month"],
+        help_text="day; month for a period of more than 92 days (days then holds each month's first day).",
+    )
     days = serializers.ListField(child=serializers.DateField())
     series = SeriesOut(many=True, help_text="One per top group, then '(other)'; values align with days.")
     total = _money()

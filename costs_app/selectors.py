@@ -21,6 +21,7 @@ from .models import (
     BudgetAlert,
     CostDailyRollup,
     CostLineItem,
+    CostMonthRollup,
     CostTagRollup,
     NotificationChannel,
     Recommendation,
@@ -60,6 +61,13 @@ def billing_periods_for(user, *, limit: int = 36) -> list[datetime]:
 
 def daily_rollups_for(user, *, role: Role = Role.VIEWER) -> QuerySet[CostDailyRollup]:
     return visible_to(CostDailyRollup.objects.all(), user, role=role)
+
+
+def month_rollups_for(user, *, role: Role = Role.VIEWER) -> QuerySet[CostMonthRollup]:
+    """The monthly sums of the daily rollups the user may see: the daily rollups' view permission and accounts."""
+    if user is None or not user.is_authenticated or not user.has_perm("costs_app.view_costdailyrollup"):
+        return CostMonthRollup.objects.none()
+    return visible_to(CostMonthRollup.objects.all(), user, role=role, permission=None)
 
 
 def tag_rollups_for(user, *, role: Role = Role.VIEWER) -> QuerySet[CostTagRollup]:

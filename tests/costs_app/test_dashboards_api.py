@@ -157,3 +157,35 @@ def test_another_teams_ids_are_not_found_and_a_user_without_permission_is_refuse
     assert nobody.get(SPEND).status_code == 403
     assert APIClient().get(SPEND).status_code in (401, 403)
     assert Recommendation.objects.filter(status=RecommendationStatus.OPEN).count() == 4
+
+
+def test_a_long_period_is_drawn_by_month_from_the_monthly_rollups_with_the_same_sums(viewer_client, world):
+    # given: 120 days, more than 92: by month; the world's 90 days of data end yesterday, mid-month or not
+    date_from, date_to = world.last_day - timedelta(days=119), world.last_day
+    mine = CostDailyRollup.objects.filter(account__in=world.accounts, day__range=(date_from, date_to))
+    prod, _ = world.accounts
+    for params, rows in (
+        ({}, mine),
+        ({"account": prod.pk, "service": EC2}, mine.filter(account=prod, service_name=EC2)),
+        ({"region": "eu-west-1", "group_by": "account"}, mine.filter(region_id="eu-west-1")),
+        ({"sub_account": "123456789012"}, mine.filter(sub_account_id="123456789012")),  # not in the monthly rollups
+    ):
+        # when
+        with CaptureQueriesContext(connection) as queries:
+            answer = viewer_client.get(SPEND, {"date_from": date_from, "date_to": date_to, "top": 20, **params})
+        # then
+        assert answer.status_code == 200, answer.content
+        body = answer.json()
+        months = sorted({d.replace(day=1) for d in (date_from, date_to)} | {d.replace(day=1) for d in
+                        (date_from + timedelta(days=i) for i in range(120))})  # fmt: skip
+        assert body["granularity"] == "month" and body["days"] == [m.isoformat() for m in months], params
+        expected = {}
+        for day, total in rows.values_list("day", "billed_cost"):
+            expected[day.replace(day=1)] = expected.get(day.replace(day=1), Decimal(0)) + total
+        drawn = [sum(Decimal(s["values"][i]) for s in body["series"]) for i in range(len(months))]
+        for month, value in zip(months, drawn, strict=True):
+            assert abs(value - expected.get(month, Decimal(0))) <= Decimal("0.05"), (params, month)
+        assert Decimal(body["total"]) == sum(expected.values(), Decimal(0)).quantize(Decimal("0.01")), params
+        assert "other-team" not in answer.content.decode()
+        reads_months = any("costs_app_costmonthrollup" in q["sql"] for q in queries.captured_queries)
+        assert reads_months == ("sub_account" not in params), params

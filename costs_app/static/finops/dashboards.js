@@ -116,7 +116,8 @@
       draw(container.querySelector("#spend-chart"), {
         type: "bar",
         data: {
-          labels: data.days,
+          // A long period comes by month: label it by its month (YYYY-MM), not its first day.
+          labels: data.granularity === "month" ? data.days.map(function (d) { return d.slice(0, 7); }) : data.days,
           datasets: data.series.map(function (s, i) {
             return { label: s.label, data: s.values.map(num),
               backgroundColor: s.key === "(other)" ? OTHER_COLOR : PALETTE[i % PALETTE.length], stack: "spend" };
