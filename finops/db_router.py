@@ -52,6 +52,7 @@ REPORTING_MODELS = frozenset(
         "costs_app.costlineitem",
         "costs_app.costdailyrollup",
         "costs_app.costtagrollup",
+        "costs_app.costmonthrollup",
         "costs_app.costallocationtag",
         "costs_app.anomaly",
         "costs_app.recommendation",

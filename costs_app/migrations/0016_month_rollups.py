@@ -46,7 +46,7 @@ BEGIN {SUBTRACT} RETURN NULL; END $$;
 CREATE FUNCTION finops_month_rollup_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN {SUBTRACT} {ADD} RETURN NULL; END $$;
 CREATE FUNCTION finops_month_rollup_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN TRUNCATE {MONTHLY}; RETURN NULL; END $$;
+BEGIN DELETE FROM {MONTHLY}; RETURN NULL; END $$;
 
 CREATE TRIGGER month_rollup_insert AFTER INSERT ON {DAILY} REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION finops_month_rollup_insert();
@@ -61,6 +61,8 @@ INSERT INTO {MONTHLY} ({KEY}, billed_cost, effective_cost, list_cost, line_count
 {grouped(DAILY)};
 """
 
+# The TRUNCATE trigger DELETEs: a TRUNCATE of both tables in one statement (Django's flush) would refuse a TRUNCATE of
+# a table it is already truncating.
 DROP = f"""
 DROP TRIGGER month_rollup_insert ON {DAILY};
 DROP TRIGGER month_rollup_delete ON {DAILY};
