@@ -39,7 +39,7 @@ from .models import (
     NotificationChannel,
     Recommendation,
 )
-from .selectors import billing_periods_for, budget_scope, budgets_for, channel_scope
+from .selectors import billing_periods_for, budget_scope, budgets_for, channel_scope, month_rollups_for
 from .services.anomalies import anomalies_status_set, anomaly_monitor_save
 from .services.notifications import channel_target_validate
 
@@ -1219,6 +1219,21 @@ class RollupMonthFilter(CostLinePeriodFilter):
         return queryset.filter(day__gte=start, day__lt=following)
 
 
+class RollupServiceFilter(admin.SimpleListFilter):
+    """The services of the user's accounts, from the monthly rollups (a few thousand rows; no DISTINCT over the
+    daily or tag rollups)."""
+
+    title = "service"
+    parameter_name = "service"
+
+    def lookups(self, request, model_admin):
+        names = month_rollups_for(request.user).order_by("service_name").values_list("service_name", flat=True)
+        return [(name, name or "(no service)") for name in names.distinct()[:200]]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(service_name=self.value()) if self.value() is not None else queryset
+
+
 LARGE_LIST_NOTE = (
     "One month at a time (the latest by default, pick another on the right); the count is exact up to 10,000 rows "
     'and estimated past that; sorted by day only; no per-option counts ("show counts" is off on this table).'
@@ -1262,6 +1277,7 @@ class CostDailyRollupAdmin(LargeRollupListMixin, TeamScopedAdminMixin, ReadOnlyA
     list_filter = (
         RollupMonthFilter,
         CostLineAccountFilter,
+        RollupServiceFilter,
         fixed_values_filter("service category", "service_category", focus.SERVICE_CATEGORIES),
     )
     billed_money = money_column("billed_cost", currency="billing_currency", description="billed cost")

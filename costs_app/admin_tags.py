@@ -6,7 +6,7 @@ from django.db import transaction
 from finops.admin_mixins import PlatformAdminOnlyMixin, TeamScopedAdminMixin
 from finops.money import money_column
 
-from .admin import CostLineAccountFilter, LargeRollupListMixin, RollupMonthFilter
+from .admin import CostLineAccountFilter, LargeRollupListMixin, RollupMonthFilter, RollupServiceFilter
 from .models import CostAllocationTag, CostTagRollup
 from .services.ingest import tag_rollups_rebuild
 
@@ -82,7 +82,7 @@ class TagKeyFilter(admin.SimpleListFilter):
 @admin.register(CostTagRollup)
 class CostTagRollupAdmin(LargeRollupListMixin, TeamScopedAdminMixin, admin.ModelAdmin):
     list_display = ("day", "account", "tag_key", "tag_value", "service_name", "region_id", "billed_money")
-    list_filter = (RollupMonthFilter, TagKeyFilter, CostLineAccountFilter)
+    list_filter = (RollupMonthFilter, TagKeyFilter, CostLineAccountFilter, RollupServiceFilter)
     billed_money = money_column("billed_cost", currency="billing_currency", description="billed cost")
     search_fields = ("tag_value",)
     search_help_text = "Exact tag value (within the month and tag key)"

@@ -63,6 +63,10 @@ def page(client, platform_admin):
     return get
 
 
+def results(html: str) -> str:
+    return html.split('id="result_list"')[1].split("</table>")[0] if 'id="result_list"' in html else ""
+
+
 def assert_bounded_to(sqls: list[str], start: str, end: str) -> None:
     assert sqls, "the page read no rollups"
     for sql in sqls:
@@ -79,7 +83,8 @@ def test_the_daily_list_shows_the_latest_month_by_default_bounded_and_says_so(ro
     # when
     html, sqls = page(DAILY)
     # then
-    assert "svc-a" in html and "svc-small" in html and "svc-august" not in html
+    rows = results(html)
+    assert "svc-a" in rows and "svc-small" in rows and "svc-august" not in rows
     assert_bounded_to(sqls, "2024-09-01", "2024-10-01")
     assert re.search(r"\b7 cost daily rollups\b", html)
     assert "One month at a time (the latest by default" in html and "no per-option counts" in html
@@ -101,7 +106,7 @@ def test_daily_filters_sorts_search_and_facets_stay_bounded(rollups, page):
         # when
         html, sqls = page(DAILY + query)
         # then
-        assert "svc-august" in html and "svc-a<" not in html, query
+        assert "svc-august" in results(html) and "svc-a<" not in results(html), query
         assert_bounded_to(sqls, "2024-08-01", "2024-09-01")
         assert not any("FILTER (WHERE" in sql for sql in sqls), (query, "a facet count was run")
         assert all('"account_id" ASC' not in sql and '"account_id" DESC' not in sql for sql in sqls), query
@@ -137,4 +142,23 @@ def test_a_team_user_sees_their_accounts_only(rollups, client, user):
     user.save()
     client.force_login(user)
     html = client.get(DAILY).content.decode()
-    assert "svc-small" in html and "svc-a" not in html and "acct-big" not in html
+    assert "svc-small" in results(html) and "svc-a" not in html and "acct-big" not in html
+
+
+def test_the_service_filter_lists_the_users_services_from_the_monthly_rollups(rollups, page, client, user):
+    big, _ = rollups
+    # when
+    html, sqls = page(DAILY + "?period=2024-09&service=svc-b")
+    # then: choices from the monthly rollups (kept by triggers), the list narrowed to the service
+    filters = html.split('id="changelist-filter"')[1]
+    assert all(f"service={name}" in filters for name in ("svc-a", "svc-b", "svc-august", "svc-small"))
+    assert "svc-b" in results(html) and "svc-a<" not in results(html)
+    assert any("costs_app_costmonthrollup" in sql for sql in sqls)
+    # a team user is offered only their accounts' services
+    big.team = TeamFactory(name="other")
+    big.save()
+    user.is_staff = True
+    user.save()
+    client.force_login(user)
+    filters = client.get(DAILY).content.decode().split('id="changelist-filter"')[1]
+    assert "service=svc-small" in filters and "service=svc-a" not in filters
