@@ -184,6 +184,9 @@ def test_an_operator_runs_the_task_system_from_the_control_room(
     assert " no " in f" {row.text} "  # enabled: no, and no next run
 
     # the lists people read, at 1440x900, without horizontal scrolling on the run list
+    from costs_app.models import BudgetAlert
+
+    alerted = BudgetAlert.objects.order_by("-spend").first()
     pages = [
         ("03-run-list.png", "/admin/tasks_app/taskrun/", "#result_list"),
         ("04-run-detail.png", f"/admin/tasks_app/taskrun/{run.pk}/change/", ".finops-state"),
@@ -194,11 +197,16 @@ def test_an_operator_runs_the_task_system_from_the_control_room(
         ("09-alert-list.png", "/admin/costs_app/budgetalert/", "#changelist"),
         ("10-dead-letters.png", "/admin/tasks_app/deadletter/", "#changelist"),
         ("11-index.png", "/admin/", "#task-system-module"),
+        ("13-daily-rollups.png", "/admin/costs_app/costdailyrollup/", "#changelist"),
+        ("14-tag-rollups.png", "/admin/costs_app/costtagrollup/", "#changelist"),
+        ("15-budget-alerts-inline.png", f"/admin/costs_app/budget/{alerted.budget_id}/change/", "#alerts-group"),
     ]
     seen, overflowing = {}, {}
     for name, path, css in pages:
         browser.get(base + path)
         by_css(browser, css)
+        if css == "#alerts-group":  # the budget's alerts are below its form
+            browser.execute_script("document.querySelector('#alerts-group').scrollIntoView()")
         shot(browser, shots, name)
         seen[path] = violations(browser)
         widths = browser.execute_script(
