@@ -105,19 +105,20 @@ class CostDailyRollup(CostRollup):
 
 
 class CostMonthRollup(models.Model):
-    """Cost per account × month × service × region × currency: the daily rollups summed by month, for the dashboards'
-    long periods (a year is 12 months of a few thousand rows, not 365 days of hundreds of thousands).
+    """Cost per account × month × service × sub-account × region × currency: the daily rollups summed by month, for
+    the dashboards' long periods and the budgets' whole months (a year is 12 months of rows, not 365 days of them).
 
-    Never written by Python: statement-level triggers on CostDailyRollup (migration 0016) add each statement's
+    Never written by Python: statement-level triggers on CostDailyRollup (migrations 0016, 0017) add each statement's
     inserted rows and subtract its deleted ones, in the same transaction. So whatever writes the daily rollups (an
     import's swap, a reload, retention, an account's deletion, a TRUNCATE) leaves this table equal to
-    `SELECT ... FROM costdailyrollup GROUP BY account, month, service, region, currency`; a row goes when its last
-    daily row does (`rollup_rows` counts them). No sub-account and no tag: filters on those read the daily rollups.
+    `SELECT ... FROM costdailyrollup GROUP BY account, month, service, sub-account, region, currency`; a row goes
+    when its last daily row does (`rollup_rows` counts them). No tag: CostTagMonthRollup has those.
     """
 
     account = models.ForeignKey(CloudAccount, related_name="monthly_costs", **BULK_ACCOUNT)
     month = models.DateField(help_text="The first day of the month of the daily rollups' days (UTC).")
     service_name = models.TextField(default="", blank=True)
+    sub_account_id = models.TextField(default="", blank=True)
     region_id = models.TextField(default="", blank=True)
     billing_currency = models.CharField(max_length=3)
     billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
@@ -129,7 +130,7 @@ class CostMonthRollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["account", "month", "service_name", "region_id", "billing_currency"],
+                fields=["account", "month", "service_name", "sub_account_id", "region_id", "billing_currency"],
                 name="month_rollup_dims_uniq",
             )
         ]
@@ -137,6 +138,41 @@ class CostMonthRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.month:%Y-%m} {self.service_name or '(all services)'} {self.billed_cost} {self.billing_currency}"
+
+
+class CostTagMonthRollup(models.Model):
+    """Cost per account × month × tag key × tag value × service × sub-account × region × currency: the tag rollups
+    summed by month, kept by statement-level triggers on CostTagRollup (migration 0017) exactly as CostMonthRollup
+    is kept from the daily rollups. Budgets with a tag filter read their whole months here."""
+
+    account = models.ForeignKey(CloudAccount, related_name="monthly_tag_costs", **BULK_ACCOUNT)
+    month = models.DateField(help_text="The first day of the month of the tag rollups' days (UTC).")
+    tag_key = models.TextField()
+    tag_value = models.TextField(default="", blank=True)
+    service_name = models.TextField(default="", blank=True)
+    sub_account_id = models.TextField(default="", blank=True)
+    region_id = models.TextField(default="", blank=True)
+    billing_currency = models.CharField(max_length=3)
+    billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    effective_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    list_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    line_count = models.BigIntegerField(default=0)
+    rollup_rows = models.IntegerField(default=0, help_text="Tag rollup rows summed here.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "account", "month", "tag_key", "tag_value", "service_name", "sub_account_id", "region_id",
+                    "billing_currency",
+                ],
+                name="tag_month_rollup_dims_uniq",
+            )
+        ]  # fmt: skip
+        indexes = [models.Index(fields=["tag_key", "month"], name="tag_month_rollup_key_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.tag_key}={self.tag_value or '(untagged)'} {self.billed_cost}"
 
 
 class CostAllocationTag(models.Model):

@@ -53,6 +53,7 @@ REPORTING_MODELS = frozenset(
         "costs_app.costdailyrollup",
         "costs_app.costtagrollup",
         "costs_app.costmonthrollup",
+        "costs_app.costtagmonthrollup",
         "costs_app.costallocationtag",
         "costs_app.anomaly",
         "costs_app.recommendation",

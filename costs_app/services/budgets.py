@@ -13,7 +13,9 @@ What one run (`budgets_check`) does, in a fixed number of SQL statements whateve
    regions × tag values; an empty filter is a wildcard) and joined by equality to the rollups grouped by
    exactly the filtered dimensions (GROUPING SETS), so the join is a hash join, not a scan per budget.
    Days far from today are first summed into segments between the period boundaries; the last
-   BUDGET_FORECAST_LOOKBACK_DAYS days stay daily for the forecast.
+   BUDGET_FORECAST_LOOKBACK_DAYS days stay daily for the forecast. A whole month of a segment is read from the
+   monthly rollups (CostMonthRollup, CostTagMonthRollup: kept equal to the days by triggers), so a year's
+   budget reads its closed months as one row per combination each, not day by day.
 4. Forecasts each open period (below) and creates the alerts of the thresholds reached, with one
    `INSERT ... ON CONFLICT DO NOTHING` against the unique constraint budget × period × basis × type ×
    threshold: an alert exists once, however often or concurrently the check runs, and records the
@@ -80,6 +82,8 @@ from costs_app.models import (
     BudgetPeriod,
     CostAllocationTag,
     CostDailyRollup,
+    CostMonthRollup,
+    CostTagMonthRollup,
     CostTagRollup,
     DeliveryStatus,
     NotificationChannel,
@@ -390,11 +394,19 @@ LEFT JOIN data d
 GROUP BY e.eval_id
 """
 
+# A whole month outside the forecast window with no period boundary inside it falls in one bucket: its rows come
+# from the monthly rollups (dated on the month's first day, which maps to that bucket), the other days from the daily
+# ones. A year's budget reads 12 rows per combination for its closed months, not 365.
 _DATA_SQL = """
     SELECT {mask} AS mask, {columns}, {tag_columns}, r.billing_currency AS currency, b.bucket,
            SUM(r.billed_cost) AS cost
-    FROM {table} r JOIN buckets b ON b.day = r.day
-    WHERE r.day BETWEEN %(span_from)s AND %(span_to)s AND r.billing_currency = ANY(%(currencies)s) {tag_filter}
+    FROM (
+        SELECT {source_columns}, r.day FROM {table} r
+        WHERE ({daily_days}) AND r.billing_currency = ANY(%(currencies)s) {tag_filter}
+        UNION ALL
+        SELECT {source_columns}, r.month AS day FROM {month_table} r
+        WHERE r.month = ANY(%(months)s::date[]) AND r.billing_currency = ANY(%(currencies)s) {tag_filter}
+    ) r JOIN buckets b ON b.day = r.day
     GROUP BY r.billing_currency, b.bucket, {tag_select} GROUPING SETS ({sets})
 """
 
@@ -406,7 +418,7 @@ def _bit(index: int) -> int:
     return 1 << (len(DIMENSIONS) - 1 - index)
 
 
-def _source_sql(masks: set[int], *, tags: bool) -> str:
+def _source_sql(masks: set[int], *, tags: bool, daily_days: str) -> str:
     """The rollups of one table grouped by exactly the dimensions each budget shape filters on."""
     sets = []
     for mask in sorted(masks):
@@ -428,19 +440,58 @@ def _source_sql(masks: set[int], *, tags: bool) -> str:
         columns=columns,
         tag_columns="r.tag_key, r.tag_value" if tags else "''::text AS tag_key, ''::text AS tag_value",
         table=(CostTagRollup if tags else CostDailyRollup)._meta.db_table,
+        month_table=(CostTagMonthRollup if tags else CostMonthRollup)._meta.db_table,
+        source_columns=", ".join(
+            f"r.{column}"
+            for column in (*DIMENSIONS, "billing_currency", "billed_cost", *(("tag_key", "tag_value") if tags else ()))
+        ),
+        daily_days=daily_days,
         tag_filter="AND r.tag_key = ANY(%(tag_keys)s) AND r.tag_value = ANY(%(tag_values)s)" if tags else "",
         tag_select="r.tag_key, r.tag_value," if tags else "",
         sets=", ".join(sets),
     )
 
 
-def _data_sql(plain_masks: set[int], tag_masks: set[int]) -> str:
+def _data_sql(plain_masks: set[int], tag_masks: set[int], *, daily_days: str) -> str:
     parts = []
     if plain_masks:
-        parts.append(_source_sql(plain_masks, tags=False))
+        parts.append(_source_sql(plain_masks, tags=False, daily_days=daily_days))
     if tag_masks:
-        parts.append(_source_sql(tag_masks, tags=True))
+        parts.append(_source_sql(tag_masks, tags=True, daily_days=daily_days))
     return "\n    UNION ALL\n".join(parts)
+
+
+def _next_month(day: date) -> date:
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def whole_months(
+    span_from: date, span_to: date, *, daily_from: date, daily_to: date, breaks: list[date]
+) -> tuple[list[date], list[tuple[date, date]]]:
+    """The months of [span_from, span_to] read from the monthly rollups, and the day ranges read from the daily ones.
+
+    A month is read whole when it lies inside the span, outside the daily zone [daily_from, daily_to] (the forecast
+    windows, summed day by day), and no bucket starts inside it (a period boundary on its first day is fine): its
+    days would all be summed into one bucket anyway. Every other day of the span is read day by day.
+    """
+    months: list[date] = []
+    month = span_from.replace(day=1)
+    while month <= span_to:
+        last = _next_month(month) - ONE_DAY
+        inside = span_from <= month and last <= span_to
+        outside_daily = last < daily_from or month > daily_to
+        if inside and outside_daily and not any(month < b <= last for b in breaks):
+            months.append(month)
+        month = _next_month(month)
+    ranges: list[tuple[date, date]] = []
+    start = span_from
+    for month in months:
+        if start < month:
+            ranges.append((start, month - ONE_DAY))
+        start = _next_month(month)
+    if start <= span_to:
+        ranges.append((start, span_to))
+    return months, ranges
 
 
 def _scope_tuples(budget: Budget, account_ids: list[int]) -> tuple[int, list[tuple]]:
@@ -574,16 +625,23 @@ def _spend_sum(periods: list[PeriodSpend], accounts: dict[int, list[int]], *, lo
     breaks = {span_from, daily_to + ONE_DAY}
     for spend in periods:
         breaks.update((spend.period_start, spend.period_end))
+    breaks = sorted(b for b in breaks if b <= span_to)
+    months, ranges = whole_months(span_from, span_to, daily_from=daily_from, daily_to=daily_to, breaks=breaks)
+    # One index range per stretch of days, OR-ed: the daily rollups of the whole months are never read.
+    daily_days = " OR ".join(f"r.day BETWEEN %(lo_{i})s AND %(hi_{i})s" for i in range(len(ranges))) or "false"
     sql = _SPEND_SQL.format(
-        data=_data_sql(plain_masks, tag_masks),
+        data=_data_sql(plain_masks, tag_masks, daily_days=daily_days),
         days=",\n       ".join(_DAY_SQL.format(n=n) for n in range(lookback)),
     )
     params = {
+        **{f"lo_{i}": lo for i, (lo, _) in enumerate(ranges)},
+        **{f"hi_{i}": hi for i, (_, hi) in enumerate(ranges)},
+        "months": months,
         "ev": _json(ev),
         "tu": _json(tu),
         "daily_from": daily_from,
         "daily_to": daily_to,
-        "breaks": sorted(b for b in breaks if b <= span_to),
+        "breaks": breaks,
         "span_from": span_from,
         "span_to": span_to,
         "currencies": sorted({spend.budget.currency for spend in periods}),
