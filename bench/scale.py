@@ -18,10 +18,11 @@
    sorted by each column and with "show counts"); an export of one month in a child process (rows/s and its
    peak RSS); then retention of the oldest month through the retention service (`old_data_cleanup`).
 
-It uses the server of DATABASE_URL with a database of its own (`finops_bench_scale`, created and migrated when
-missing, emptied at start). "now" for budgets and anomalies is noon of the last loaded month's last day, so the
-first-month and full-size runs judge the same amount of current data with more history behind it. It does not
-look at how CostLineItem is stored, so it runs the same on the unpartitioned and the partitioned layout.
+It uses the server of DATABASE_URL with a database of its own (`finops_bench_scale`, or --database /
+BENCH_SCALE_DATABASE; created and migrated when missing, emptied at start). "now" for budgets and anomalies is
+noon of the last loaded month's last day, so the first-month and full-size runs judge the same current month with
+more history behind it (but quarterly and annual budgets then also hold more months of their period). It does
+not look at how CostLineItem is stored, so it runs the same on the unpartitioned and the partitioned layout.
 The last line is the figures as key=value pairs.
 """
 
