@@ -27,6 +27,7 @@ worker rolls the transaction back: the staging tables never existed and the old 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ from finops.errors import TransientError
 LINES = CostLineItem._meta.db_table
 DEFAULT = f"{LINES}_default"
 PAUSE_AT = "FINOPS_INGEST_PAUSE_AT"  # tests only: see pause_point
+DETACHED_RE = re.compile(rf"^{LINES}_x[0-9a-f]{{12}}$")  # leaves retention detached, to drop (`detached_drop`)
 # The columns an import's ANALYZE of a new leaf takes statistics of (see `Stage.build_indexes`).
 ANALYZE_COLUMNS = (
     "id",
@@ -281,10 +283,15 @@ def leaves_before(cursor, cutoff: datetime) -> list[tuple[str, str, datetime]]:
     return found
 
 
-def leaf_drop_if_older(cursor, *, parent: str, leaf: str, cutoff: datetime) -> tuple[int, bool] | None:
-    """Detach and drop `leaf` if every line in it is older than `cutoff` (by charge_period_start); the lines
-    dropped and whether that number is an estimate, or None when some line is not (the batched DELETE then
-    takes what is old).
+def leaf_detach_if_older(cursor, *, parent: str, leaf: str, cutoff: datetime) -> tuple[int, bool, str] | None:
+    """Detach `leaf` if every line in it is older than `cutoff` (by charge_period_start) and rename it to a
+    `{LINES}_x<token>` name for `detached_drop`; the lines it held, whether that number is an estimate, and the
+    new name; or None when some line is not (the batched DELETE then takes what is old).
+
+    The DROP is left to its own transaction (`detached_drop`, after this one commits): a DROP's commit frees the
+    leaf's files (0.3 s per 250,000 lines here), and the month's table, locked ACCESS EXCLUSIVE by the DETACH,
+    would stay locked for readers meanwhile. Renamed, the detached table can never be taken for the account's
+    leaf by an import of that month, and a run that died before dropping it leaves a name `detached_sweep` finds.
 
     A large leaf is not counted: a count(*) reads the whole leaf (a month of a large account is gigabytes, cold
     by the time it is old; seconds to minutes) only to throw it away. Its number is its row count in
@@ -306,8 +313,22 @@ def leaf_drop_if_older(cursor, *, parent: str, leaf: str, cutoff: datetime) -> t
         cursor.execute(f"SELECT count(*) FROM {leaf}")  # noqa: S608
         rows, estimated = cursor.fetchone()[0], False
     cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {leaf}")
-    cursor.execute(f"DROP TABLE {leaf}")
-    return rows, estimated
+    gone = f"{LINES}_x{secrets.token_hex(6)}"
+    cursor.execute(f"ALTER TABLE {leaf} RENAME TO {gone}")
+    return rows, estimated, gone
+
+
+def detached_drop(cursor, table: str) -> None:
+    """Drop a leaf `leaf_detach_if_older` detached (nobody reads it: it is no partition any more)."""
+    if not DETACHED_RE.match(table):
+        raise ValueError(f"{table} is not a detached cost line leaf")
+    cursor.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def detached_sweep(cursor) -> list[str]:
+    """Names of detached leaves a run left undropped (it died between the detach and the drop)."""
+    cursor.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND relname ~ %s", [DETACHED_RE.pattern])
+    return [row[0] for row in cursor.fetchall()]
 
 
 def month_drop_if_empty(cursor, *, parent: str) -> bool:

@@ -502,3 +502,31 @@ def test_a_dropped_month_is_not_counted_its_lines_come_from_the_statistics_its_i
     assert outcome["rows_estimated"] == 12345678
     assert not [q["sql"] for q in queries.captured_queries if f"count(*) from {large_leaf}" in q["sql"].lower()]
     assert not CostLineItem.objects.filter(account__in=[small, large]).exists()
+
+
+def test_a_detached_month_is_dropped_in_its_own_transaction_and_one_a_dead_run_left_is_dropped_next_time(tmp_path):
+    # given: a leaf a previous run detached but never dropped (it died in between), and an account's May past
+    # the cutoff
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE costs_app_costlineitem_x0123456789ab (LIKE costs_app_costlineitem)")
+    account = CloudAccountFactory()
+    load(account, daily("i-may", [date(2024, 5, 30)], "1"), tmp_path)
+    # when
+    with CaptureQueriesContext(connection) as queries:
+        result = old_data_cleanup(now=NOW, classes=["cost_lines"]).as_dict()
+    # then: May went; the leftover and May's leaf (renamed on detach) are dropped, each in a transaction of its
+    # own after the detach committed; nothing detached is left
+    assert result["classes"]["cost_lines"]["partitions_dropped"] == 1
+    sqls = [q["sql"] for q in queries.captured_queries]
+    drops = [i for i, sql in enumerate(sqls) if sql.startswith("DROP TABLE IF EXISTS costs_app_costlineitem_x")]
+    assert len(drops) == 2 and "x0123456789ab" in sqls[drops[0]]
+    detach = next(
+        i for i, sql in enumerate(sqls) if f"DETACH PARTITION costs_app_costlineitem_p202405_a{account.pk}" in sql
+    )
+    assert sqls[detach + 1].startswith(f"ALTER TABLE costs_app_costlineitem_p202405_a{account.pk} RENAME TO")
+    # (the end of the detach's transaction: a savepoint's release inside the test's own transaction)
+    assert sqls[detach + 2] == "COMMIT" or sqls[detach + 2].startswith("RELEASE SAVEPOINT")
+    assert drops[1] > detach + 2
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT relname FROM pg_class WHERE relname ~ '^costs_app_costlineitem_x'")
+        assert cursor.fetchall() == []
