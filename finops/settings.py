@@ -385,6 +385,12 @@ RETENTION_LOCK_TIMEOUT = env.float("RETENTION_LOCK_TIMEOUT", default=5.0)
 # Seconds one cleanup may run before it stops between batches (under the soft time limit); the next run goes on.
 RETENTION_TIME_BUDGET = env.int("RETENTION_TIME_BUDGET", default=20 * 60)
 
+# An import's swap of a month (DETACH/ATTACH, ACCESS EXCLUSIVE on the month's table) waits at most this long for
+# readers of the month per attempt, so queries never queue behind it for longer; then it tries again, this many
+# attempts in all, before the import fails and is retried (costs_app.services.partitions.Stage.swap).
+INGEST_SWAP_LOCK_TIMEOUT = env.float("INGEST_SWAP_LOCK_TIMEOUT", default=1.0)
+INGEST_SWAP_ATTEMPTS = env.int("INGEST_SWAP_ATTEMPTS", default=10)
+
 # --- Alerting ---
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="finops@localhost")
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")

@@ -9,6 +9,12 @@ A resource is what the cost data names by ResourceId. Its attributes (type, regi
 come from its latest cost line; last_seen is its latest ChargePeriodEnd. "Recent" is measured against
 the account's data horizon (its latest ChargePeriodEnd, capped at now), not the wall clock: cost exports
 lag by days, and an account whose export stopped must not see every resource declared terminated.
+
+Derived from cost lines, a run reads only the lines charged in the last max(stale days, 30) + 31 days before the
+horizon (the account's newest lines), not the account's history (20 months of a large account are tens of
+millions of lines): a resource whose lines all lie before that is stale anyway and, when already in the
+inventory, marked terminated by the last step at its recorded last_seen; one never inventoried before is not
+created. A new resource's first_seen is its first line within that window (LEAST keeps an earlier one).
 """
 
 from __future__ import annotations
@@ -50,6 +56,10 @@ class DiscoveryResult:
             "terminated": self.terminated,
             "reactivated": self.reactivated,
         }
+
+
+# The longest charge period a line is expected to span (monthly fees): the margin of the bounded reads.
+LINE_SPAN = timedelta(days=31)
 
 
 def stale_after() -> timedelta:
@@ -133,10 +143,21 @@ def _resources_from_source(account: CloudAccount, source: ResourceSource, now: d
 def _resources_from_cost_lines(account: CloudAccount, now: datetime) -> DiscoveryResult:
     result = DiscoveryResult(account_id=account.pk)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT max(charge_period_end) FROM {LINES} WHERE account_id = %s", [account.pk])  # noqa: S608
-        latest = cursor.fetchone()[0]
+        # Bounded reads: the account's newest charge start is one backwards step of each month's
+        # (account_id, charge_period_start) index, and every statement below reads only the lines charged from
+        # `since` on (the same index; older months' leaves answer with nothing), never the whole history.
+        cursor.execute(f"SELECT max(charge_period_start) FROM {LINES} WHERE account_id = %s", [account.pk])  # noqa: S608
+        newest_start = cursor.fetchone()[0]
+        latest = None
+        if newest_start is not None:
+            cursor.execute(
+                f"SELECT max(charge_period_end) FROM {LINES} WHERE account_id = %s AND charge_period_start >= %s",  # noqa: S608
+                [account.pk, newest_start - LINE_SPAN],
+            )
+            latest = cursor.fetchone()[0]
         result.horizon = min(latest, now) if latest else now
         cutoff = result.horizon - stale_after()
+        since = min(result.horizon, newest_start or now) - max(stale_after(), timedelta(days=30)) - LINE_SPAN
         cursor.execute(f"SELECT id FROM {RESOURCES} WHERE account_id = %s AND is_terminated", [account.pk])  # noqa: S608
         was_terminated = {row[0] for row in cursor.fetchall()}
         cursor.execute(
@@ -147,13 +168,13 @@ def _resources_from_cost_lines(account: CloudAccount, now: datetime) -> Discover
                        max(charge_period_end) AS last_seen,
                        sum(billed_cost) FILTER (WHERE charge_period_start >= %(month_ago)s) AS billed_30d
                 FROM {LINES}
-                WHERE account_id = %(account)s AND resource_id IS NOT NULL
+                WHERE account_id = %(account)s AND resource_id IS NOT NULL AND charge_period_start >= %(since)s
                 GROUP BY resource_id
             ),
             latest AS (
                 SELECT DISTINCT ON (resource_id) *
                 FROM {LINES}
-                WHERE account_id = %(account)s AND resource_id IS NOT NULL
+                WHERE account_id = %(account)s AND resource_id IS NOT NULL AND charge_period_start >= %(since)s
                 ORDER BY resource_id, charge_period_end DESC, id DESC
             )
             INSERT INTO {RESOURCES} AS r (account_id, resource_id, resource_type, service_name, region, name, state,
@@ -181,7 +202,7 @@ def _resources_from_cost_lines(account: CloudAccount, now: datetime) -> Discover
                                 END
             RETURNING id, (xmax = 0) AS inserted, is_terminated
             """,  # noqa: S608
-            {"account": account.pk, "cutoff": cutoff, "month_ago": result.horizon - timedelta(days=30)},
+            {"account": account.pk, "cutoff": cutoff, "month_ago": result.horizon - timedelta(days=30), "since": since},
         )
         rows = cursor.fetchall()
         seen_ids = [row[0] for row in rows]

@@ -129,3 +129,45 @@ def test_export_focus_command_writes_the_file(sample_account, tmp_path, capsys):
     assert pq.read_table(out).num_rows == 1
     with pytest.raises(CommandError, match="no account"):
         call_command("export_focus", "--account", "nobody", "--out", str(out))
+
+
+def test_an_export_reads_one_month_partition_at_a_time_in_month_order_without_sorting(tmp_path):
+    # given: an account with three months loaded by imports (a leaf each, loaded out of order), a line the ORM
+    # wrote into a month that has no leaf of the account's yet (a DEFAULT partition), and another account
+    from datetime import UTC, date, datetime
+
+    from django.db import connection
+
+    from costs_app.services.export import _month_query, export_months
+    from tests.costs_app.focus_lines import daily, load
+
+    account, other = CloudAccountFactory(), CloudAccountFactory()
+    for month in (10, 8, 9):
+        load(account, daily(f"i-{month}", [date(2024, month, d) for d in (1, 2, 3)], "1"), tmp_path, f"{month}.csv")
+    load(other, daily("i-other", [date(2024, 9, 5)], "7"), tmp_path, "other.csv")
+    CostLineItemFactory(
+        account=account,
+        billing_period_start="2023-12-01T00:00:00Z",
+        billing_period_end="2024-01-01T00:00:00Z",
+        charge_period_start="2023-12-02T00:00:00Z",
+        charge_period_end="2023-12-03T00:00:00Z",
+    )
+    # when
+    out = io.BytesIO()
+    written = focus_export(account=account, start=None, end=None, out=out)
+    # then: every line of the account, month after month, none of the other account's
+    rows = list(csv.DictReader(io.StringIO(out.getvalue().decode())))
+    assert written == len(rows) == 10
+    assert [r["BillingPeriodStart"][:7] for r in rows] == ["2023-12"] + ["2024-08"] * 3 + ["2024-09"] * 3 + [
+        "2024-10"
+    ] * 3
+    with connection.cursor() as cursor:
+        months = export_months(cursor, account=account, start=None, end=None)
+        assert [m.strftime("%Y-%m") for m in months] == ["2023-12", "2024-08", "2024-09", "2024-10"]
+        assert [m.month for m in export_months(cursor, account=account, start="2024-09", end="2024-09")] == [9]
+        # and: each month's statement reads the account's leaf of that month only, and sorts nothing
+        query = _month_query(account.pk, datetime(2024, 9, 1, tzinfo=UTC))
+        cursor.execute(b"EXPLAIN " + query.as_string(cursor.connection).encode())
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert f"costs_app_costlineitem_p202409_a{account.pk}" in plan
+    assert f"_a{other.pk}" not in plan and "Sort" not in plan and "Append" not in plan

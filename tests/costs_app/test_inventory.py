@@ -101,3 +101,36 @@ def test_a_provider_without_a_connector_is_a_permanent_error():
     # when / then
     with pytest.raises(PermanentError, match="oracle connector not available"):
         account_resources_discover(account_id=account.id, now=NOW)
+
+
+def test_a_run_reads_only_the_recent_window_of_lines_not_the_accounts_history(settings):
+    # given: i-retired billed in March only, already in the inventory from a run back then; i-ancient billed in
+    # February only and never inventoried; i-live billed until 29 Sept (the horizon: 30 Sept)
+    settings.OPTIMIZATION_STALE_RESOURCE_DAYS = 7
+    account = CloudAccountFactory()
+
+    def billed(resource_id, start):
+        CostLineItemFactory(
+            account=account,
+            resource_id=resource_id,
+            billing_period_start=start.replace(day=1),
+            charge_period_start=start,
+            charge_period_end=start + timedelta(days=1),
+        )
+
+    billed("i-retired", datetime(2024, 3, 10, tzinfo=UTC))
+    account_resources_discover(account_id=account.id, now=datetime(2024, 3, 12, tzinfo=UTC))
+    billed("i-ancient", datetime(2024, 2, 3, tzinfo=UTC))
+    billed("i-live", datetime(2024, 8, 1, tzinfo=UTC))
+    billed("i-live", datetime(2024, 9, 29, tzinfo=UTC))
+    # when
+    result = account_resources_discover(account_id=account.id, now=NOW)
+    # then: i-live is active, seen from its first line in the window (1 Aug is within 37 + 31 days of the horizon)
+    live = Resource.objects.get(account=account, resource_id="i-live")
+    assert (live.is_terminated, live.first_seen) == (False, datetime(2024, 8, 1, tzinfo=UTC))
+    # and: i-retired, whose lines lie before the window, is terminated at the last_seen recorded in March
+    retired = Resource.objects.get(account=account, resource_id="i-retired")
+    assert (retired.is_terminated, retired.terminated_at) == (True, datetime(2024, 3, 11, tzinfo=UTC))
+    # and: February was not read at all: i-ancient is not in the inventory
+    assert not Resource.objects.filter(account=account, resource_id="i-ancient").exists()
+    assert (result.resources_seen, result.horizon) == (1, datetime(2024, 9, 30, tzinfo=UTC))

@@ -232,7 +232,10 @@ def test_each_batch_is_a_limited_delete_under_a_lock_timeout(data, policies):
         "costs_app_costlineitem_p202403",
         "costs_app_costlineitem_p202405",
     ]
-    assert all("set_config('lock_timeout', '2500ms', true)" in sqls[i - 3] for i in detaches)
+    # (the transaction's first statement: then the leaf's newest line, its statistics and its count, small as it
+    # is; or the month's remaining leaves and its DEFAULT)
+    starts = [max(j for j in range(i) if sqls[j].startswith("SELECT set_config('lock_timeout'")) for i in detaches]
+    assert all("'2500ms'" in sqls[j] and i - j <= 4 for i, j in zip(detaches, starts, strict=True))
 
 
 def test_dry_run_reports_count_oldest_and_cutoff_and_deletes_nothing(data):
@@ -473,3 +476,57 @@ def test_a_month_wholly_past_is_dropped_and_a_month_cut_by_the_cutoff_takes_the_
             [f"costs_app_costlineitem_p202405_a{account.pk}", f"costs_app_costlineitem_p202406_a{account.pk}"],
         )
         assert cursor.fetchone() == (None, f"costs_app_costlineitem_p202406_a{account.pk}")
+
+
+def test_a_dropped_month_is_not_counted_its_lines_come_from_the_statistics_its_import_recorded(tmp_path):
+    # given: two accounts' May loaded by imports (each leaf analysed by its import), both wholly past the cutoff
+    small, large = CloudAccountFactory(), CloudAccountFactory()
+    may = [date(2024, 5, day) for day in (28, 29, 30)]
+    load(small, daily("i-small", may, "1"), tmp_path, "small.csv")
+    load(large, daily("i-large", may, "1") + daily("i-large-2", may, "1"), tmp_path, "large.csv")
+    # and: the large account's leaf has the statistics ANALYZE leaves on a month too big to read whole (300,000
+    # pages, 12.3 M lines: an extrapolation from its sample)
+    large_leaf = f"costs_app_costlineitem_p202405_a{large.pk}"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE pg_class SET reltuples = 12345678, relpages = 300000 WHERE oid = %s::regclass", [large_leaf]
+        )
+    # when
+    with CaptureQueriesContext(connection) as queries:
+        result = old_data_cleanup(now=NOW, classes=["cost_lines"]).as_dict()
+    # then: both leaves dropped; the small one counted (a few pages), the large one not read: its number is the
+    # statistics' estimate, and the outcome says how many lines are estimated
+    outcome = result["classes"]["cost_lines"]
+    assert outcome["partitions_dropped"] == 2
+    assert outcome["rows"] == 3 + 12345678
+    assert outcome["rows_estimated"] == 12345678
+    assert not [q["sql"] for q in queries.captured_queries if f"count(*) from {large_leaf}" in q["sql"].lower()]
+    assert not CostLineItem.objects.filter(account__in=[small, large]).exists()
+
+
+def test_a_detached_month_is_dropped_in_its_own_transaction_and_one_a_dead_run_left_is_dropped_next_time(tmp_path):
+    # given: a leaf a previous run detached but never dropped (it died in between), and an account's May past
+    # the cutoff
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE costs_app_costlineitem_x0123456789ab (LIKE costs_app_costlineitem)")
+    account = CloudAccountFactory()
+    load(account, daily("i-may", [date(2024, 5, 30)], "1"), tmp_path)
+    # when
+    with CaptureQueriesContext(connection) as queries:
+        result = old_data_cleanup(now=NOW, classes=["cost_lines"]).as_dict()
+    # then: May went; the leftover and May's leaf (renamed on detach) are dropped, each in a transaction of its
+    # own after the detach committed; nothing detached is left
+    assert result["classes"]["cost_lines"]["partitions_dropped"] == 1
+    sqls = [q["sql"] for q in queries.captured_queries]
+    drops = [i for i, sql in enumerate(sqls) if sql.startswith("DROP TABLE IF EXISTS costs_app_costlineitem_x")]
+    assert len(drops) == 2 and "x0123456789ab" in sqls[drops[0]]
+    detach = next(
+        i for i, sql in enumerate(sqls) if f"DETACH PARTITION costs_app_costlineitem_p202405_a{account.pk}" in sql
+    )
+    assert sqls[detach + 1].startswith(f"ALTER TABLE costs_app_costlineitem_p202405_a{account.pk} RENAME TO")
+    # (the end of the detach's transaction: a savepoint's release inside the test's own transaction)
+    assert sqls[detach + 2] == "COMMIT" or sqls[detach + 2].startswith("RELEASE SAVEPOINT")
+    assert drops[1] > detach + 2
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT relname FROM pg_class WHERE relname ~ '^costs_app_costlineitem_x'")
+        assert cursor.fetchall() == []
