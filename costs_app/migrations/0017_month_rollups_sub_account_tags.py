@@ -4,7 +4,8 @@ Budgets read a period's whole months from these (a year of a sub-account's or a 
 combination, not 365), so the monthly rollups need every dimension a budget filters on: the sub-account is added
 to CostMonthRollup and CostTagMonthRollup sums CostTagRollup by month the same way. The triggers of 0016 are
 redefined with the wider key and the table refilled from the daily rollups; the tag table gets the same four
-triggers on CostTagRollup and is filled from it.
+triggers on CostTagRollup and is filled from it. A row emptied by a delete is removed among the months the
+statement touched (through the unique index on account and month), not by a scan of the whole table.
 """
 
 from decimal import Decimal
@@ -40,7 +41,9 @@ UPDATE {target} AS m SET
     list_cost = m.list_cost - d.list, line_count = m.line_count - d.lines, rollup_rows = m.rollup_rows - d.n
 FROM ({grouped("old_rows")}) AS d (account_id, month, {dims}, billed, effective, list, lines, n)
 WHERE ({match_m}) = ({match_d});
-DELETE FROM {target} WHERE rollup_rows <= 0;
+DELETE FROM {target} AS m
+USING (SELECT DISTINCT account_id, {MONTH_OF_DAY} AS month FROM old_rows) AS d
+WHERE m.account_id = d.account_id AND m.month = d.month AND m.rollup_rows <= 0;
 """
     return f"""
 CREATE OR REPLACE FUNCTION {prefix}_insert() RETURNS trigger LANGUAGE plpgsql AS $$
