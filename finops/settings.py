@@ -345,6 +345,9 @@ TASK_FAILURE_ALERT_WINDOW = env.int("TASK_FAILURE_ALERT_WINDOW", default=600)
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 # GET /tasks/active reads the snapshots workers write at each heartbeat; true asks the workers by broadcast (slow).
 TASKS_ACTIVE_LIVE = env.bool("TASKS_ACTIVE_LIVE", default=False)
+# Each web process serves GET /tasks/active from an answer computed at most this many seconds before (plus the time
+# one refresh takes), one per visibility scope (tasks_app/api/answer_cache.py); 0: computed for every request.
+TASKS_ACTIVE_CACHE_SECONDS = env.float("TASKS_ACTIVE_CACHE_SECONDS", default=1.0)
 # Health: a run QUEUED this long without a message in the broker, or a lock/claim this stale, is reported.
 HEALTH_QUEUED_GRACE = env.int("HEALTH_QUEUED_GRACE", default=120)
 

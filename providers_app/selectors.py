@@ -53,6 +53,22 @@ def permitted(queryset: QuerySet, user: User | AnonymousUser | None, permission:
     return queryset
 
 
+def visibility_key(
+    user: User | AnonymousUser | None, model: type[Model], *, role: Role = Role.VIEWER, permission: str | None = "view"
+) -> tuple:
+    """A hashable summary of what `visible_to(model.objects.all(), user, role=role, permission=permission)` keeps
+    (account-scoped models): users with equal keys see exactly the same rows. For caching an answer per scope, never
+    for "anyone": ("none",), ("all",) for platform admins, or ("accounts", the visible account ids)."""
+    if user is None or not user.is_authenticated:
+        return ("none",)
+    opts = model._meta
+    if permission and not user.has_perm(f"{opts.app_label}.{permission}_{opts.model_name}"):
+        return ("none",)
+    if is_platform_admin(user):
+        return ("all",)
+    return ("accounts", tuple(sorted(accounts_for(user, role=role).values_list("pk", flat=True))))
+
+
 def visible_to(
     queryset: QuerySet,
     user: User | AnonymousUser | None,
