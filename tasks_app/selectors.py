@@ -3,6 +3,7 @@
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from celery import current_app
 from django.conf import settings
@@ -130,10 +131,14 @@ class CeleryState:
 def celery_state(*, task_id: str) -> CeleryState:
     """What the result backend knows of a task id; state None when the backend cannot be read."""
     try:
-        async_result = current_app.AsyncResult(task_id)
-        state = async_result.state
-        result = async_result.result
-        date_done = async_result.date_done
+        # One read of the backend (AsyncResult's state, result and date_done each read it again until the task is
+        # ready); get_task_meta decodes the result (an exception for failures) as AsyncResult does.
+        meta = current_app.backend.get_task_meta(task_id)
+        state = meta["status"]
+        result = meta.get("result")
+        date_done = meta.get("date_done")
+        if isinstance(date_done, str):
+            date_done = datetime.fromisoformat(date_done)
     except Exception as exc:
         logger.warning("result backend unreadable for %s: %s", task_id, exc)
         return CeleryState(state=None, error=f"result backend unreadable: {exc}")
