@@ -14,20 +14,23 @@ answer of each visibility scope for TASKS_ACTIVE_CACHE_SECONDS (default 1 s; 0 t
   refreshes it and the others are served the previous answer meanwhile (stale-while-revalidate), for at most one
   more TTL: so an answer is at most TTL + the refresh's duration old, counted from when the ledger was read (an
   entry's age starts when its computation started).
-- Entries expire in place; the table is bounded (MAX_ENTRIES, expired entries dropped first).
+- The table is bounded: entries that can no longer be served are dropped as new ones come in, and it never holds more
+  than MAX_ENTRIES (the oldest go first), whatever the number of scopes and limits asked for.
 """
 
 import threading
 import time
 from collections.abc import Callable, Hashable
 
-MAX_ENTRIES = 1024
+# An answer lists at most 500 runs (a few hundred KB): the table holds a few dozen of them at most per process.
+MAX_ENTRIES = 64
+SWEEP_ABOVE = 16  # above this many entries, each insert first drops the ones that can no longer be served
 
 
 class ScopedAnswerCache:
     def __init__(self, max_entries: int = MAX_ENTRIES):
         self.max_entries = max_entries
-        self._entries: dict[Hashable, tuple[float, object]] = {}
+        self._entries: dict[Hashable, tuple[float, float, object]] = {}  # key: (fresh until, servable until, answer)
         self._locks: dict[Hashable, threading.Lock] = {}
         self._guard = threading.Lock()
         self.computed = 0  # how many times an answer was computed (tests and benchmarks read it)
@@ -37,11 +40,11 @@ class ScopedAnswerCache:
             return compute()
         entry = self._entries.get(key)
         if entry is not None:
-            expires, value = entry
+            expires, servable, value = entry
             now = time.monotonic()
             if now < expires:
                 return value
-            if now < expires + ttl:
+            if now < servable:
                 # Stale: one request refreshes it; the others keep the last answer meanwhile, for at most one more
                 # TTL (a refresh slower than that makes them wait for it below).
                 lock = self._lock(key)
@@ -61,25 +64,25 @@ class ScopedAnswerCache:
     def _refresh(self, key: Hashable, ttl: float, compute: Callable[[], object]) -> object:
         entry = self._entries.get(key)  # refreshed by the request this one waited for
         if entry is not None and entry[0] > time.monotonic():
-            return entry[1]
+            return entry[2]
         started = time.monotonic()
         value = compute()
         with self._guard:
             self.computed += 1
-            if key not in self._entries and len(self._entries) >= self.max_entries:
+            if key not in self._entries and len(self._entries) >= SWEEP_ABOVE:
                 self._evict(time.monotonic())
-            self._entries[key] = (started + ttl, value)
+            self._entries[key] = (started + ttl, started + 2 * ttl, value)
         return value
 
     def _evict(self, now: float) -> None:
-        for key in [k for k, (expires, _) in self._entries.items() if expires <= now]:
+        # Entries past their stale window are never served again: dropped. Then, if still full, the oldest.
+        for key in [k for k, (_, servable, _) in self._entries.items() if servable <= now]:
             del self._entries[key]
             lock = self._locks.get(key)
             if lock is not None and not lock.locked():
                 del self._locks[key]
-        while len(self._entries) >= self.max_entries:  # all fresh: drop the oldest
-            key = next(iter(self._entries))
-            del self._entries[key]
+        while len(self._entries) >= self.max_entries:
+            del self._entries[next(iter(self._entries))]
 
     def clear(self) -> None:
         with self._guard:

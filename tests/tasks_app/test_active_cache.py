@@ -235,10 +235,16 @@ def test_a_refresh_slower_than_the_ttl_is_waited_for_not_served_stale_forever():
 
 
 def test_the_table_is_bounded():
-    cache = ScopedAnswerCache(max_entries=3)
-    for i in range(10):
+    cache = ScopedAnswerCache(max_entries=20)
+    for i in range(100):
         cache.get(i, 5, lambda i=i: i)
-    assert len(cache._entries) <= 3 and cache.get(9, 5, lambda: "recomputed") == 9
+    assert len(cache._entries) <= 20 and cache.get(99, 5, lambda: "recomputed") == 99
+    # entries past their stale window go first
+    for i in range(100, 120):
+        cache.get(i, 0.01, lambda i=i: i)
+    time.sleep(0.03)
+    cache.get("new", 5, lambda: "new")
+    assert not any(isinstance(k, int) and k >= 100 for k in cache._entries)
 
 
 def test_ttl_zero_computes_every_time():
