@@ -69,6 +69,17 @@ def visibility_key(
     return ("accounts", tuple(sorted(accounts_for(user, role=role).values_list("pk", flat=True))))
 
 
+def visible_for_key(queryset: QuerySet, key: tuple, *, account_path: str = "account") -> QuerySet:
+    """The rows a visibility_key() stands for: what visible_to() kept for the user the key was computed for. An answer
+    cached under a key is computed from the key itself, so it holds that scope's rows even if the user's memberships
+    change in between."""
+    if key[0] == "all":
+        return queryset
+    if key[0] == "accounts":
+        return queryset.filter(**{f"{account_path}__in": list(key[1])})
+    return queryset.none()
+
+
 def visible_to(
     queryset: QuerySet,
     user: User | AnonymousUser | None,

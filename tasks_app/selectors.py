@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db.models import Case, Count, IntegerField, QuerySet, Value, When
 
 from providers_app.models import Role
-from providers_app.selectors import is_platform_admin, visible_to
+from providers_app.selectors import is_platform_admin, visibility_key, visible_for_key, visible_to
 
 from .models import ACTIVE_STATES, DeadLetter, RunState, TaskRun
 
@@ -30,6 +30,15 @@ class BrokerUnavailable(Exception):
 def runs_for(user, *, role: Role = Role.VIEWER, permission: str | None = "view") -> QuerySet[TaskRun]:
     """Runs of the user's accounts (TaskRun.account); runs with no account are org-wide: platform admins only."""
     return visible_to(TaskRun.objects.all(), user, role=role, permission=permission)
+
+
+def runs_scope(user) -> tuple:
+    """A hashable key of the runs runs_for(user) returns (for caching answers per scope); runs_in_scope() gives them."""
+    return visibility_key(user, TaskRun)
+
+
+def runs_in_scope(scope: tuple) -> QuerySet[TaskRun]:
+    return visible_for_key(TaskRun.objects.all(), scope)
 
 
 def dead_letters_for(user, *, role: Role = Role.VIEWER, permission: str | None = "view") -> QuerySet[DeadLetter]:

@@ -19,7 +19,7 @@ from costs_app.services.export import focus_export
 from finops.api_permissions import HasModelPermission, IsPlatformAdmin, ModelPermissions
 from finops.limits import TriggerUserThrottle
 from providers_app.models import Role
-from providers_app.selectors import is_platform_admin, visibility_key
+from providers_app.selectors import is_platform_admin
 
 from .. import selectors
 from ..models import DeadLetter, TaskRun, TriggerKind
@@ -235,8 +235,8 @@ class TaskMonitorViewSet(viewsets.ViewSet):
         "to `limit` (running first, then the oldest) — plus, for platform admins, the tasks live workers report as "
         "active, reserved or scheduled, from the snapshot each worker writes at its heartbeat (at most ~2 s old). "
         "Each web process serves the same answer to callers of the same scope for TASKS_ACTIVE_CACHE_SECONDS "
-        "(default 1 s), so it is at most that much older than the ledger. `?live=true` (or TASKS_ACTIVE_LIVE) asks "
-        "the workers by broadcast instead (~1 s timeout, never cached).",
+        "(default 1 s), so it is at most that much (plus the time one refresh takes) older than the ledger. "
+        "`?live=true` (or TASKS_ACTIVE_LIVE) asks the workers by broadcast instead (~1 s timeout, never cached).",
         parameters=[s.ActiveTasksQuerySerializer],
         responses={
             200: s.ActiveTasksSerializer,
@@ -250,21 +250,18 @@ class TaskMonitorViewSet(viewsets.ViewSet):
         limit = params.validated_data["limit"]
         live = params.validated_data["live"] or settings.TASKS_ACTIVE_LIVE
         admin = is_platform_admin(request.user)
+        scope = selectors.runs_scope(request.user)  # the runs runs_for(user) would give, as a key
 
         def compute() -> CachedJSON:
-            runs = selectors.runs_for(request.user)
+            # From the key, not the user: what is stored under a scope is that scope's runs, whatever changes meanwhile.
+            runs = selectors.runs_in_scope(scope)
             active = selectors.active_tasks(runs=runs, workers=admin, live=live, limit=limit)
             return CachedJSON(s.ActiveTasksSerializer(active, context={"request": request}).data)
 
         if live:  # a broadcast is asked for by name: never an older answer
             return compute().response()
-        key = (
-            visibility_key(request.user, TaskRun),  # which runs (providers_app.selectors, as runs_for)
-            admin,  # workers' part and admin-only fields
-            limit,
-            request.scheme,
-            request.get_host(),  # the status URLs are absolute
-        )
+        # admin: the workers' part and the admin-only fields; scheme and host: the status URLs are absolute.
+        key = (scope, admin, limit, request.scheme, request.get_host())
         return active_answers.get(key, settings.TASKS_ACTIVE_CACHE_SECONDS, compute).response()
 
     @extend_schema(
