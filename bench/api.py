@@ -17,7 +17,11 @@ Each client sends its next request as soon as the previous one is answered. The 
 """
 
 import argparse
+import http.client
+import json
+import multiprocessing
 import os
+import queue
 import random
 import statistics
 import sys
@@ -45,15 +49,95 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-class Round:
-    """One load of N triggered tasks with `clients` threads hammering one endpoint until every task is final."""
+def _client_process(url, token, kind, threads, ids_queue, go, stop, results) -> None:
+    """One of the client processes: `threads` closed-loop clients, each on its own keep-alive connection."""
+    host, port = url.removeprefix("http://").split(":")
+    headers = {"Authorization": f"Bearer {token}"}
+    ids: list[str] = []
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    seen = {"runs_total_max": 0, "runs_listed_max": 0, "bytes_max": 0}
 
-    def __init__(self, url: str, token: str, kind: str, tasks: int, clients: int):
-        self.url, self.kind, self.tasks, self.clients = url, kind, tasks, clients
+    def feed() -> None:  # the task ids triggered so far, for `status`
+        while not stop.is_set():
+            try:
+                batch = ids_queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            with lock:
+                ids.extend(batch)
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        mine: list[float] = []
+        count = 0
+        go.wait()  # measured from the moment the load starts, as the triggers
+        while not stop.is_set():
+            if kind == "status":
+                with lock:
+                    task_id = random.choice(ids) if ids else None
+                if task_id is None:
+                    time.sleep(0.01)
+                    continue
+                path = f"/api/v1/tasks/status/{task_id}"
+            else:
+                path = ROUNDS[kind]
+            start = time.perf_counter()
+            for attempt in (1, 2):  # a keep-alive connection the server closed is opened again, timer running
+                try:
+                    conn.request("GET", path, headers=headers)
+                    response = conn.getresponse()
+                    body = response.read()
+                    break
+                except (ConnectionError, http.client.HTTPException) as exc:
+                    conn.close()
+                    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                    if attempt == 2:
+                        with lock:
+                            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                        body, response = None, None
+            elapsed = time.perf_counter() - start
+            if response is None:
+                continue
+            if response.status != 200:
+                with lock:
+                    errors[str(response.status)] = errors.get(str(response.status), 0) + 1
+                continue
+            mine.append(elapsed * 1000)
+            count += 1
+            if kind != "status" and count % 50 == 1:  # how big the answer is during the load
+                answer = json.loads(body)
+                with lock:
+                    seen["runs_total_max"] = max(seen["runs_total_max"], answer["runs_total"])
+                    seen["runs_listed_max"] = max(seen["runs_listed_max"], len(answer["runs"]))
+                    seen["bytes_max"] = max(seen["bytes_max"], len(body))
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    workers = [threading.Thread(target=client) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    results.put({"latencies": latencies, "errors": errors, **seen})
+
+
+class Round:
+    """One load of N triggered tasks with `clients` closed-loop clients (spread over `processes` processes)
+    hammering one endpoint until every task is final."""
+
+    def __init__(self, url: str, token: str, kind: str, tasks: int, clients: int, processes: int):
+        self.url, self.kind, self.tasks, self.clients, self.processes = url, kind, tasks, clients, processes
+        self.token = token
         self.headers = {"Authorization": f"Bearer {token}"}
         self.ids: list[str] = []
         self.latencies: list[float] = []
-        self.errors: dict[int, int] = {}
+        self.errors: dict[str, int] = {}
+        self.seen: dict[str, int] = {}
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.failure: str | None = None  # a trigger that was not accepted stops the round
@@ -71,27 +155,6 @@ class Round:
             self.failure = f"{type(exc).__name__}: {exc}"
             self.done.set()
 
-    def client(self) -> None:
-        session = requests.Session()
-        while not self.done.is_set():
-            if self.kind == "status":
-                with self.lock:
-                    task_id = random.choice(self.ids) if self.ids else None
-                if task_id is None:
-                    time.sleep(0.01)
-                    continue
-                path = f"/api/v1/tasks/status/{task_id}"
-            else:
-                path = ROUNDS[self.kind]
-            start = time.perf_counter()
-            response = session.get(f"{self.url}{path}", headers=self.headers, timeout=60)
-            elapsed = time.perf_counter() - start
-            with self.lock:
-                if response.status_code == 200:
-                    self.latencies.append(elapsed * 1000)
-                else:
-                    self.errors[response.status_code] = self.errors.get(response.status_code, 0) + 1
-
     def run(self) -> dict:
         from django.db import connection
         from django.db.models import Count
@@ -99,28 +162,57 @@ class Round:
         from tasks_app.models import FINAL_STATES, RunState, TaskRun
 
         empty_ledger()
+        ctx = multiprocessing.get_context("spawn")
+        go, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+        id_queues = [ctx.Queue() for _ in range(self.processes)]
+        share = [self.clients // self.processes + (i < self.clients % self.processes) for i in range(self.processes)]
+        procs = [
+            ctx.Process(target=_client_process, args=(self.url, self.token, self.kind, n, q, go, stop, results))
+            for n, q in zip(share, id_queues, strict=True)
+        ]
+        for proc in procs:
+            proc.start()
+        time.sleep(2.0)  # the client processes start (spawn, imports) before the load does
         share = [self.tasks // TRIGGER_THREADS + (i < self.tasks % TRIGGER_THREADS) for i in range(TRIGGER_THREADS)]
         triggers = [threading.Thread(target=self.trigger, args=(n,)) for n in share]
-        clients = [threading.Thread(target=self.client) for _ in range(self.clients)]
         start = time.perf_counter()
-        for thread in [*triggers, *clients]:
-            thread.start()
+        go.set()
         for thread in triggers:
-            thread.join()
+            thread.start()
+        sent = 0
+        while any(t.is_alive() for t in triggers):
+            sent = self._send_ids(id_queues, sent)
+            time.sleep(0.05)
+        self._send_ids(id_queues, sent)
         triggered = time.perf_counter() - start
         while not self.done.is_set() and TaskRun.objects.filter(state__in=FINAL_STATES).count() < self.tasks:
             connection.close()
             time.sleep(0.2)
-        self.done.set()
-        for thread in clients:
-            thread.join()
+        stop.set()
+        elapsed = time.perf_counter() - start
+        for _ in procs:
+            outcome = results.get(timeout=120)
+            self.latencies += outcome.pop("latencies")
+            for key, n in outcome.pop("errors").items():
+                self.errors[key] = self.errors.get(key, 0) + n
+            for key, n in outcome.items():
+                self.seen[key] = max(self.seen.get(key, 0), n)
+        for proc in procs:
+            proc.join(timeout=30)
         if self.failure:
             raise SystemExit(f"{self.kind}: {self.failure}")
-        elapsed = time.perf_counter() - start
         states = dict(TaskRun.objects.values_list("state").annotate(n=Count("id")))
         if states.get(RunState.SUCCESS) != self.tasks:
             raise SystemExit(f"{self.kind}: expected {self.tasks} SUCCESS runs, the ledger has {states}")
         return {"triggered_s": triggered, "elapsed_s": elapsed, "requests": len(self.latencies)}
+
+    def _send_ids(self, id_queues, sent: int) -> int:
+        with self.lock:
+            batch = self.ids[sent:]
+        if batch:
+            for q in id_queues:
+                q.put(batch)
+        return sent + len(batch)
 
 
 def main() -> None:
@@ -133,6 +225,16 @@ def main() -> None:
         default=200,
         help="tasks of the live-broadcast baseline round (each broadcast also stalls the worker: at 50 clients a "
         "2,000-task live round runs for hours; its latencies settle within a few hundred tasks)",
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=5,
+        help="processes the clients are spread over (threads in each: clients / processes), so that one process' GIL "
+        "does not queue the clients' own work into the measured latencies",
+    )
+    parser.add_argument(
+        "--rounds", default=",".join(ROUNDS), help="which rounds, comma-separated (default: all, the full comparison)"
     )
     parser.add_argument("--database", default="finops_bench_api")
     parser.add_argument("--broker-db", type=int, default=9, help="Redis db for the broker; results and cache follow")
@@ -179,10 +281,13 @@ def main() -> None:
             CACHE_URL=env["CACHE_URL"],
         )
         token = server.token("bench-api", password)
-        print(f"gunicorn 2x8 threads, worker prefork concurrency=2 on monitoring; {args.clients} clients")
-        for kind in ROUNDS:
+        print(
+            f"gunicorn 2x8 threads, worker prefork concurrency=2 on monitoring; {args.clients} clients in "
+            f"{args.client_processes} processes (http.client keep-alive)"
+        )
+        for kind in args.rounds.split(","):
             tasks = min(args.tasks, args.live_tasks) if kind == "live" else args.tasks
-            round_ = Round(server.url, token, kind, tasks, args.clients)
+            round_ = Round(server.url, token, kind, tasks, args.clients, args.client_processes)
             info = round_.run()
             lat = round_.latencies
             results[kind] = (percentile(lat, 50), percentile(lat, 95))
@@ -190,21 +295,28 @@ def main() -> None:
                 f"{kind}: {info['requests']} requests in {info['elapsed_s']:.1f} s during {tasks} tasks "
                 f"(all triggered at {info['triggered_s']:.1f} s), p50 {results[kind][0]:.0f} ms, "
                 f"p95 {results[kind][1]:.0f} ms, p99 {percentile(lat, 99):.0f} ms, errors {round_.errors or 0}"
+                + (
+                    f"; answers sampled: runs_total up to {round_.seen['runs_total_max']}, runs listed up to "
+                    f"{round_.seen['runs_listed_max']}, up to {round_.seen['bytes_max']} bytes"
+                    if round_.seen and kind != "status"
+                    else ""
+                )
             )
     finally:
         if server is not None:
             server.stop()
         worker.stop()
 
-    status_p50, status_p95 = results["status"]
-    active_p50, active_p95 = results["active"]
-    live_p50, live_p95 = results["live"]
-    print(
-        f"api tasks={args.tasks} clients={args.clients} status_p50_ms={status_p50:.0f} status_p95_ms={status_p95:.0f}"
-        f" active_p50_ms={active_p50:.0f} active_p95_ms={active_p95:.0f} live_p50_ms={live_p50:.0f}"
-        f" live_p95_ms={live_p95:.0f} live_tasks={min(args.tasks, args.live_tasks)}"
-        f" active_vs_live_p95_ratio={active_p95 / live_p95:.3f}"
+    figures = " ".join(
+        f"{kind}_p50_ms={results[kind][0]:.0f} {kind}_p95_ms={results[kind][1]:.0f}"
+        for kind in ROUNDS
+        if kind in results
     )
+    if "live" in results:
+        figures += f" live_tasks={min(args.tasks, args.live_tasks)}"
+        if "active" in results:
+            figures += f" active_vs_live_p95_ratio={results['active'][1] / results['live'][1]:.3f}"
+    print(f"api tasks={args.tasks} clients={args.clients} client_processes={args.client_processes} {figures}")
 
 
 if __name__ == "__main__":

@@ -149,8 +149,10 @@ def _down_since(now: datetime, down: bool) -> datetime | None:
     """The moment the replica went down, shared through Redis (best effort: this process's moment otherwise)."""
     import redis
 
+    from finops.redis_url import redis_from_url
+
     try:
-        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis_from_url(settings.CELERY_BROKER_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
         with client:
             if not down:
                 client.delete(DOWN_SINCE_KEY)

@@ -302,6 +302,15 @@ CELERY_BROKER_POOL_LIMIT = env.int("CELERY_BROKER_POOL_LIMIT", default=10)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=CELERY_TASK_TIME_LIMIT + 30 * 60),
 }
+# Redis Sentinel: with sentinel:// broker and result URLs, the name of the master the sentinels watch (Celery's and
+# the platform's own Redis clients, finops/redis_url.py, ask them for it), and the sentinels' own password if any.
+REDIS_SENTINEL_MASTER = env("REDIS_SENTINEL_MASTER", default="")
+if REDIS_SENTINEL_MASTER:
+    _sentinel = {"master_name": REDIS_SENTINEL_MASTER}
+    if env("REDIS_SENTINEL_PASSWORD", default=""):
+        _sentinel["sentinel_kwargs"] = {"password": env("REDIS_SENTINEL_PASSWORD")}
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(_sentinel)
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = dict(_sentinel)
 CELERY_BEAT_SCHEDULER = "tasks_app.beat:FinOpsScheduler"
 CELERY_TASK_DEFAULT_QUEUE = "default"
 TASK_QUEUES = ("default", "cost_sync", "resource_discovery", "monitoring", "analysis", "maintenance")
@@ -345,6 +354,9 @@ TASK_FAILURE_ALERT_WINDOW = env.int("TASK_FAILURE_ALERT_WINDOW", default=600)
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 # GET /tasks/active reads the snapshots workers write at each heartbeat; true asks the workers by broadcast (slow).
 TASKS_ACTIVE_LIVE = env.bool("TASKS_ACTIVE_LIVE", default=False)
+# Each web process serves GET /tasks/active from an answer computed at most this many seconds before (plus the time
+# one refresh takes), one per visibility scope (tasks_app/api/answer_cache.py); 0: computed for every request.
+TASKS_ACTIVE_CACHE_SECONDS = env.float("TASKS_ACTIVE_CACHE_SECONDS", default=1.0)
 # Health: a run QUEUED this long without a message in the broker, or a lock/claim this stale, is reported.
 HEALTH_QUEUED_GRACE = env.int("HEALTH_QUEUED_GRACE", default=120)
 

@@ -138,8 +138,10 @@ class CloudAccountForm(forms.ModelForm):
         model = CloudAccount
         fields = ("name", "provider", "external_id", "is_active", "settings")
         labels = {"settings": "Advanced settings (JSON)"}
-        help_texts = {"settings": "Keys not offered above (see the README's table for the provider); a field above "
-                      "wins over the same key here."}
+        help_texts = {
+            "settings": "Keys not offered above (see the README's table for the provider); a field above "
+            "wins over the same key here."
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -320,6 +322,7 @@ class CloudAccountAdmin(TeamScopedAdminMixin, admin.ModelAdmin):
             ("Advanced", {"fields": ("settings",)}),
             ("History", {"fields": self.readonly_fields}),
         ]
+
     inlines = (CredentialInline,)
     actions = ("test_connection_now", "sync_cost_data_now", "discover_resources_now")
     change_form_template = "admin/providers_app/cloudaccount/change_form.html"

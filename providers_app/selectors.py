@@ -53,6 +53,33 @@ def permitted(queryset: QuerySet, user: User | AnonymousUser | None, permission:
     return queryset
 
 
+def visibility_key(
+    user: User | AnonymousUser | None, model: type[Model], *, role: Role = Role.VIEWER, permission: str | None = "view"
+) -> tuple:
+    """A hashable summary of what `visible_to(model.objects.all(), user, role=role, permission=permission)` keeps
+    (account-scoped models): users with equal keys see exactly the same rows. For caching an answer per scope, never
+    for "anyone": ("none",), ("all",) for platform admins, or ("accounts", the visible account ids)."""
+    if user is None or not user.is_authenticated:
+        return ("none",)
+    opts = model._meta
+    if permission and not user.has_perm(f"{opts.app_label}.{permission}_{opts.model_name}"):
+        return ("none",)
+    if is_platform_admin(user):
+        return ("all",)
+    return ("accounts", tuple(sorted(accounts_for(user, role=role).values_list("pk", flat=True))))
+
+
+def visible_for_key(queryset: QuerySet, key: tuple, *, account_path: str = "account") -> QuerySet:
+    """The rows a visibility_key() stands for: what visible_to() kept for the user the key was computed for. An answer
+    cached under a key is computed from the key itself, so it holds that scope's rows even if the user's memberships
+    change in between."""
+    if key[0] == "all":
+        return queryset
+    if key[0] == "accounts":
+        return queryset.filter(**{f"{account_path}__in": list(key[1])})
+    return queryset.none()
+
+
 def visible_to(
     queryset: QuerySet,
     user: User | AnonymousUser | None,

@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from finops import correlation
 from finops.errors import PermanentError, TransientError
+from finops.redis_url import redis_from_url
 
 from . import ledger
 from .models import RunState, TaskRun, TriggerKind
@@ -43,7 +44,7 @@ _redis_client: redis.Redis | None = None
 def redis_client() -> redis.Redis:
     global _redis_client
     if _redis_client is None:
-        _redis_client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=5, socket_connect_timeout=5)
+        _redis_client = redis_from_url(settings.CELERY_BROKER_URL, socket_timeout=5, socket_connect_timeout=5)
     return _redis_client
 
 

@@ -3,15 +3,16 @@
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from celery import current_app
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Case, Count, IntegerField, QuerySet, Value, When
 
 from providers_app.models import Role
-from providers_app.selectors import is_platform_admin, visible_to
+from providers_app.selectors import is_platform_admin, visibility_key, visible_for_key, visible_to
 
-from .models import ACTIVE_STATES, DeadLetter, TaskRun
+from .models import ACTIVE_STATES, DeadLetter, RunState, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,15 @@ class BrokerUnavailable(Exception):
 def runs_for(user, *, role: Role = Role.VIEWER, permission: str | None = "view") -> QuerySet[TaskRun]:
     """Runs of the user's accounts (TaskRun.account); runs with no account are org-wide: platform admins only."""
     return visible_to(TaskRun.objects.all(), user, role=role, permission=permission)
+
+
+def runs_scope(user) -> tuple:
+    """A hashable key of the runs runs_for(user) returns (for caching answers per scope); runs_in_scope() gives them."""
+    return visibility_key(user, TaskRun)
+
+
+def runs_in_scope(scope: tuple) -> QuerySet[TaskRun]:
+    return visible_for_key(TaskRun.objects.all(), scope)
 
 
 def dead_letters_for(user, *, role: Role = Role.VIEWER, permission: str | None = "view") -> QuerySet[DeadLetter]:
@@ -67,9 +77,32 @@ def task_run_by_celery_id(*, celery_task_id: str) -> TaskRun | None:
     return TaskRun.objects.select_related("user").filter(celery_task_id=celery_task_id).first()
 
 
+# Running first, then waiting to retry, then queued; oldest first within each: a backlog of queued runs (or a queue
+# without a worker) never hides what is executing.
+_ACTIVE_ORDER = Case(
+    When(state=RunState.STARTED, then=Value(0)),
+    When(state=RunState.RETRY, then=Value(1)),
+    default=Value(2),
+    output_field=IntegerField(),
+)
+
+
 def active_runs_list(*, runs: QuerySet[TaskRun] | None = None) -> QuerySet[TaskRun]:
     runs = TaskRun.objects.all() if runs is None else runs
-    return runs.select_related("user").filter(state__in=ACTIVE_STATES).order_by("enqueued_at")
+    return runs.select_related("user").filter(state__in=ACTIVE_STATES).order_by(_ACTIVE_ORDER, "enqueued_at")
+
+
+def active_runs_counts(*, runs: QuerySet[TaskRun] | None = None) -> list[dict]:
+    """How many active runs per task and state: [{"task_name", "state", "count"}], by task then state."""
+    runs = TaskRun.objects.all() if runs is None else runs
+    rows = (
+        runs.filter(state__in=ACTIVE_STATES)
+        .order_by()
+        .values("task_name", "state")
+        .annotate(count=Count("id"))
+        .order_by("task_name", "state")
+    )
+    return [{"task_name": r["task_name"], "state": r["state"], "count": r["count"]} for r in rows]
 
 
 def dead_letters_list(
@@ -107,10 +140,14 @@ class CeleryState:
 def celery_state(*, task_id: str) -> CeleryState:
     """What the result backend knows of a task id; state None when the backend cannot be read."""
     try:
-        async_result = current_app.AsyncResult(task_id)
-        state = async_result.state
-        result = async_result.result
-        date_done = async_result.date_done
+        # One read of the backend (AsyncResult's state, result and date_done each read it again until the task is
+        # ready); get_task_meta decodes the result (an exception for failures) as AsyncResult does.
+        meta = current_app.backend.get_task_meta(task_id)
+        state = meta["status"]
+        result = meta.get("result")
+        date_done = meta.get("date_done")
+        if isinstance(date_done, str):
+            date_done = datetime.fromisoformat(date_done)
     except Exception as exc:
         logger.warning("result backend unreadable for %s: %s", task_id, exc)
         return CeleryState(state=None, error=f"result backend unreadable: {exc}")
@@ -150,14 +187,18 @@ class WorkerTask:
     run_id: str | None = None
 
 
-# A backlog can hold thousands of queued runs; the API shows the oldest ones and the total.
-ACTIVE_RUNS_LIMIT = 500
+# A backlog can hold thousands of queued runs: the answer lists `limit` of them (running first, then the oldest)
+# and counts them all per task and state.
+ACTIVE_RUNS_DEFAULT_LIMIT = 50
+ACTIVE_RUNS_MAX_LIMIT = 500
 
 
 @dataclass
 class ActiveTasks:
     runs: list[TaskRun]
     runs_total: int
+    counts: list[dict] = field(default_factory=list)
+    limit: int = ACTIVE_RUNS_DEFAULT_LIMIT
     worker_tasks: list[WorkerTask] = field(default_factory=list)
     workers: list[str] = field(default_factory=list)
     inspect_error: str = ""
@@ -169,15 +210,19 @@ def active_tasks(
     workers: bool = True,
     timeout: float = INSPECT_TIMEOUT,
     live: bool | None = None,
+    limit: int = ACTIVE_RUNS_DEFAULT_LIMIT,
 ) -> ActiveTasks:
-    """The ledger's active runs (of `runs`, the caller's scope), plus, with `workers` (platform admins only:
+    """The ledger's active runs (of `runs`, the caller's scope: `limit` of them, running first, and their counts
+    per task and state), plus, with `workers` (platform admins only:
     hostnames, pids, every account's arguments), what each live worker is executing, holding or has scheduled.
 
     The workers' part comes from the snapshot each worker writes at every heartbeat (at most ~2 s old); with
     `live` (default: settings.TASKS_ACTIVE_LIVE) it is asked of the workers by broadcast instead (slow).
     """
-    runs = active_runs_list(runs=runs)
-    outcome = ActiveTasks(runs=list(runs[:ACTIVE_RUNS_LIMIT]), runs_total=runs.count())
+    limit = max(0, min(limit, ACTIVE_RUNS_MAX_LIMIT))
+    counts = active_runs_counts(runs=runs)
+    listed = list(active_runs_list(runs=runs)[:limit]) if limit else []
+    outcome = ActiveTasks(runs=listed, runs_total=sum(c["count"] for c in counts), counts=counts, limit=limit)
     if not workers:
         return outcome
     if not (settings.TASKS_ACTIVE_LIVE if live is None else live):

@@ -17,6 +17,15 @@ def _fresh_throttles():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_answer_cache():
+    """GET /tasks/active answers are kept ~1 s per web process (tasks_app/api/answer_cache.py): none across tests."""
+    from tasks_app.api.answer_cache import active_answers
+
+    active_answers.clear()
+    yield
+
+
 def clear_throttles() -> None:
     import redis
     from django.conf import settings

@@ -124,6 +124,9 @@ def test_compose_file_layout_one_beat_worker_groups_limits_health_checks():
         assert services[name]["mem_limit"] and services[name]["cpus"], name
     # flower behind basic auth, the env file in the list form docker-compose 1.29 reads
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    # Flower's task view: the workers send task events
+    for name in workers:
+        assert interpolate(services[name]["environment"]["CELERY_WORKER_SEND_TASK_EVENTS"], {}) == "true", name
     assert services["web"]["env_file"] == [".env"]
     assert {"pgdata", "redisdata"} <= set(compose()["volumes"])
 

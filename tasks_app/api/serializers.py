@@ -10,6 +10,7 @@ from providers_app.models import Role
 from providers_app.selectors import accounts_for, is_platform_admin
 
 from ..models import DeadLetter, RetentionDataClass, RunState, TaskRun, TriggerKind
+from ..selectors import ACTIVE_RUNS_DEFAULT_LIMIT, ACTIVE_RUNS_MAX_LIMIT
 
 PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -245,9 +246,37 @@ class WorkerTaskSerializer(serializers.Serializer):
     run_id = serializers.UUIDField(allow_null=True)
 
 
+class ActiveTasksQuerySerializer(serializers.Serializer):
+    live = serializers.BooleanField(
+        required=False, default=False, help_text="Ask the workers by broadcast (~1 s) instead of their snapshots."
+    )
+    limit = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        default=ACTIVE_RUNS_DEFAULT_LIMIT,
+        help_text=f"How many runs to list (default {ACTIVE_RUNS_DEFAULT_LIMIT}; above {ACTIVE_RUNS_MAX_LIMIT} is "
+        f"capped to {ACTIVE_RUNS_MAX_LIMIT}). The counts cover every active run whatever the limit.",
+    )
+
+    def validate_limit(self, value: int) -> int:
+        return min(value, ACTIVE_RUNS_MAX_LIMIT)
+
+
+class ActiveRunCountSerializer(serializers.Serializer):
+    task_name = serializers.CharField()
+    state = serializers.CharField(help_text="QUEUED, STARTED or RETRY.")
+    count = serializers.IntegerField()
+
+
 class ActiveTasksSerializer(serializers.Serializer):
-    runs = TaskRunSerializer(many=True, help_text="Runs the ledger holds as QUEUED, STARTED or RETRY (oldest 500).")
-    runs_total = serializers.IntegerField(help_text="How many active runs the ledger holds in all.")
+    runs = TaskRunSerializer(
+        many=True,
+        help_text="Runs the ledger holds as QUEUED, STARTED or RETRY: STARTED first, then RETRY, then QUEUED, oldest "
+        "first within each; at most `limit` of them.",
+    )
+    runs_total = serializers.IntegerField(help_text="How many active runs the ledger holds in all (your scope).")
+    counts = ActiveRunCountSerializer(many=True, help_text="Active runs per task and state, all of them.")
+    limit = serializers.IntegerField(help_text="The limit applied to `runs`.")
     worker_tasks = WorkerTaskSerializer(many=True, help_text="What the live workers report.")
     workers = serializers.ListField(child=serializers.CharField(), help_text="Workers that answered.")
     inspect_error = serializers.CharField(allow_blank=True)

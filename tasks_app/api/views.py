@@ -2,6 +2,7 @@
 
 import tempfile
 
+from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -10,6 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -24,6 +26,7 @@ from ..models import DeadLetter, TaskRun, TriggerKind
 from ..services import health
 from ..services.runs import dead_letter_replay, run_cancel, task_enqueue, task_enqueue_once
 from . import serializers as s
+from .answer_cache import active_answers
 from .permissions import CanTriggerTasks
 
 UNAUTHENTICATED = OpenApiResponse(s.ErrorSerializer, description="No or invalid credentials (JWT or session).")
@@ -58,6 +61,34 @@ def already_active_response(request, run: TaskRun) -> Response:
         f"(task {run.celery_task_id}); nothing new was queued",
     }
     return Response(s.TaskConflictSerializer(payload).data, status=status.HTTP_409_CONFLICT)
+
+
+class CachedJSON:
+    """A serialized answer, rendered to JSON once however many requests it serves."""
+
+    def __init__(self, data):
+        self.data = data
+        self.json = JSONRenderer().render(data)
+
+    def response(self) -> Response:
+        return _PreRenderedResponse(self.data, rendered=self.json)
+
+
+class _PreRenderedResponse(Response):
+    """Serves the pre-rendered bytes when plain JSON was negotiated; other renderers (the browsable API, JSON with
+    an indent) render the data as usual."""
+
+    def __init__(self, data, *, rendered: bytes):
+        super().__init__(data)
+        self._rendered = rendered
+
+    @property
+    def rendered_content(self):
+        renderer = getattr(self, "accepted_renderer", None)
+        if isinstance(renderer, JSONRenderer) and self.accepted_media_type == renderer.media_type:
+            self["Content-Type"] = renderer.media_type
+            return self._rendered
+        return super().rendered_content
 
 
 # --- triggers -----------------------------------------------------------------------------------
@@ -200,20 +231,38 @@ class TaskMonitorViewSet(viewsets.ViewSet):
     @extend_schema(
         tags=["monitor"],
         summary="Active tasks",
-        description="Runs the ledger holds as QUEUED, STARTED or RETRY, plus the tasks live workers report as "
-        "active, reserved or scheduled — from the snapshot each worker writes at its heartbeat (at most ~2 s "
-        "old); `?live=true` (or TASKS_ACTIVE_LIVE) asks the workers by broadcast instead (~1 s timeout).",
-        parameters=[
-            OpenApiParameter("live", OpenApiTypes.BOOL, OpenApiParameter.QUERY, description="Ask workers live.")
-        ],
-        responses={200: s.ActiveTasksSerializer, 401: UNAUTHENTICATED},
+        description="Runs the ledger holds as QUEUED, STARTED or RETRY — counted per task and state, and listed up "
+        "to `limit` (running first, then the oldest) — plus, for platform admins, the tasks live workers report as "
+        "active, reserved or scheduled, from the snapshot each worker writes at its heartbeat (at most ~2 s old). "
+        "Each web process serves the same answer to callers of the same scope for TASKS_ACTIVE_CACHE_SECONDS "
+        "(default 1 s), so it is at most that much (plus the time one refresh takes) older than the ledger. "
+        "`?live=true` (or TASKS_ACTIVE_LIVE) asks the workers by broadcast instead (~1 s timeout, never cached).",
+        parameters=[s.ActiveTasksQuerySerializer],
+        responses={
+            200: s.ActiveTasksSerializer,
+            400: OpenApiResponse(description="`limit` not a whole number >= 0, or `live` not a boolean."),
+            401: UNAUTHENTICATED,
+        },
     )
     def active(self, request):
-        live = request.query_params.get("live") in ("1", "true") or None
-        active = selectors.active_tasks(
-            runs=selectors.runs_for(request.user), workers=is_platform_admin(request.user), live=live
-        )
-        return Response(s.ActiveTasksSerializer(active, context={"request": request}).data)
+        params = s.ActiveTasksQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        limit = params.validated_data["limit"]
+        live = params.validated_data["live"] or settings.TASKS_ACTIVE_LIVE
+        admin = is_platform_admin(request.user)
+        scope = selectors.runs_scope(request.user)  # the runs runs_for(user) would give, as a key
+
+        def compute() -> CachedJSON:
+            # From the key, not the user: what is stored under a scope is that scope's runs, whatever changes meanwhile.
+            runs = selectors.runs_in_scope(scope)
+            active = selectors.active_tasks(runs=runs, workers=admin, live=live, limit=limit)
+            return CachedJSON(s.ActiveTasksSerializer(active, context={"request": request}).data)
+
+        if live:  # a broadcast is asked for by name: never an older answer
+            return compute().response()
+        # admin: the workers' part and the admin-only fields; scheme and host: the status URLs are absolute.
+        key = (scope, admin, limit, request.scheme, request.get_host())
+        return active_answers.get(key, settings.TASKS_ACTIVE_CACHE_SECONDS, compute).response()
 
     @extend_schema(
         tags=["monitor"],

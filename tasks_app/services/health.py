@@ -18,6 +18,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from finops.db_router import replica_configured, replica_status
+from finops.redis_url import redis_from_url
 
 from ..beat import HEARTBEAT_KEY, LEADER_KEY
 from ..models import RunState, TaskRun
@@ -28,7 +29,7 @@ REDIS_TIMEOUT = 2.0
 
 
 def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
+    return redis_from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
 
 
 def _timed(check) -> dict:
@@ -59,7 +60,7 @@ def _broker() -> dict:
 
 def _result_backend() -> dict:
     url = settings.CELERY_RESULT_BACKEND or ""
-    if not url.startswith(("redis://", "rediss://")):
+    if not url.startswith(("redis://", "rediss://", "sentinel://")):
         return {"detail": "not a Redis backend; not checked"}
     with _redis(url) as client:
         client.ping()

@@ -9,6 +9,7 @@ from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from providers_app.models import Role
@@ -376,6 +377,18 @@ def test_status_of_a_task_only_celery_knows(viewer_client, platform_client):
     # then
     assert hidden.status_code == 404
     assert (body["state"], body["known_to"], body["run"], body["result"]) == ("SUCCESS", ["celery"], None, {"x": 1})
+    assert body["date_done"] is not None
+
+
+def test_status_of_a_failure_only_celery_knows_names_the_exception(platform_client):
+    # given
+    task_id = f"plain-{uuid.uuid4()}"
+    current_app.backend.store_result(task_id, ValueError("boom"), "FAILURE")
+    # when
+    body = platform_client.get(f"/api/v1/tasks/status/{task_id}").json()
+    # then
+    assert (body["state"], body["celery_state"], body["result"]) == ("FAILURE", "FAILURE", "ValueError: boom")
+    assert body["date_done"].startswith(str(timezone.now().year))
 
 
 def test_status_of_an_unknown_task_is_404(viewer_client):

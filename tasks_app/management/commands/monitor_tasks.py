@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import F
 from django.utils import timezone
 
+from finops.redis_url import redis_from_url
 from tasks_app import selectors
 from tasks_app.models import FINAL_STATES, DeadLetter, RunState, TaskRun
 from tasks_app.services.runs import run_cancel
@@ -29,11 +30,11 @@ KOMBU_UNACKED_KEY = "unacked"
 def broker_queue_lengths(queues=None) -> tuple[dict[str, int], int]:
     """({queue: messages waiting}, unacked deliveries) read straight from the Redis broker."""
     url = settings.CELERY_BROKER_URL
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
         raise CommandError(f"queue lengths are read from a Redis broker; the broker is {url.split(':', 1)[0]}")
     prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
     queues = list(queues or settings.TASK_QUEUES)
-    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    client = redis_from_url(url, socket_timeout=3, socket_connect_timeout=3)
     try:
         with client.pipeline(transaction=False) as pipe:
             for queue in queues:
