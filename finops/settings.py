@@ -357,6 +357,9 @@ TASKS_ACTIVE_LIVE = env.bool("TASKS_ACTIVE_LIVE", default=False)
 # Each web process serves GET /tasks/active from an answer computed at most this many seconds before (plus the time
 # one refresh takes), one per visibility scope (tasks_app/api/answer_cache.py); 0: computed for every request.
 TASKS_ACTIVE_CACHE_SECONDS = env.float("TASKS_ACTIVE_CACHE_SECONDS", default=1.0)
+# A user authenticated by JWT is read from the database at most once a second per web process and token (finops/
+# jwt_auth.py): a deactivation or password change made elsewhere takes effect within this many seconds. 0: every time.
+JWT_USER_CACHE_SECONDS = env.float("JWT_USER_CACHE_SECONDS", default=1.0)
 # Health: a run QUEUED this long without a message in the broker, or a lock/claim this stale, is reported.
 HEALTH_QUEUED_GRACE = env.int("HEALTH_QUEUED_GRACE", default=120)
 

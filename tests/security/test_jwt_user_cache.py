@@ -1,0 +1,76 @@
+"""A JWT's user is read once per JWT_USER_CACHE_SECONDS per process and token, never longer: a user deactivated or
+whose password changed behind Django's back (raw UPDATE, another process) is refused once that time has passed; a
+save in this process is seen at once; each request gets its own copy of the user."""
+
+import time
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework_simplejwt.tokens import AccessToken
+
+from finops.jwt_auth import PasswordBoundJWTAuthentication
+from tests.factories import UserFactory
+from tests.security.test_jwt_refresh import obtain, status_with
+
+pytestmark = pytest.mark.django_db
+TTL = 0.4
+
+
+@pytest.fixture
+def user(settings):
+    settings.JWT_USER_CACHE_SECONDS = TTL
+    return UserFactory(username="jwt-user")
+
+
+def until_refused(access: str, limit: float) -> float:
+    """Seconds until the token is refused (polling every 50 ms), or fails the test after `limit`."""
+    start = time.monotonic()
+    while status_with(access) == 200:
+        assert time.monotonic() - start < limit, "still accepted"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_a_user_deactivated_by_a_raw_update_is_refused_within_the_ttl(user):
+    access = obtain()["access"]
+    assert status_with(access) == 200  # now cached
+    get_user_model().objects.filter(pk=user.pk).update(is_active=False)
+    assert until_refused(access, limit=TTL + 1) <= TTL + 0.5
+
+
+def test_a_password_changed_by_a_raw_update_ends_the_token_within_the_ttl(user):
+    access = obtain()["access"]
+    assert status_with(access) == 200
+    other = UserFactory(username="other")
+    get_user_model().objects.filter(pk=user.pk).update(password=other.password)
+    assert until_refused(access, limit=TTL + 1) <= TTL + 0.5
+
+
+def test_a_save_in_this_process_is_seen_at_once(user, settings):
+    settings.JWT_USER_CACHE_SECONDS = 60  # far longer than the test: only the save can end the cached entry
+    access = obtain()["access"]
+    assert status_with(access) == 200
+    user.is_active = False
+    user.save()
+    assert status_with(access) == 401
+
+
+def test_off_reads_the_user_every_time(user, settings):
+    settings.JWT_USER_CACHE_SECONDS = 0
+    access = obtain()["access"]
+    assert status_with(access) == 200
+    get_user_model().objects.filter(pk=user.pk).update(is_active=False)
+    assert status_with(access) == 401
+
+
+def test_each_request_gets_its_own_copy_and_no_query_while_cached(user):
+    token = AccessToken(obtain()["access"])
+    auth = PasswordBoundJWTAuthentication()
+    first = auth.get_user(token)
+    first.some_request_state = "mine"  # what a request may hang on request.user
+    with CaptureQueriesContext(connection) as queries:
+        second = auth.get_user(token)
+    assert len(queries) == 0
+    assert second is not first and second.pk == first.pk and not hasattr(second, "some_request_state")
