@@ -245,10 +245,13 @@ class TaskMonitorViewSet(viewsets.ViewSet):
         },
     )
     def active(self, request):
-        params = s.ActiveTasksQuerySerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
-        limit = params.validated_data["limit"]
-        live = params.validated_data["live"] or settings.TASKS_ACTIVE_LIVE
+        if request.query_params:
+            params = s.ActiveTasksQuerySerializer(data=request.query_params)
+            params.is_valid(raise_exception=True)
+            limit, live = params.validated_data["limit"], params.validated_data["live"]
+        else:  # a dashboard's poll: the defaults, without building a serializer (a third of a cached answer's time)
+            limit, live = selectors.ACTIVE_RUNS_DEFAULT_LIMIT, False
+        live = live or settings.TASKS_ACTIVE_LIVE
         admin = is_platform_admin(request.user)
         scope = selectors.runs_scope(request.user)  # the runs runs_for(user) would give, as a key
 
