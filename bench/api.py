@@ -236,6 +236,8 @@ def main() -> None:
     parser.add_argument(
         "--rounds", default=",".join(ROUNDS), help="which rounds, comma-separated (default: all, the full comparison)"
     )
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn processes (WEB_WORKERS)")
+    parser.add_argument("--web-threads", type=int, default=8, help="threads per process (WEB_THREADS)")
     parser.add_argument("--database", default="finops_bench_api")
     parser.add_argument("--broker-db", type=int, default=9, help="Redis db for the broker; results and cache follow")
     args = parser.parse_args()
@@ -273,6 +275,12 @@ def main() -> None:
         worker.wait_ready(current_app)
         server = LiveServer(
             log_dir,
+            # docker-compose.yml's web command, with its WEB_WORKERS / WEB_THREADS
+            [
+                "finops.wsgi:application", "--bind", "127.0.0.1:0", "--workers", str(args.web_workers),
+                "--worker-class", "gthread", "--threads", str(args.web_threads), "--timeout", "60",
+                "--graceful-timeout", "30", "--access-logfile", "-",
+            ],  # fmt: skip
             DJANGO_SETTINGS_MODULE="finops.settings",
             JWT_ACCESS_TOKEN_MINUTES="120",  # the default 5 min token would expire mid-run under load
             DEBUG="0",
@@ -282,8 +290,8 @@ def main() -> None:
         )
         token = server.token("bench-api", password)
         print(
-            f"gunicorn 2x8 threads, worker prefork concurrency=2 on monitoring; {args.clients} clients in "
-            f"{args.client_processes} processes (http.client keep-alive)"
+            f"gunicorn {args.web_workers}x{args.web_threads} threads, worker prefork concurrency=2 on monitoring; "
+            f"{args.clients} clients in {args.client_processes} processes (http.client keep-alive)"
         )
         for kind in args.rounds.split(","):
             tasks = min(args.tasks, args.live_tasks) if kind == "live" else args.tasks
