@@ -1095,19 +1095,12 @@ class RecommendationAdmin(OperatorActionsMixin, TeamScopedAdminMixin, admin.Mode
 # --- Cost data (read-only) ---
 
 
-class CostLinePeriodFilter(admin.SimpleListFilter):
-    """One billing period at a time, the latest by default (no "All"): every page of the cost line list reads one
-    period (one partition), whatever else is chosen. Periods come from a loose index scan of the rollups."""
-
-    title = "billing period"
-    parameter_name = "period"
+class FirstChoiceFilter(admin.SimpleListFilter):
+    """A filter that always applies one of its choices (no "All"): the first one unless another is picked."""
 
     def __init__(self, request, params, model, model_admin):
         super().__init__(request, params, model, model_admin)
         self.default = self.lookup_choices[0][0] if self.lookup_choices else None
-
-    def lookups(self, request, model_admin):
-        return [(s.strftime("%Y-%m"), s.strftime("%Y-%m")) for s in billing_periods_for(request.user)]
 
     def value(self):
         return super().value() or self.default
@@ -1119,6 +1112,17 @@ class CostLinePeriodFilter(admin.SimpleListFilter):
                 "query_string": changelist.get_query_string({self.parameter_name: lookup}),
                 "display": title,
             }
+
+
+class CostLinePeriodFilter(FirstChoiceFilter):
+    """One billing period at a time, the latest by default (no "All"): every page of the cost line list reads one
+    period (one partition), whatever else is chosen. Periods come from a loose index scan of the rollups."""
+
+    title = "billing period"
+    parameter_name = "period"
+
+    def lookups(self, request, model_admin):
+        return [(s.strftime("%Y-%m"), s.strftime("%Y-%m")) for s in billing_periods_for(request.user)]
 
     def queryset(self, request, queryset):
         try:

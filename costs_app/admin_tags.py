@@ -6,7 +6,13 @@ from django.db import transaction
 from finops.admin_mixins import PlatformAdminOnlyMixin, TeamScopedAdminMixin
 from finops.money import money_column
 
-from .admin import CostLineAccountFilter, LargeRollupListMixin, RollupMonthFilter, RollupServiceFilter
+from .admin import (
+    CostLineAccountFilter,
+    FirstChoiceFilter,
+    LargeRollupListMixin,
+    RollupMonthFilter,
+    RollupServiceFilter,
+)
 from .models import CostAllocationTag, CostTagRollup
 from .services.ingest import tag_rollups_rebuild
 
@@ -49,31 +55,16 @@ class CostAllocationTagAdmin(PlatformAdminOnlyMixin, admin.ModelAdmin):
         self.message_user(request, f"rebuilt {', '.join(keys)}: {rows} rollup rows")
 
 
-class TagKeyFilter(admin.SimpleListFilter):
+class TagKeyFilter(FirstChoiceFilter):
     """One tag key at a time, the first cost allocation tag by default (a small table, not a DISTINCT over the
     rollups): with the month, the list reads one range of the (tag_key, day) index."""
 
     title = "tag key"
     parameter_name = "tag_key"
 
-    def __init__(self, request, params, model, model_admin):
-        super().__init__(request, params, model, model_admin)
-        self.default = self.lookup_choices[0][0] if self.lookup_choices else None
-
     def lookups(self, request, model_admin):
         keys = CostAllocationTag.objects.order_by("-is_active", "key").values_list("key", flat=True)
         return [(key, key) for key in keys]
-
-    def value(self):
-        return super().value() or self.default
-
-    def choices(self, changelist):
-        for lookup, title in self.lookup_choices:
-            yield {
-                "selected": self.value() == lookup,
-                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
-                "display": title,
-            }
 
     def queryset(self, request, queryset):
         return queryset.filter(tag_key=self.value()) if self.value() else queryset
