@@ -59,7 +59,10 @@ def test_workers_killed_repeatedly_lose_nothing_and_do_nothing_twice(stack, focu
             driver("enqueue", task="platform_noop", kwargs={"value": 1})
             sent += 4
             if time.monotonic() - started > sync_turn * 12:
-                driver("enqueue", task="sync_provider_cost_data", kwargs={"account_id": accounts[sync_turn % 3]})
+                # force: a file already loaded is skipped as unchanged (its fingerprint), in a moment; the drill wants
+                # each sync to load its lines, so that a kill can land in the middle of one
+                sync = {"account_id": accounts[sync_turn % 3], "force": True}
+                driver("enqueue", task="sync_provider_cost_data", kwargs=sync)
                 sync_turn += 1
                 sent += 1
             time.sleep(0.5)
