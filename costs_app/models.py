@@ -104,7 +104,24 @@ class CostDailyRollup(CostRollup):
         return f"{self.day} {self.service_name or '(all services)'} {self.billed_cost} {self.billing_currency}"
 
 
-class CostMonthRollup(models.Model):
+class MonthRollupSums(models.Model):
+    """The dimensions and sums both monthly rollups share (filled by triggers, never by Python)."""
+
+    service_name = models.TextField(default="", blank=True)
+    sub_account_id = models.TextField(default="", blank=True)
+    region_id = models.TextField(default="", blank=True)
+    billing_currency = models.CharField(max_length=3)
+    billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    effective_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    list_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    line_count = models.BigIntegerField(default=0)
+    rollup_rows = models.IntegerField(default=0, help_text="Daily rollup rows summed here.")
+
+    class Meta:
+        abstract = True
+
+
+class CostMonthRollup(MonthRollupSums):
     """Cost per account × month × service × sub-account × region × currency: the daily rollups summed by month, for
     the dashboards' long periods and the budgets' whole months (a year is 12 months of rows, not 365 days of them).
 
@@ -117,15 +134,6 @@ class CostMonthRollup(models.Model):
 
     account = models.ForeignKey(CloudAccount, related_name="monthly_costs", **BULK_ACCOUNT)
     month = models.DateField(help_text="The first day of the month of the daily rollups' days (UTC).")
-    service_name = models.TextField(default="", blank=True)
-    sub_account_id = models.TextField(default="", blank=True)
-    region_id = models.TextField(default="", blank=True)
-    billing_currency = models.CharField(max_length=3)
-    billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    effective_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    list_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    line_count = models.BigIntegerField(default=0)
-    rollup_rows = models.IntegerField(default=0, help_text="Daily rollup rows summed here.")
 
     class Meta:
         constraints = [
@@ -140,7 +148,7 @@ class CostMonthRollup(models.Model):
         return f"{self.month:%Y-%m} {self.service_name or '(all services)'} {self.billed_cost} {self.billing_currency}"
 
 
-class CostTagMonthRollup(models.Model):
+class CostTagMonthRollup(MonthRollupSums):
     """Cost per account × month × tag key × tag value × service × sub-account × region × currency: the tag rollups
     summed by month, kept by statement-level triggers on CostTagRollup (migration 0017) exactly as CostMonthRollup
     is kept from the daily rollups. Budgets with a tag filter read their whole months here."""
@@ -149,14 +157,6 @@ class CostTagMonthRollup(models.Model):
     month = models.DateField(help_text="The first day of the month of the tag rollups' days (UTC).")
     tag_key = models.TextField()
     tag_value = models.TextField(default="", blank=True)
-    service_name = models.TextField(default="", blank=True)
-    sub_account_id = models.TextField(default="", blank=True)
-    region_id = models.TextField(default="", blank=True)
-    billing_currency = models.CharField(max_length=3)
-    billed_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    effective_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    list_cost = models.DecimalField(default=Decimal(0), **MONEY)
-    line_count = models.BigIntegerField(default=0)
     rollup_rows = models.IntegerField(default=0, help_text="Tag rollup rows summed here.")
 
     class Meta:
