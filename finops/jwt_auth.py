@@ -85,8 +85,9 @@ class _UserCache:
             self.entries[key] = (now, copy.copy(user))
 
     def forget(self, user_id) -> None:
+        """Drop a user's entries (the token's user id claim may be the id or its text)."""
         with self.lock:
-            self.entries = {k: v for k, v in self.entries.items() if k[0] != user_id}
+            self.entries = {k: v for k, v in self.entries.items() if str(k[0]) != str(user_id)}
 
     def clear(self) -> None:
         with self.lock:
@@ -157,7 +158,6 @@ def _remember_password_change(sender, instance, raw=False, update_fields=None, *
 
 
 def _forget_cached_user(sender, instance, **kwargs):
-    user_cache.forget(str(instance.pk))
     user_cache.forget(instance.pk)
 
 
