@@ -277,9 +277,23 @@ def main() -> None:
             log_dir,
             # docker-compose.yml's web command, with its WEB_WORKERS / WEB_THREADS
             [
-                "finops.wsgi:application", "--bind", "127.0.0.1:0", "--workers", str(args.web_workers),
-                "--worker-class", "gthread", "--threads", str(args.web_threads), "--timeout", "60",
-                "--graceful-timeout", "30", "--access-logfile", "-",
+                "finops.wsgi:application",
+                "--config",
+                "python:finops.gunicorn_conf",
+                "--bind",
+                "127.0.0.1:0",
+                "--workers",
+                str(args.web_workers),
+                "--worker-class",
+                "gthread",
+                "--threads",
+                str(args.web_threads),
+                "--timeout",
+                "60",
+                "--graceful-timeout",
+                "30",
+                "--access-logfile",
+                "-",
             ],  # fmt: skip
             DJANGO_SETTINGS_MODULE="finops.settings",
             JWT_ACCESS_TOKEN_MINUTES="120",  # the default 5 min token would expire mid-run under load

@@ -46,7 +46,48 @@ def token_matches_password(token, user) -> bool:
     return isinstance(claim, str) and constant_time_compare(claim, password_fingerprint(user))
 
 
-class _UserCache:
+class _ProcessCache:
+    """A small per-process map whose entries each expire at their own deadline (monotonic clock); thread-safe.
+
+    Bounded at MAX_ENTRIES: when full, the expired entries go, then everything if none had. Entries are copied in
+    and out (shallow), so a request never holds the object another request holds.
+    """
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self):
+        self.entries: dict[tuple, tuple[float, object]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            found = self.entries.get(key)
+        if found is None or time.monotonic() >= found[0]:
+            return None
+        return copy.copy(found[1])
+
+    def put(self, key, value, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        now = time.monotonic()
+        with self.lock:
+            if len(self.entries) >= self.MAX_ENTRIES:
+                self.entries = {k: v for k, v in self.entries.items() if now < v[0]}
+                if len(self.entries) >= self.MAX_ENTRIES:
+                    self.entries.clear()
+            self.entries[key] = (now + seconds, copy.copy(value))
+
+    def forget(self, match) -> None:
+        """Drop the entries whose key `match(key)` is true."""
+        with self.lock:
+            self.entries = {k: v for k, v in self.entries.items() if not match(k)}
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+class _UserCache(_ProcessCache):
     """The users this web process authenticated in the last JWT_USER_CACHE_SECONDS, by user id and token fingerprint.
 
     A polling dashboard sends several API calls a second with one token; each would read the user's row again for
@@ -56,49 +97,54 @@ class _UserCache:
     process drops its entries at once). 0 turns it off.
     """
 
-    MAX_ENTRIES = 1024
-
-    def __init__(self):
-        self.entries: dict[tuple, tuple[float, object]] = {}
-        self.lock = threading.Lock()
-
     def get(self, key: tuple):
-        ttl = settings.JWT_USER_CACHE_SECONDS
-        if ttl <= 0:
-            return None
-        with self.lock:
-            found = self.entries.get(key)
-        if found is None or time.monotonic() - found[0] > ttl:
-            return None
-        return copy.copy(found[1])
+        return super().get(key) if settings.JWT_USER_CACHE_SECONDS > 0 else None
 
     def put(self, key: tuple, user) -> None:
-        if settings.JWT_USER_CACHE_SECONDS <= 0:
-            return
-        now = time.monotonic()
-        with self.lock:
-            if len(self.entries) >= self.MAX_ENTRIES:
-                ttl = settings.JWT_USER_CACHE_SECONDS
-                self.entries = {k: v for k, v in self.entries.items() if now - v[0] <= ttl}
-                if len(self.entries) >= self.MAX_ENTRIES:
-                    self.entries.clear()
-            self.entries[key] = (now, copy.copy(user))
+        super().put(key, user, settings.JWT_USER_CACHE_SECONDS)
 
     def forget(self, user_id) -> None:
         """Drop a user's entries (the token's user id claim may be the id or its text)."""
-        with self.lock:
-            self.entries = {k: v for k, v in self.entries.items() if str(k[0]) != str(user_id)}
+        super().forget(lambda key: str(key[0]) == str(user_id))
 
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
+
+class _TokenCache(_ProcessCache):
+    """Access tokens this web process has validated (signature, expiry, id and type), by their encoded text, until
+    their `exp`.
+
+    The check of a token's signature and claims gives the same answer for the same text until it expires (the
+    signing key is fixed for the process' life), and was the largest part of a cached `tasks/active` request after
+    the user's read. What can change sooner is checked on every request still: the user (active, password
+    fingerprint) through the user cache above. Off when JWT_USER_CACHE_SECONDS is 0.
+    """
+
+    def get(self, raw_token: bytes):
+        return super().get(raw_token) if settings.JWT_USER_CACHE_SECONDS > 0 else None
+
+    def put(self, raw_token: bytes, token) -> None:
+        exp = token.get("exp")
+        if settings.JWT_USER_CACHE_SECONDS > 0 and isinstance(exp, int | float):
+            token = copy.copy(token)
+            token.payload = dict(token.payload)  # the cached payload is never the one a request was given
+            super().put(raw_token, token, exp - time.time())
 
 
 user_cache = _UserCache()
+token_cache = _TokenCache()
 
 
 class PasswordBoundJWTAuthentication(JWTAuthentication):
     """simplejwt's authentication, refusing tokens issued before the user's last password change."""
+
+    def get_validated_token(self, raw_token):
+        key = bytes(raw_token)
+        token = token_cache.get(key)
+        if token is not None:
+            token.payload = dict(token.payload)
+            return token
+        token = super().get_validated_token(raw_token)  # refuses a bad signature, an expired or wrong-type token
+        token_cache.put(key, token)
+        return token
 
     def get_user(self, validated_token):
         key = (validated_token.get(api_settings.USER_ID_CLAIM), validated_token.get(FINGERPRINT_CLAIM))

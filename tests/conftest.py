@@ -20,11 +20,12 @@ def _fresh_throttles():
 @pytest.fixture(autouse=True)
 def _fresh_answer_cache():
     """GET /tasks/active answers are kept ~1 s per web process (tasks_app/api/answer_cache.py): none across tests."""
-    from finops.jwt_auth import user_cache
+    from finops.jwt_auth import token_cache, user_cache
     from tasks_app.api.answer_cache import active_answers
 
     active_answers.clear()
     user_cache.clear()  # users authenticated by JWT are kept ~1 s per process (finops/jwt_auth.py) as well
+    token_cache.clear()  # and the access tokens validated, until they expire
     yield
 
 
