@@ -46,7 +46,7 @@ MIDDLEWARE = [
     "finops.limits.RequestBodyLimitMiddleware",
     "finops.correlation.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "finops.csp_headers.CSPMiddleware",  # django-csp's, the common header built once
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

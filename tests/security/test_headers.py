@@ -140,3 +140,56 @@ def test_with_api_docs_public_the_docs_need_no_login(settings, client):
     settings.API_DOCS_PUBLIC = True
     assert client.get("/api/schema/").status_code == 200
     assert client.get("/api/docs/").status_code == 200
+
+
+# The policy text is built once per setting for the responses that all get the same one (finops/csp_headers.py);
+# these show it is the text django-csp builds, and that what makes a response's policy its own still counts.
+
+
+def run_middleware(response, *, use_nonce: bool = False):
+    from django.test import RequestFactory
+
+    from finops.csp_headers import CSPMiddleware
+
+    request = RequestFactory().get("/api/v1/tasks/active")
+
+    def view(req):
+        if use_nonce:
+            response.nonce_seen = str(req.csp_nonce)
+        return response
+
+    return CSPMiddleware(view)(request), request
+
+
+def test_the_kept_policy_is_the_one_django_csp_builds(settings):
+    from csp.utils import build_policy
+    from django.http import HttpResponse
+
+    first, _ = run_middleware(HttpResponse())
+    assert first.headers["Content-Security-Policy"] == build_policy()
+    assert "Content-Security-Policy-Report-Only" not in first.headers
+    settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"default-src": ["'self'", "https://cdn.example.com"]}}
+    settings.CONTENT_SECURITY_POLICY_REPORT_ONLY = {"DIRECTIVES": {"default-src": ["'none'"]}}
+    changed, _ = run_middleware(HttpResponse())
+    assert changed.headers["Content-Security-Policy"] == "default-src 'self' https://cdn.example.com"
+    assert changed.headers["Content-Security-Policy-Report-Only"] == "default-src 'none'"
+
+
+def test_a_views_own_policy_a_nonce_and_an_exemption_still_count(settings):
+    from csp.constants import NONCE
+    from csp.decorators import csp_exempt, csp_update
+    from django.http import HttpResponse
+
+    updated, _ = run_middleware(csp_update({"img-src": "https://img.example.com"})(lambda r: HttpResponse())(None))
+    assert "img-src 'self' data: https://img.example.com" in updated.headers["Content-Security-Policy"]
+    settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"script-src": ["'self'", NONCE]}}
+    plain, _ = run_middleware(HttpResponse())
+    assert "script-src 'self'" in plain.headers["Content-Security-Policy"]
+    assert "nonce" not in plain.headers["Content-Security-Policy"]  # none asked for: none in the header
+    with_nonce = HttpResponse()
+    answered, _ = run_middleware(with_nonce, use_nonce=True)
+    assert f"'nonce-{with_nonce.nonce_seen}'" in answered.headers["Content-Security-Policy"]
+    exempt, request = run_middleware(csp_exempt()(lambda r: HttpResponse())(None))
+    assert "Content-Security-Policy" not in exempt.headers
+    with pytest.raises(Exception, match="not available after the CSP header"):
+        str(request.csp_nonce)  # asked for too late: an error, as django-csp does
