@@ -13,9 +13,11 @@ import copy
 import threading
 import time
 
+import django
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models.base import DJANGO_VERSION_PICKLE_KEY
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.utils.crypto import constant_time_compare, salted_hmac
 from drf_spectacular.contrib.rest_framework_simplejwt import (
@@ -64,7 +66,7 @@ class _ProcessCache:
             found = self.entries.get(key)
         if found is None or time.monotonic() >= found[0]:
             return None
-        return copy.copy(found[1])
+        return self.copy(found[1])
 
     def put(self, key, value, seconds: float) -> None:
         if seconds <= 0:
@@ -75,7 +77,11 @@ class _ProcessCache:
                 self.entries = {k: v for k, v in self.entries.items() if now < v[0]}
                 if len(self.entries) >= self.MAX_ENTRIES:
                     self.entries.clear()
-            self.entries[key] = (now + seconds, copy.copy(value))
+            self.entries[key] = (now + seconds, self.copy(value))
+
+    @staticmethod
+    def copy(value):
+        return copy.copy(value)
 
     def forget(self, match) -> None:
         """Drop the entries whose key `match(key)` is true."""
@@ -100,6 +106,15 @@ class _UserCache(_ProcessCache):
     def get(self, key: tuple):
         return super().get(key) if settings.JWT_USER_CACHE_SECONDS > 0 else None
 
+    @staticmethod
+    def copy(user):
+        # A model's own state copy (as pickling does), without copy.copy's trip through the app registry.
+        state = user.__getstate__()
+        state[DJANGO_VERSION_PICKLE_KEY] = django.__version__
+        fresh = user.__class__.__new__(user.__class__)
+        fresh.__setstate__(state)
+        return fresh
+
     def put(self, key: tuple, user) -> None:
         super().put(key, user, settings.JWT_USER_CACHE_SECONDS)
 
@@ -121,11 +136,16 @@ class _TokenCache(_ProcessCache):
     def get(self, raw_token: bytes):
         return super().get(raw_token) if settings.JWT_USER_CACHE_SECONDS > 0 else None
 
+    @staticmethod
+    def copy(token):
+        fresh = token.__class__.__new__(token.__class__)
+        fresh.__dict__.update(token.__dict__)
+        fresh.payload = dict(token.payload)  # a request's token never shares its claims with the kept one
+        return fresh
+
     def put(self, raw_token: bytes, token) -> None:
         exp = token.get("exp")
         if settings.JWT_USER_CACHE_SECONDS > 0 and isinstance(exp, int | float):
-            token = copy.copy(token)
-            token.payload = dict(token.payload)  # the cached payload is never the one a request was given
             super().put(raw_token, token, exp - time.time())
 
 
@@ -140,7 +160,6 @@ class PasswordBoundJWTAuthentication(JWTAuthentication):
         key = bytes(raw_token)
         token = token_cache.get(key)
         if token is not None:
-            token.payload = dict(token.payload)
             return token
         token = super().get_validated_token(raw_token)  # refuses a bad signature, an expired or wrong-type token
         token_cache.put(key, token)
