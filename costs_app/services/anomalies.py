@@ -242,8 +242,9 @@ def _fetch(sql: str, params) -> list[np.ndarray]:
     return [np.array(column, dtype=object) for column in zip(*rows, strict=True)]
 
 
-def _series_matrix(monitors, windows, start: date, end: date, days: list[date]) -> tuple[list[_Series], np.ndarray]:
-    """All monitors' series as one (series × day) array from `start` to `end`, loaded on `days` (the others: 0)."""
+def _series_matrix(monitors, windows, start: date, end: date, days: tuple) -> tuple[list[_Series], np.ndarray]:
+    """All monitors' series as one (series × day) array from `start` to `end`, loaded on `days` (`_days_read`; the
+    other days are zeros, which the detector does not read)."""
     n_days = (end - start).days + 1
     accounts = sorted(windows)
     sources: dict[tuple, tuple[list, np.ndarray]] = {}
@@ -252,10 +253,10 @@ def _series_matrix(monitors, windows, start: date, end: date, days: list[date]) 
             """
             SELECT account_id, billing_currency, service_name, day - %s::date, SUM(effective_cost)::float8
             FROM costs_app_costdailyrollup
-            WHERE account_id = ANY(%s) AND day = ANY(%s::date[])
+            WHERE account_id = ANY(%s) AND (day BETWEEN %s AND %s OR day = ANY(%s::date[]))
             GROUP BY 1, 2, 3, 4
             """,
-            [start, accounts, days],
+            [start, accounts, days[0], end, days[1]],
         )
         if columns:
             acct, currency, service, col, cost = columns
@@ -268,10 +269,10 @@ def _series_matrix(monitors, windows, start: date, end: date, days: list[date]) 
             """
             SELECT tag_key, account_id, billing_currency, tag_value, day - %s::date, SUM(effective_cost)::float8
             FROM costs_app_costtagrollup
-            WHERE tag_key = ANY(%s) AND account_id = ANY(%s) AND day = ANY(%s::date[])
+            WHERE tag_key = ANY(%s) AND account_id = ANY(%s) AND (day BETWEEN %s AND %s OR day = ANY(%s::date[]))
             GROUP BY 1, 2, 3, 4, 5
             """,
-            [start, tag_keys, accounts, days],
+            [start, tag_keys, accounts, days[0], end, days[1]],
         )
         if columns:
             key, acct, currency, value, col, cost = columns
@@ -305,19 +306,24 @@ def _month_starts(start: date, n_days: int) -> np.ndarray:
     return np.array([(start + timedelta(days=i)).day == 1 for i in range(n_days)])
 
 
-def _days_read(start: date, end: date) -> list[date]:
-    """The days from start to end whose rollups the detector reads (`anomaly_detector.columns_read`): the first
-    judged day's baseline onwards, and the days around the previous two 1sts only when a 1st is judged. The span
-    before the baseline (for the month starts) is most of it, and most runs judge no 1st: reading every day made
-    a run on a long history read 2.8 × the rollup rows of one on a month's (bench/README.md, scale)."""
+def _days_read(start: date, end: date) -> tuple[date, list[date]]:
+    """The days from start to end whose rollups the detector reads (`anomaly_detector.columns_read`), as the first
+    judged day's baseline start (every day from it to `end`) and the days before it around the previous two 1sts,
+    only when a 1st is judged. The span before the baseline is most of the history (MONTH_LOOKBACK of ~83 days)
+    and most runs judge no 1st: reading every day made a run on a long history read 2.8 × the rollup rows of one
+    on a month's (bench/README.md, scale)."""
     n_days = (end - start).days + 1
+    baseline_start = _history_days() - settings.ANOMALY_BASELINE_DAYS
     needed = detector.columns_read(
         n_days,
         first_column=_history_days(),
         baseline_days=settings.ANOMALY_BASELINE_DAYS,
         month_starts=_month_starts(start, n_days),
     )
-    return [start + timedelta(days=int(i)) for i in np.flatnonzero(needed)]
+    # columns_read reads every day from the first judged day's baseline on: the queries read that as one range.
+    return start + timedelta(days=baseline_start), [
+        start + timedelta(days=int(i)) for i in np.flatnonzero(needed[:baseline_start])
+    ]
 
 
 def _evaluate(series: list[_Series], matrix: np.ndarray, windows: dict[int, _Window], start: date):
@@ -526,7 +532,7 @@ def _store(series, evaluation, flags, windows, start, matrix, days, *, now: date
 
 
 def _root_causes_attach(
-    plans: list[_Plan], series: list[_Series], matrix: np.ndarray, start: date, days: list[date]
+    plans: list[_Plan], series: list[_Series], matrix: np.ndarray, start: date, days: tuple
 ) -> None:
     """Fill plan.root_causes: the sub-dimensions whose own increase explains the anomaly, largest first.
 
@@ -543,10 +549,10 @@ def _root_causes_attach(
         SELECT account_id, billing_currency, service_name, region_id, sub_account_id, day - %s::date,
                SUM(effective_cost)::float8
         FROM costs_app_costdailyrollup
-        WHERE account_id = ANY(%s) AND day = ANY(%s::date[])
+        WHERE account_id = ANY(%s) AND (day BETWEEN %s AND %s OR day = ANY(%s::date[]))
         GROUP BY 1, 2, 3, 4, 5, 6
         """,
-        [start, accounts, days],
+        [start, accounts, days[0], end, days[1]],
     )
     wanted_keys = set(CostAllocationTag.objects.filter(is_active=True).values_list("key", flat=True))
     tags = _fetch(
@@ -554,10 +560,10 @@ def _root_causes_attach(
         SELECT tag_key, account_id, billing_currency, tag_value, service_name, region_id, sub_account_id,
                day - %s::date, SUM(effective_cost)::float8
         FROM costs_app_costtagrollup
-        WHERE tag_key = ANY(%s) AND account_id = ANY(%s) AND day = ANY(%s::date[])
+        WHERE tag_key = ANY(%s) AND account_id = ANY(%s) AND (day BETWEEN %s AND %s OR day = ANY(%s::date[]))
         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
         """,
-        [start, sorted(wanted_keys), accounts, days],
+        [start, sorted(wanted_keys), accounts, days[0], end, days[1]],
     )
     daily_facts = _facts_by_account(DAILY_FACTS, daily)
     tag_facts = _facts_by_account(TAG_FACTS, tags)

@@ -190,7 +190,9 @@ def test_detector_reads_only_the_columns_it_says_it_reads():
         for name in ("expected", "sigma", "lower", "upper", "actual", "impact", "impact_percent", "score", "weekly"):
             assert np.array_equal(getattr(full, name), getattr(partial, name), equal_nan=True), (days[last], name)
         assert np.array_equal(full.flags, partial.flags) and full.flags.any()
-        # and without a judged 1st only the baseline and the judged days are read, not the history before them
+        # and every day from the first judged day's baseline on is read (the service reads them as one range), but
+        # without a judged 1st no day before it
+        assert read[first_column - 28 :].all()
         if month_starts[window][first_column:].any():
             judged_a_1st += 1
             assert read[: first_column - 28].any()
