@@ -310,7 +310,7 @@ def _days_read(start: date, end: date) -> tuple[date, list[date]]:
     """The days from start to end whose rollups the detector reads (`anomaly_detector.columns_read`), as the first
     judged day's baseline start (every day from it to `end`) and the days before it around the previous two 1sts,
     only when a 1st is judged. The span before the baseline is most of the history (MONTH_LOOKBACK of ~83 days)
-    and most runs judge no 1st: reading every day made a run on a long history read 2.8 × the rollup rows of one
+    and most runs judge no 1st: reading every day made a run on a long history read 2.7 × the rollup rows of one
     on a month's (bench/README.md, scale)."""
     n_days = (end - start).days + 1
     baseline_start = _history_days() - settings.ANOMALY_BASELINE_DAYS
