@@ -6,8 +6,9 @@ One run (`anomalies_detect`, called by the task `detect_cost_anomalies`):
    (ANOMALY_BASELINE_DAYS) of history before them and within NEWS_DAYS of today.
 2. Series. Every active monitor contributes its series — per account, per account × service, or per
    account × value of a tag key (untagged spend is the value "") — daily EffectiveCost from the rollups
-   (CostDailyRollup, CostTagRollup), never the raw lines, from `anomaly_detector.history_days` before the first
-   judged day (the baseline, and the previous two 1sts of the month for recurring month-start charges).
+   (CostDailyRollup, CostTagRollup), never the raw lines, of the days the detector reads
+   (`anomaly_detector.columns_read`): the first judged day's baseline onwards, and, only when a judged day is a
+   1st, the days around the previous two 1sts (recurring month-start charges) up to `history_days` back.
    EffectiveCost, not BilledCost, so an upfront commitment purchase is not a spending spike. All series of all
    monitors form ONE series × days array that `anomaly_detector.series_evaluate` judges in one vectorised pass,
    each row with its monitor's floors.
@@ -147,7 +148,8 @@ def anomalies_detect(*, account_id: int | None = None, now: datetime) -> Anomaly
     if monitors and windows:
         load_start = min(w.start for w in windows.values()) - timedelta(days=_history_days())
         load_end = max(w.end for w in windows.values())
-        series, matrix = _series_matrix(monitors, windows, load_start, load_end)
+        days = _days_read(load_start, load_end)
+        series, matrix = _series_matrix(monitors, windows, load_start, load_end, days)
         result.monitors = len(monitors)
         result.series = len(series)
         if series:
@@ -155,7 +157,7 @@ def anomalies_detect(*, account_id: int | None = None, now: datetime) -> Anomaly
             result.points_evaluated = int(in_window.sum())
             flags = evaluation.flags & in_window
             result.anomalous_days = int(flags.sum())
-            _store(series, evaluation, flags, windows, load_start, matrix, now=now, result=result)
+            _store(series, evaluation, flags, windows, load_start, matrix, days, now=now, result=result)
     _notify_pending(account_id=account_id, now=now, result=result)
     if result.created or result.auto_resolved:
         logger.info(
@@ -240,8 +242,9 @@ def _fetch(sql: str, params) -> list[np.ndarray]:
     return [np.array(column, dtype=object) for column in zip(*rows, strict=True)]
 
 
-def _series_matrix(monitors, windows, start: date, end: date) -> tuple[list[_Series], np.ndarray]:
-    """All monitors' series as one (series × day) array from `start` to `end`."""
+def _series_matrix(monitors, windows, start: date, end: date, days: tuple) -> tuple[list[_Series], np.ndarray]:
+    """All monitors' series as one (series × day) array from `start` to `end`, loaded on `days` (`_days_read`; the
+    other days are zeros, which the detector does not read)."""
     n_days = (end - start).days + 1
     accounts = sorted(windows)
     sources: dict[tuple, tuple[list, np.ndarray]] = {}
@@ -250,10 +253,10 @@ def _series_matrix(monitors, windows, start: date, end: date) -> tuple[list[_Ser
             """
             SELECT account_id, billing_currency, service_name, day - %s::date, SUM(effective_cost)::float8
             FROM costs_app_costdailyrollup
-            WHERE account_id = ANY(%s) AND day BETWEEN %s AND %s
+            WHERE account_id = ANY(%s) AND (day BETWEEN %s AND %s OR day = ANY(%s::date[]))
             GROUP BY 1, 2, 3, 4
             """,
-            [start, accounts, start, end],
+            [start, accounts, days[0], end, days[1]],
         )
         if columns:
             acct, currency, service, col, cost = columns
@@ -266,10 +269,10 @@ def _series_matrix(monitors, windows, start: date, end: date) -> tuple[list[_Ser
             """
             SELECT tag_key, account_id, billing_currency, tag_value, day - %s::date, SUM(effective_cost)::float8
             FROM costs_app_costtagrollup
-            WHERE tag_key = ANY(%s) AND account_id = ANY(%s) AND day BETWEEN %s AND %s
+            WHERE tag_key = ANY(%s) AND account_id = ANY(%s) AND (day BETWEEN %s AND %s OR day = ANY(%s::date[]))
             GROUP BY 1, 2, 3, 4, 5
             """,
-            [start, tag_keys, accounts, start, end],
+            [start, tag_keys, accounts, days[0], end, days[1]],
         )
         if columns:
             key, acct, currency, value, col, cost = columns
@@ -301,6 +304,26 @@ def _history_days() -> int:
 
 def _month_starts(start: date, n_days: int) -> np.ndarray:
     return np.array([(start + timedelta(days=i)).day == 1 for i in range(n_days)])
+
+
+def _days_read(start: date, end: date) -> tuple[date, list[date]]:
+    """The days from start to end whose rollups the detector reads (`anomaly_detector.columns_read`), as the first
+    judged day's baseline start (every day from it to `end`) and the days before it around the previous two 1sts,
+    only when a 1st is judged. The span before the baseline is most of the history (MONTH_LOOKBACK of ~83 days)
+    and most runs judge no 1st: reading every day made a run on a long history read 2.7 × the rollup rows of one
+    on a month's (bench/README.md, scale)."""
+    n_days = (end - start).days + 1
+    baseline_start = _history_days() - settings.ANOMALY_BASELINE_DAYS
+    needed = detector.columns_read(
+        n_days,
+        first_column=_history_days(),
+        baseline_days=settings.ANOMALY_BASELINE_DAYS,
+        month_starts=_month_starts(start, n_days),
+    )
+    # columns_read reads every day from the first judged day's baseline on: the queries read that as one range.
+    return start + timedelta(days=baseline_start), [
+        start + timedelta(days=int(i)) for i in np.flatnonzero(needed[:baseline_start])
+    ]
 
 
 def _evaluate(series: list[_Series], matrix: np.ndarray, windows: dict[int, _Window], start: date):
@@ -439,7 +462,7 @@ def _totals(days: dict[date, dict]) -> dict:
     }
 
 
-def _store(series, evaluation, flags, windows, start, matrix, *, now: datetime, result: AnomalyResult) -> None:
+def _store(series, evaluation, flags, windows, start, matrix, days, *, now: datetime, result: AnomalyResult) -> None:
     monitor_ids = sorted({s.monitor.pk for s in series})
     oldest = min(w.start for w in windows.values()) - timedelta(days=settings.ANOMALY_MERGE_GAP_DAYS + 1)
     with transaction.atomic():
@@ -456,7 +479,7 @@ def _store(series, evaluation, flags, windows, start, matrix, *, now: datetime, 
             key = (record.monitor_id, record.account_id, record.dimension_value, record.currency)
             records_by_series[key].append(record)
         plans = _plans(series, evaluation, flags, windows, start, records_by_series)
-        _root_causes_attach([p for p in plans if p.days], series, matrix, start)
+        _root_causes_attach([p for p in plans if p.days], series, matrix, start, days)
         created, updated = [], []
         for plan in plans:
             if plan.auto_resolve:
@@ -508,8 +531,12 @@ def _store(series, evaluation, flags, windows, start, matrix, *, now: datetime, 
 # --- root causes -------------------------------------------------------------------------------------------
 
 
-def _root_causes_attach(plans: list[_Plan], series: list[_Series], matrix: np.ndarray, start: date) -> None:
-    """Fill plan.root_causes: the sub-dimensions whose own increase explains the anomaly, largest first."""
+def _root_causes_attach(
+    plans: list[_Plan], series: list[_Series], matrix: np.ndarray, start: date, days: tuple
+) -> None:
+    """Fill plan.root_causes: the sub-dimensions whose own increase explains the anomaly, largest first.
+
+    The sub-series are judged like the series (same columns), so they too are loaded on `days` only."""
     if not plans:
         return
     history = _history_days()
@@ -522,10 +549,10 @@ def _root_causes_attach(plans: list[_Plan], series: list[_Series], matrix: np.nd
         SELECT account_id, billing_currency, service_name, region_id, sub_account_id, day - %s::date,
                SUM(effective_cost)::float8
         FROM costs_app_costdailyrollup
-        WHERE account_id = ANY(%s) AND day BETWEEN %s AND %s
+        WHERE account_id = ANY(%s) AND (day BETWEEN %s AND %s OR day = ANY(%s::date[]))
         GROUP BY 1, 2, 3, 4, 5, 6
         """,
-        [start, accounts, start, end],
+        [start, accounts, days[0], end, days[1]],
     )
     wanted_keys = set(CostAllocationTag.objects.filter(is_active=True).values_list("key", flat=True))
     tags = _fetch(
@@ -533,10 +560,10 @@ def _root_causes_attach(plans: list[_Plan], series: list[_Series], matrix: np.nd
         SELECT tag_key, account_id, billing_currency, tag_value, service_name, region_id, sub_account_id,
                day - %s::date, SUM(effective_cost)::float8
         FROM costs_app_costtagrollup
-        WHERE tag_key = ANY(%s) AND account_id = ANY(%s) AND day BETWEEN %s AND %s
+        WHERE tag_key = ANY(%s) AND account_id = ANY(%s) AND (day BETWEEN %s AND %s OR day = ANY(%s::date[]))
         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
         """,
-        [start, sorted(wanted_keys), accounts, start, end],
+        [start, sorted(wanted_keys), accounts, days[0], end, days[1]],
     )
     daily_facts = _facts_by_account(DAILY_FACTS, daily)
     tag_facts = _facts_by_account(TAG_FACTS, tags)

@@ -82,6 +82,36 @@ def history_days(baseline_days: int) -> int:
     return max(baseline_days, MONTH_LOOKBACK)
 
 
+def _previous_month_starts(starts: np.ndarray, t: int) -> list[tuple[int, list[int], list[int]]]:
+    """For a judged 1st at column t: (p, the days around p that are its reference, the days that tell whether the
+    series was live at p) for each of the previous two 1sts p within MONTH_LOOKBACK; the only columns before the
+    baseline that `_month_start_charges` reads."""
+    found = []
+    for p in starts[(starts < t) & (starts >= t - MONTH_LOOKBACK)][-2:]:
+        around = [d for d in (p - 14, p - 7, p + 7, p + 14) if 0 <= d < t]
+        if len(around) < 2:
+            continue
+        found.append((int(p), around, [d for d in (p - 14, p - 7, p) if d >= 0]))
+    return found
+
+
+def columns_read(
+    n_days: int, *, first_column: int, baseline_days: int, month_starts: np.ndarray | None = None
+) -> np.ndarray:
+    """Which of the n_days columns `series_evaluate` reads to judge columns first_column..: the first judged day's
+    baseline onwards, and, when a judged day is a 1st, the days around the previous two 1sts. A caller may leave
+    the other columns unloaded (zeros): the verdicts are the same. Most runs judge no 1st, and then the
+    MONTH_LOOKBACK days of history before the baseline are not read at all."""
+    needed = np.zeros(n_days, dtype=bool)
+    needed[max(0, first_column - baseline_days) :] = True
+    if month_starts is not None:
+        starts = np.flatnonzero(month_starts)
+        for t in starts[starts >= first_column]:
+            for p, around, live in _previous_month_starts(starts, t):
+                needed[[p, *around, *live]] = True
+    return needed
+
+
 def _median(values: np.ndarray, axis: int = -1, *, scratch: bool = False) -> np.ndarray:
     """np.median along one axis, faster: rows are sorted (NumPy's vectorised sort of short rows beats its
     partition several times over), no NaN check (the inputs never hold NaN).
@@ -232,12 +262,9 @@ def _month_start_charges(
         relative_sigma = sigma[:, col] / np.maximum(np.abs(expected[:, col]), ABSOLUTE_SIGMA_FLOOR)
         share = np.zeros(n_series)
         live = np.zeros(n_series, dtype=bool)
-        for p in starts[(starts < t) & (starts >= t - MONTH_LOOKBACK)][-2:]:
-            around = [d for d in (p - 14, p - 7, p + 7, p + 14) if 0 <= d < t]
-            if len(around) < 2:
-                continue
+        for p, around, live_days in _previous_month_starts(starts, t):
             # Live at that 1st: spend on it or in the weeks before it (a series that started after it says nothing).
-            live |= (costs[:, [d for d in (p - 14, p - 7, p) if d >= 0]] != 0).any(axis=1)
+            live |= (costs[:, live_days] != 0).any(axis=1)
             reference = _median(costs[:, around])
             with np.errstate(divide="ignore", invalid="ignore"):
                 seen = np.where(reference > 0, (costs[:, p] - reference) / reference, 0.0)

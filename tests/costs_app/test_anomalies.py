@@ -155,6 +155,52 @@ def test_detector_refuses_a_baseline_that_is_not_whole_weeks():
         )
 
 
+def test_detector_reads_only_the_columns_it_says_it_reads():
+    # given: 40 series over 140 days (from 1 June 2024) with a charge on every 1st, spikes and shifts; windows of
+    # 7 judged days ending on each day of 25 September .. 10 October (seven judge 1 October, the others no 1st)
+    days = [date(2024, 6, 1) + timedelta(days=i) for i in range(140)]
+    rng = np.random.default_rng(11)
+    costs = 100 * (1 + rng.uniform(-0.05, 0.05, (40, len(days))))
+    costs[:, [d.day == 1 for d in days]] += rng.uniform(50, 300, (40, 1))
+    costs[rng.random(costs.shape) < 0.02] *= 4
+    costs[:20, 120:] *= 2
+    month_starts = np.array([d.day == 1 for d in days])
+    history = detector.history_days(28)
+    judged_a_1st = 0
+    for last in range(days.index(date(2024, 9, 25)), days.index(date(2024, 10, 10)) + 1):
+        window = slice(last - history - 6, last + 1)
+        first_column = history
+        read = detector.columns_read(
+            last + 1 - window.start, first_column=first_column, baseline_days=28, month_starts=month_starts[window]
+        )
+        # when: every column it does not read holds junk instead of the spend
+        junk = costs[:, window].copy()
+        junk[:, ~read] = rng.uniform(-1e6, 1e6, (40, int((~read).sum())))
+        kwargs = {
+            "first_column": first_column,
+            "baseline_days": 28,
+            "score_threshold": 6.5,
+            "min_impact": 10.0,
+            "min_impact_percent": 20.0,
+            "month_starts": month_starts[window],
+        }
+        full = detector.series_evaluate(costs[:, window], **kwargs)
+        partial = detector.series_evaluate(junk, **kwargs)
+        # then: the same verdicts and figures to the bit
+        for name in ("expected", "sigma", "lower", "upper", "actual", "impact", "impact_percent", "score", "weekly"):
+            assert np.array_equal(getattr(full, name), getattr(partial, name), equal_nan=True), (days[last], name)
+        assert np.array_equal(full.flags, partial.flags) and full.flags.any()
+        # and every day from the first judged day's baseline on is read (the service reads them as one range), but
+        # without a judged 1st no day before it
+        assert read[first_column - 28 :].all()
+        if month_starts[window][first_column:].any():
+            judged_a_1st += 1
+            assert read[: first_column - 28].any()
+        else:
+            assert read.sum() == 28 + 7 and not read[: first_column - 28].any()
+    assert judged_a_1st == 7
+
+
 def test_flagged_runs_merge_short_gaps():
     flags = np.array([[1, 1, 0, 0, 1, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0, 0, 0]], dtype=bool)
     assert detector.flagged_runs(flags, gap=0) == [(0, 0, 1), (0, 4, 4), (0, 8, 8), (1, 1, 1)]
@@ -213,6 +259,28 @@ def test_spike_is_one_anomaly_per_series_with_expected_band_actual_and_impact(mo
         ("region", "us-east-1"),
         ("sub_account", ""),
     ]
+
+
+def test_a_charge_on_the_1st_seen_on_the_previous_1sts_is_expected_and_twice_it_is_an_anomaly(monitors):
+    # given: ~100/day since 1 July 2024 with a 250 charge on every 1st; on 1 October one account is charged 500
+    usual, doubled = CloudAccountFactory(), CloudAccountFactory()
+    first = date(2024, 7, 1)
+    for account, october in ((usual, 250.0), (doubled, 500.0)):
+        values = noisy(100, 93, seed=21)
+        for i in range(93):
+            day = first + timedelta(days=i)
+            values[i] += (october if day == date(2024, 10, 1) else 250.0) if day.day == 1 else 0.0
+        series(account, values, last_day=date(2024, 10, 1))
+    # when: the run reads the rollups of 1 July, 1 August and 1 September and the weeks around them
+    result = anomalies_detect(now=datetime(2024, 10, 2, 6, 0, tzinfo=UTC))
+    # then: the usual charge is expected, the doubled one is an anomaly on 1 October only
+    assert result.accounts == 2
+    anomalies = list(Anomaly.objects.filter(monitor=monitors["account"]))
+    assert [(a.account_id, a.start_day, a.end_day) for a in anomalies] == [
+        (doubled.pk, date(2024, 10, 1), date(2024, 10, 1))
+    ]
+    (day,) = anomalies[0].days
+    assert 320 < float(day["expected"]) < 380
 
 
 def test_quiet_series_yield_no_anomaly(monitors):
