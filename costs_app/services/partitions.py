@@ -1,4 +1,4 @@
-"""The partitions of the cost lines: an import's staging tables and their swap, and whole leaves dropped by retention.
+"""The partitions of the cost lines: an import's staging tables and their swap, and whole months dropped by retention.
 
 Layout (migration 0014, docs/partitioning.md): RANGE by the UTC month of billing_period_start, then LIST by
 account; a leaf holds one account's lines of one billing month and is the unit an import replaces.
@@ -31,6 +31,7 @@ import re
 import secrets
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from finops.errors import TransientError
 LINES = CostLineItem._meta.db_table
 DEFAULT = f"{LINES}_default"
 PAUSE_AT = "FINOPS_INGEST_PAUSE_AT"  # tests only: see pause_point
-DETACHED_RE = re.compile(rf"^{LINES}_x[0-9a-f]{{12}}$")  # leaves retention detached, to drop (`detached_drop`)
+DETACHED_RE = re.compile(rf"^{LINES}_x[0-9a-f]{{12}}$")  # tables retention detached, to drop (`detached_drop`)
 # The columns an import's ANALYZE of a new leaf takes statistics of (see `Stage.build_indexes`).
 ANALYZE_COLUMNS = (
     "id",
@@ -283,15 +284,31 @@ def leaves_before(cursor, cutoff: datetime) -> list[tuple[str, str, datetime]]:
     return found
 
 
-def leaf_detach_if_older(cursor, *, parent: str, leaf: str, cutoff: datetime) -> tuple[int, bool, str] | None:
-    """Detach `leaf` if every line in it is older than `cutoff` (by charge_period_start) and rename it to a
-    `{LINES}_x<token>` name for `detached_drop`; the lines it held, whether that number is an estimate, and the
-    new name; or None when some line is not (the batched DELETE then takes what is old).
+@dataclass
+class Detached:
+    """What `month_detach_if_older` took out of the cost lines: tables for `detached_drop`, and their lines."""
 
-    The DROP is left to its own transaction (`detached_drop`, after this one commits): a DROP's commit frees the
-    leaf's files (0.3 s per 250,000 lines here), and the month's table, locked ACCESS EXCLUSIVE by the DETACH,
-    would stay locked for readers meanwhile. Renamed, the detached table can never be taken for the account's
-    leaf by an import of that month, and a run that died before dropping it leaves a name `detached_sweep` finds.
+    tables: list[str] = field(default_factory=list)  # renamed `{LINES}_x<token>`: a whole month, or leaves
+    leaves: int = 0  # the account leaves among them
+    rows: int = 0
+    rows_estimated: int = 0  # of `rows`: taken from the leaves' statistics, not counted
+
+
+def month_detach_if_older(cursor, *, parent: str, leaves: list[str], cutoff: datetime) -> Detached | None:
+    """Detach, in the caller's one transaction, what of the month `parent` is wholly older than `cutoff` (by
+    charge_period_start): the whole month's table when every leaf of it is old and its DEFAULT is empty (the
+    usual case: one DETACH from the cost lines), else each old leaf of `leaves` from the month. Every table
+    detached is renamed to a `{LINES}_x<token>` name for `detached_drop`; None when nothing is old (a leaf with
+    a line at or after `cutoff` stays: the batched DELETE then takes what is old).
+
+    One transaction for the month, not one per leaf: each transaction's commit is a WAL flush, and each DETACH
+    of a leaf locks the month's table and rewrites its catalog entries and those of its indexes; a month of six
+    accounts went in 13 transactions (six leaves, the month's table, six drops). The DROP is left to a
+    transaction of its own (`detached_drop`, after this one commits): a DROP's commit frees the tables' files,
+    and the table detached from, locked ACCESS EXCLUSIVE, would stay locked for readers meanwhile. Renamed, a
+    detached table can never be taken for a month's table or an account's leaf by an import of that month
+    (`finops_costline_leaf` looks them up by name), and a run that died before dropping it leaves a name
+    `detached_sweep` finds.
 
     A large leaf is not counted: a count(*) reads the whole leaf (a month of a large account is gigabytes, cold
     by the time it is old; seconds to minutes) only to throw it away. Its number is its row count in
@@ -299,50 +316,77 @@ def leaf_detach_if_older(cursor, *, parent: str, leaf: str, cutoff: datetime) ->
     estimate (ANALYZE extrapolates from a sample; lines deleted since, e.g. by an earlier run's batched path,
     may still be in it). A leaf of fewer than COUNT_PAGES_MAX pages (8 MB), or one never analysed, is counted.
     """
+    old = [leaf for leaf in leaves if _leaf_older(cursor, leaf, cutoff)]
+    if not old:
+        return None
+    detached = Detached(leaves=len(old))
+    for leaf in old:
+        rows, estimated = _leaf_rows(cursor, leaf)
+        detached.rows += rows
+        detached.rows_estimated += rows if estimated else 0
+    cursor.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+        [parent],
+    )
+    children = {row[0] for row in cursor.fetchall()}
+    default = f"{parent}_default"
+    whole = children - {default} == set(old)
+    if whole and default in children:
+        cursor.execute(f"SELECT EXISTS (SELECT FROM {default})")  # noqa: S608
+        whole = not cursor.fetchone()[0]
+    if whole:
+        # Readers of the cost lines lose the month at this commit; its leaves and DEFAULT go with it (renamed
+        # too, so that an import of that month makes fresh ones).
+        cursor.execute(f"ALTER TABLE {LINES} DETACH PARTITION {parent}")
+        detached.tables.append(_rename_detached(cursor, parent))
+        for child in sorted(children):
+            _rename_detached(cursor, child)
+        return detached
+    for leaf in old:
+        cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {leaf}")
+        detached.tables.append(_rename_detached(cursor, leaf))
+    return detached
+
+
+def _leaf_older(cursor, leaf: str, cutoff: datetime) -> bool:
     account_id = int(leaf.rsplit("_a", 1)[1])
     # One backwards step of the (account, charge_period_start) index: a leaf holds one account.
     cursor.execute(f"SELECT max(charge_period_start) FROM {leaf} WHERE account_id = %s", [account_id])  # noqa: S608
     newest = cursor.fetchone()[0]
-    if newest is not None and newest >= cutoff:
-        return None
+    return newest is None or newest < cutoff
+
+
+def _leaf_rows(cursor, leaf: str) -> tuple[int, bool]:
+    """The lines of a leaf about to be dropped, and whether that is an estimate (see `month_detach_if_older`)."""
     cursor.execute("SELECT reltuples, relpages FROM pg_class WHERE oid = %s::regclass", [leaf])
     reltuples, relpages = cursor.fetchone()
     if reltuples >= 0 and relpages >= COUNT_PAGES_MAX:
-        rows, estimated = int(round(reltuples)), True
-    else:
-        cursor.execute(f"SELECT count(*) FROM {leaf}")  # noqa: S608
-        rows, estimated = cursor.fetchone()[0], False
-    cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {leaf}")
+        return int(round(reltuples)), True
+    cursor.execute(f"SELECT count(*) FROM {leaf}")  # noqa: S608
+    return cursor.fetchone()[0], False
+
+
+def _rename_detached(cursor, table: str) -> str:
     gone = f"{LINES}_x{secrets.token_hex(6)}"
-    cursor.execute(f"ALTER TABLE {leaf} RENAME TO {gone}")
-    return rows, estimated, gone
+    cursor.execute(f"ALTER TABLE {table} RENAME TO {gone}")
+    return gone
 
 
-def detached_drop(cursor, table: str) -> None:
-    """Drop a leaf `leaf_detach_if_older` detached (nobody reads it: it is no partition any more)."""
-    if not DETACHED_RE.match(table):
-        raise ValueError(f"{table} is not a detached cost line leaf")
-    cursor.execute(f"DROP TABLE IF EXISTS {table}")
+def detached_drop(cursor, tables: list[str]) -> None:
+    """Drop tables `month_detach_if_older` detached (nobody reads them: they are no partitions any more), in one
+    statement: one commit frees them all. A month's table takes its leaves with it."""
+    for table in tables:
+        if not DETACHED_RE.match(table):
+            raise ValueError(f"{table} is not a detached cost line table")
+    if tables:
+        cursor.execute(f"DROP TABLE IF EXISTS {', '.join(tables)}")
 
 
 def detached_sweep(cursor) -> list[str]:
-    """Names of detached leaves a run left undropped (it died between the detach and the drop)."""
-    cursor.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND relname ~ %s", [DETACHED_RE.pattern])
-    return [row[0] for row in cursor.fetchall()]
-
-
-def month_drop_if_empty(cursor, *, parent: str) -> bool:
-    """Detach and drop a month's table once no account leaf is left in it and its DEFAULT holds nothing."""
+    """Names of detached tables a run left undropped (it died between the detach and the drop); a month's leaves
+    are not listed, they go with it."""
     cursor.execute(
-        """SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-           WHERE i.inhparent = %s::regclass AND c.relname <> %s""",
-        [parent, f"{parent}_default"],
+        "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND NOT relispartition AND relname ~ %s",
+        [DETACHED_RE.pattern],
     )
-    if cursor.fetchone()[0]:
-        return False
-    cursor.execute(f"SELECT EXISTS (SELECT FROM {parent}_default)")  # noqa: S608
-    if cursor.fetchone()[0]:
-        return False
-    cursor.execute(f"ALTER TABLE {LINES} DETACH PARTITION {parent}")
-    cursor.execute(f"DROP TABLE {parent}")
-    return True
+    return [row[0] for row in cursor.fetchall()]

@@ -18,12 +18,14 @@ is aged by:
                           provider id, the link is cleared)
 - resolved_anomalies      resolved and false-positive Anomalies, by their last update
 
-Cost lines are partitioned by billing month and account (costs_app.services.partitions): an account's month
-whose lines are all past the cutoff is detached and dropped whole, in its own short transaction under the same
-lock_timeout, instead of deleted row by row; a month only partly past it (a cut mid-month) takes the batched
-path below. The outcome's `partitions_dropped` counts those months; their rows count in `rows`, taken from the
-statistics the month's import recorded, not counted before the drop (`partitions.leaf_detach_if_older`): for a
-month of more than about 30,000 lines that is an estimate, and `rows_estimated` says how many of `rows` are.
+Cost lines are partitioned by billing month and account (costs_app.services.partitions): a month whose lines
+are all past the cutoff is detached whole in one short transaction under the same lock_timeout (only the
+accounts' leaves that are, if some account's lines of that month are not), then dropped in a second one,
+instead of deleted row by row; a month only partly past it (a cut mid-month) takes the batched path below. The
+outcome's `partitions_dropped` counts the accounts' months (leaves) dropped; their rows count in `rows`, taken
+from the statistics the month's import recorded, not counted before the drop
+(`partitions.month_detach_if_older`): for an account's month of more than about 30,000 lines that is an
+estimate, and `rows_estimated` says how many of `rows` are.
 
 A disabled policy keeps its class forever. Each batch of RETENTION_BATCH_SIZE rows is its own short
 transaction — `DELETE ... WHERE id IN (SELECT id ... LIMIT n FOR UPDATE SKIP LOCKED)` — with a
@@ -241,44 +243,45 @@ def _delete_batch(target: Target, select_sql: str, params: tuple, batch_size: in
 
 
 def _drop_whole_months(outcome: ClassOutcome, target: Target, cutoff: datetime, deadline: float) -> None:
-    """Drop each account's month of cost lines that is wholly past `cutoff`, one short transaction per month."""
+    """Drop each month of cost lines wholly past `cutoff` (or, in a month some account's lines of which are not,
+    each account's leaf that is): per month, one short transaction detaches it, a second drops it."""
     with connection.cursor() as cursor:
         candidates = partitions.leaves_before(cursor, cutoff)
         leftovers = partitions.detached_sweep(cursor)  # detached by a run that died before dropping them
-    for table in leftovers:
-        _drop_detached(table)
-    months = sorted({parent for parent, _leaf, _month in candidates})
-    steps = [(parent, leaf) for parent, leaf, _month in candidates] + [(parent, None) for parent in months]
-    for parent, leaf in steps:
+    _drop_detached(leftovers)
+    months: dict[str, list[str]] = {}
+    for parent, leaf, _month in candidates:
+        months.setdefault(parent, []).append(leaf)
+    for parent, leaves in months.items():
         if time.monotonic() > deadline:
             return  # the batched loop that follows stops at once and says so
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 timeout_ms = int(settings.RETENTION_LOCK_TIMEOUT * 1000)
                 cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{timeout_ms}ms"])
-                if leaf is None:  # the month's table itself, once every account's leaf in it is gone
-                    partitions.month_drop_if_empty(cursor, parent=parent)
-                    continue
-                dropped = partitions.leaf_detach_if_older(cursor, parent=parent, leaf=leaf, cutoff=cutoff)
+                detached = partitions.month_detach_if_older(cursor, parent=parent, leaves=leaves, cutoff=cutoff)
         except OperationalError as exc:
             if "lock timeout" not in str(exc):
                 raise
             # Someone holds rows of it (or the table): like SKIP LOCKED, leave it; the batched path below takes
             # the rows it can, and a later run drops what is left.
-            logger.info("retention: %s is in use; its old rows take the batched path", leaf or parent)
+            logger.info("retention: %s is in use; its old rows take the batched path", parent)
             continue
-        if dropped is not None:
-            rows, estimated, detached = dropped
-            _drop_detached(detached)  # its own transaction: the month's table is not locked while files are freed
-            outcome.partitions_dropped += 1
-            outcome.rows += rows
-            outcome.rows_estimated += rows if estimated else 0
-            outcome.tables[target.table] += rows
+        if detached is None:
+            continue
+        # Its own transaction, after the detach's commit (the lines are gone for every reader from there): the
+        # tables detached from are not locked while the files are freed.
+        _drop_detached(detached.tables)
+        outcome.partitions_dropped += detached.leaves
+        outcome.rows += detached.rows
+        outcome.rows_estimated += detached.rows_estimated
+        outcome.tables[target.table] += detached.rows
 
 
-def _drop_detached(table: str) -> None:
-    with transaction.atomic(), connection.cursor() as cursor:
-        partitions.detached_drop(cursor, table)
+def _drop_detached(tables: list[str]) -> None:
+    if tables:
+        with transaction.atomic(), connection.cursor() as cursor:
+            partitions.detached_drop(cursor, tables)
 
 
 def _count_old(target: Target, cutoff: datetime) -> tuple[int, datetime | None]:

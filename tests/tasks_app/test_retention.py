@@ -223,19 +223,17 @@ def test_each_batch_is_a_limited_delete_under_a_lock_timeout(data, policies):
     assert all("LIMIT 2 FOR UPDATE SKIP LOCKED" in sqls[i] for i in deletes)
     # every batch is its own transaction that first sets a local lock_timeout
     assert all("set_config('lock_timeout', '2500ms', true)" in sqls[i - 1] for i in deletes)
-    # and each whole month past the cutoff (the account's leaf, then the emptied month's table) was detached and
-    # dropped in a transaction of its own, under the same timeout
+    # and each whole month past the cutoff was detached whole from the cost lines (not leaf by leaf) in a
+    # transaction of its own, under the same timeout
     detaches = [i for i, sql in enumerate(sqls) if "DETACH PARTITION costs_app_costlineitem_p2024" in sql]
-    assert [sqls[i].split()[-1] for i in detaches] == [
-        f"costs_app_costlineitem_p202403_a{data['account'].pk}",
-        f"costs_app_costlineitem_p202405_a{data['account'].pk}",
-        "costs_app_costlineitem_p202403",
-        "costs_app_costlineitem_p202405",
+    assert [sqls[i] for i in detaches] == [
+        "ALTER TABLE costs_app_costlineitem DETACH PARTITION costs_app_costlineitem_p202403",
+        "ALTER TABLE costs_app_costlineitem DETACH PARTITION costs_app_costlineitem_p202405",
     ]
     # (the transaction's first statement: then the leaf's newest line, its statistics and its count, small as it
-    # is; or the month's remaining leaves and its DEFAULT)
+    # is, the month's partitions and its DEFAULT)
     starts = [max(j for j in range(i) if sqls[j].startswith("SELECT set_config('lock_timeout'")) for i in detaches]
-    assert all("'2500ms'" in sqls[j] and i - j <= 4 for i, j in zip(detaches, starts, strict=True))
+    assert all("'2500ms'" in sqls[j] and i - j <= 6 for i, j in zip(detaches, starts, strict=True))
 
 
 def test_dry_run_reports_count_oldest_and_cutoff_and_deletes_nothing(data):
@@ -505,28 +503,73 @@ def test_a_dropped_month_is_not_counted_its_lines_come_from_the_statistics_its_i
 
 
 def test_a_detached_month_is_dropped_in_its_own_transaction_and_one_a_dead_run_left_is_dropped_next_time(tmp_path):
-    # given: a leaf a previous run detached but never dropped (it died in between), and an account's May past
-    # the cutoff
+    # given: a month a previous run detached and renamed but never dropped (it died in between: a partitioned table
+    # with a leaf, both renamed), and an account's May past the cutoff
     with connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE costs_app_costlineitem_x0123456789ab (LIKE costs_app_costlineitem)")
+        cursor.execute(
+            "CREATE TABLE costs_app_costlineitem_x0123456789ab (LIKE costs_app_costlineitem) "
+            "PARTITION BY LIST (account_id)"
+        )
+        cursor.execute(
+            "CREATE TABLE costs_app_costlineitem_xba9876543210 "
+            "PARTITION OF costs_app_costlineitem_x0123456789ab DEFAULT"
+        )
     account = CloudAccountFactory()
     load(account, daily("i-may", [date(2024, 5, 30)], "1"), tmp_path)
     # when
     with CaptureQueriesContext(connection) as queries:
         result = old_data_cleanup(now=NOW, classes=["cost_lines"]).as_dict()
-    # then: May went; the leftover and May's leaf (renamed on detach) are dropped, each in a transaction of its
-    # own after the detach committed; nothing detached is left
+    # then: May went; the leftover (with its leaf) and May's table (renamed on detach, with its leaf and DEFAULT,
+    # renamed too) are dropped, each in a transaction of its own after the detach committed; nothing detached is left
     assert result["classes"]["cost_lines"]["partitions_dropped"] == 1
     sqls = [q["sql"] for q in queries.captured_queries]
     drops = [i for i, sql in enumerate(sqls) if sql.startswith("DROP TABLE IF EXISTS costs_app_costlineitem_x")]
-    assert len(drops) == 2 and "x0123456789ab" in sqls[drops[0]]
-    detach = next(
-        i for i, sql in enumerate(sqls) if f"DETACH PARTITION costs_app_costlineitem_p202405_a{account.pk}" in sql
-    )
-    assert sqls[detach + 1].startswith(f"ALTER TABLE costs_app_costlineitem_p202405_a{account.pk} RENAME TO")
+    assert len(drops) == 2 and sqls[drops[0]] == "DROP TABLE IF EXISTS costs_app_costlineitem_x0123456789ab"
+    detach = sqls.index("ALTER TABLE costs_app_costlineitem DETACH PARTITION costs_app_costlineitem_p202405")
+    renames = sqls[detach + 1 : detach + 4]
+    assert [sql.split()[2] for sql in renames] == [
+        "costs_app_costlineitem_p202405",
+        "costs_app_costlineitem_p202405_a" + str(account.pk),
+        "costs_app_costlineitem_p202405_default",
+    ]
+    assert all(" RENAME TO costs_app_costlineitem_x" in sql for sql in renames)
     # (the end of the detach's transaction: a savepoint's release inside the test's own transaction)
-    assert sqls[detach + 2] == "COMMIT" or sqls[detach + 2].startswith("RELEASE SAVEPOINT")
-    assert drops[1] > detach + 2
+    assert sqls[detach + 4] == "COMMIT" or sqls[detach + 4].startswith("RELEASE SAVEPOINT")
+    assert drops[1] > detach + 4 and sqls[drops[1]] == f"DROP TABLE IF EXISTS {renames[0].split()[-1]}"
     with connection.cursor() as cursor:
-        cursor.execute("SELECT relname FROM pg_class WHERE relname ~ '^costs_app_costlineitem_x'")
+        cursor.execute("SELECT relname FROM pg_class WHERE relname ~ '^costs_app_costlineitem_(x|p202405)'")
         assert cursor.fetchall() == []
+    # and an import of May after it makes the month anew
+    load(account, daily("i-may-again", [date(2024, 5, 30)], "2"), tmp_path, "again.csv")
+    assert list(CostLineItem.objects.values_list("resource_id", flat=True)) == ["i-may-again"]
+
+
+def test_in_a_month_with_an_account_s_line_not_past_the_cutoff_only_the_other_accounts_leaves_are_dropped(tmp_path):
+    # given: two accounts' May; one of them also bills in May a line charged in June (after the cutoff of
+    # 2024-06-01 01:00)
+    done, late = CloudAccountFactory(), CloudAccountFactory()
+    load(done, daily("i-done", [date(2024, 5, 30), date(2024, 5, 31)], "1"), tmp_path, "done.csv")
+    may = datetime(2024, 5, 1, tzinfo=UTC)
+    late_line = line(
+        start=datetime(2024, 6, 2, tzinfo=UTC), cost="7", resource_id="i-late",
+        billing_period_start=may, billing_period_end=datetime(2024, 6, 1, tzinfo=UTC),
+    )  # fmt: skip
+    load(late, [*daily("i-late", [date(2024, 5, 31)], "2"), late_line], tmp_path, "late.csv")
+    # when
+    result = old_data_cleanup(now=NOW, classes=["cost_lines"]).as_dict()
+    # then: the first account's May went as a leaf; the month's table and the other account's leaf stay, its
+    # old line taken by the batched path
+    outcome = result["classes"]["cost_lines"]
+    assert (outcome["partitions_dropped"], outcome["rows"], outcome["batches"]) == (1, 3, 1)
+    assert list(CostLineItem.objects.values_list("resource_id", "billed_cost")) == [("i-late", Decimal("7"))]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s)",
+            ["costs_app_costlineitem_p202405", f"costs_app_costlineitem_p202405_a{done.pk}",
+             f"costs_app_costlineitem_p202405_a{late.pk}"],
+        )  # fmt: skip
+        assert cursor.fetchone() == (
+            "costs_app_costlineitem_p202405",
+            None,
+            f"costs_app_costlineitem_p202405_a{late.pk}",
+        )
