@@ -45,6 +45,40 @@ ROUNDS = {
 }
 
 
+# compose's access log line, ending with the server's own time for the request (ms from parsed to answered): what the
+# server spent on it, against the clients' figures, which also hold the wait for a free server thread and for the CPU.
+ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)s'
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time by kind so far (/proc/stat's first line), in clock ticks."""
+    with open("/proc/stat") as fh:
+        return [int(v) for v in fh.readline().split()[1 : 1 + len(CPU_FIELDS)]]
+
+
+def cpu_shares(before: list[int], after: list[int]) -> str:
+    """How the machine's CPU went during a round: busy, idle and stolen (a virtual machine's host running other
+    guests on its cores: time this machine's processes were ready but did not run, which no code here can win
+    back), as percentages."""
+    spent = dict(zip(CPU_FIELDS, (b - a for a, b in zip(before, after, strict=True)), strict=True))
+    total = sum(spent.values()) or 1
+    busy = spent["user"] + spent["nice"] + spent["system"] + spent["irq"] + spent["softirq"]
+    idle, stolen = spent["idle"] + spent["iowait"], spent["steal"]
+    return f"cpu busy {100 * busy / total:.0f} %, idle {100 * idle / total:.0f} %, stolen {100 * stolen / total:.0f} %"
+
+
+def server_times(log_path: Path, offset: int, path_part: str) -> list[float]:
+    """The server's own times (ms) of the requests logged after `offset` whose request line holds `path_part`."""
+    times = []
+    with open(log_path, "rb") as fh:
+        fh.seek(offset)
+        for line in fh.read().decode(errors="replace").splitlines():
+            if f" {path_part}" in line and line.rsplit(" ", 1)[-1].isdigit():
+                times.append(float(line.rsplit(" ", 1)[-1]))
+    return times
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -294,6 +328,8 @@ def main() -> None:
                 "30",
                 "--access-logfile",
                 "-",
+                "--access-logformat",
+                ACCESS_LOG_FORMAT,
             ],  # fmt: skip
             DJANGO_SETTINGS_MODULE="finops.settings",
             JWT_ACCESS_TOKEN_MINUTES="120",  # the default 5 min token would expire mid-run under load
@@ -310,7 +346,12 @@ def main() -> None:
         for kind in args.rounds.split(","):
             tasks = min(args.tasks, args.live_tasks) if kind == "live" else args.tasks
             round_ = Round(server.url, token, kind, tasks, args.clients, args.client_processes)
+            log_offset, cpu_before = server.log_path.stat().st_size, cpu_times()
             info = round_.run()
+            cpu = cpu_shares(cpu_before, cpu_times())
+            served = server_times(
+                server.log_path, log_offset, "/api/v1/tasks/" + ("status/" if kind == "status" else "active")
+            )
             lat = round_.latencies
             results[kind] = (percentile(lat, 50), percentile(lat, 95))
             print(
@@ -324,6 +365,11 @@ def main() -> None:
                     else ""
                 )
             )
+            if served:
+                print(
+                    f"  {kind}: server's own time p50 {percentile(served, 50):.0f} ms, "
+                    f"p95 {percentile(served, 95):.0f} ms (gunicorn's access log); {cpu}"
+                )
     finally:
         if server is not None:
             server.stop()
