@@ -29,11 +29,8 @@ class CSPMiddleware(BaseCSPMiddleware):
         super().__init__(get_response)
         self.built: dict[str, str] = {}
 
-    def policy_text(self, report_only: bool) -> str:
-        setting = getattr(
-            settings, "CONTENT_SECURITY_POLICY_REPORT_ONLY" if report_only else "CONTENT_SECURITY_POLICY", None
-        )
-        key = f"{report_only}:{setting!r}"
+    def policy_text(self, policy: dict | None, report_only: bool) -> str:
+        key = f"{report_only}:{policy!r}"
         text = self.built.get(key)
         if text is None:
             text = self.built[key] = build_policy(report_only=report_only)
@@ -46,15 +43,15 @@ class CSPMiddleware(BaseCSPMiddleware):
             or (settings.DEBUG and response.status_code in (404, 500))
         ):
             return super().process_response(request, response)
-        for header, report_only, exempt in (
-            (HEADER, False, "_csp_exempt"),
-            (HEADER_REPORT_ONLY, True, "_csp_exempt_ro"),
+        for header, setting, report_only, exempt in (
+            (HEADER, "CONTENT_SECURITY_POLICY", False, "_csp_exempt"),
+            (HEADER_REPORT_ONLY, "CONTENT_SECURITY_POLICY_REPORT_ONLY", True, "_csp_exempt_ro"),
         ):
-            text = self.policy_text(report_only)
+            policy = getattr(settings, setting, None)
+            text = self.policy_text(policy, report_only)
             if not text or header in response or getattr(response, exempt, False):
                 continue
-            setting = "CONTENT_SECURITY_POLICY_REPORT_ONLY" if report_only else "CONTENT_SECURITY_POLICY"
-            prefixes = (getattr(settings, setting, None) or {}).get("EXCLUDE_URL_PREFIXES", None) or ()
+            prefixes = (policy or {}).get("EXCLUDE_URL_PREFIXES", None) or ()
             if not request.path_info.startswith(tuple(prefixes)):
                 response[header] = text
         # As django-csp: a nonce asked for after the header was written is an error, not a silently missing nonce.
