@@ -39,5 +39,5 @@ EXPOSE 8000
 # The web role's check; docker-compose.yml gives workers, beat and flower their own.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=5)"]
-CMD ["gunicorn", "finops.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", \
-     "--threads", "8", "--timeout", "60", "--access-logfile", "-"]
+CMD ["gunicorn", "finops.wsgi:application", "--config", "python:finops.gunicorn_conf", "--bind", "0.0.0.0:8000", \
+     "--workers", "2", "--threads", "8", "--timeout", "60", "--access-logfile", "-"]

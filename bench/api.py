@@ -318,8 +318,6 @@ def main() -> None:
                 "127.0.0.1:0",
                 "--workers",
                 str(args.web_workers),
-                "--worker-class",
-                "gthread",
                 "--threads",
                 str(args.web_threads),
                 "--timeout",

@@ -1,10 +1,19 @@
 """gunicorn settings that belong to the code rather than the deployment (`gunicorn -c python:finops.gunicorn_conf`).
 
 The command line (docker-compose.yml's web service) still says how many processes and threads, where to bind, the
-time limits and the access log; this module only adds what every deployment wants.
+time limits and the access log; this module only adds what every deployment wants: the threaded worker that spreads
+connections over the processes (finops/gunicorn_worker.py) and a garbage collector that leaves start-up objects alone.
 """
 
 import gc
+
+from finops import gunicorn_worker
+
+worker_class = "finops.gunicorn_worker.ThreadWorker"
+# Read here too, so that a bad WEB_KEEPALIVE_REQUESTS or WEB_ACCEPT_DEFER_MS stops gunicorn at start with its message
+# rather than each worker process at boot.
+gunicorn_worker.keepalive_requests()
+gunicorn_worker.accept_defer_seconds()
 
 
 def post_worker_init(worker) -> None:

@@ -1,6 +1,6 @@
-"""A real web server (gunicorn, as in production: 2 processes x 8 threads) on a free loopback port, on the test
-database and Redis. Two processes, so what must hold across web processes (throttle counts in Redis, the
-enqueue-once lock in PostgreSQL) is tested as deployed.
+"""A real web server (gunicorn, as in production: finops/gunicorn_conf.py, 2 processes x 8 threads) on a free
+loopback port, on the test database and Redis. Two processes, so what must hold across web processes (throttle counts
+in Redis, the enqueue-once lock in PostgreSQL) is tested as deployed.
 
 Use from a test marked `django_db(transaction=True)`: rows the test writes are committed, so the server sees
 them. Environment overrides (e.g. a THROTTLE_* rate) apply to the server process only.
@@ -41,12 +41,12 @@ class LiveServer:
                 "-m",
                 "gunicorn",
                 "finops.wsgi:application",
+                "--config",
+                "python:finops.gunicorn_conf",
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--workers",
                 "2",
-                "--worker-class",
-                "gthread",
                 "--threads",
                 "8",
                 "--backlog",

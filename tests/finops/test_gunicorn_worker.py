@@ -1,0 +1,160 @@
+"""The web processes' worker (finops/gunicorn_worker.py), run by a real gunicorn: a keep-alive connection is closed
+after WEB_KEEPALIVE_REQUESTS requests, and clients that connect at once are served by every process, not one."""
+
+import http.client
+import subprocess
+import sys
+import threading
+from collections import Counter
+
+import pytest
+
+from finops import gunicorn_worker
+from tests.celery_procs import ROOT, child_env
+from tests.security.live import LiveServer
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
+
+# The process id of the worker that served each request, last on its access-log line.
+PID_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(p)s'
+
+
+def server_command(workers: int, threads: int, *extra: str) -> list[str]:
+    """docker-compose.yml's web command (finops/gunicorn_conf.py), smaller."""
+    return [
+        "finops.wsgi:application",
+        "--config",
+        "python:finops.gunicorn_conf",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--timeout",
+        "60",
+        "--access-logfile",
+        "-",
+        "--access-logformat",
+        PID_LOG_FORMAT,
+        *extra,
+    ]  # fmt: skip
+
+
+def get_on(conn: http.client.HTTPConnection, path: str = "/healthz") -> tuple[int, str, int]:
+    """One request on `conn` (reopened by http.client when the server closed it): status, Connection header, and the
+    client's local port, which tells one TCP connection from the next."""
+    conn.request("GET", path)
+    response = conn.getresponse()
+    response.read()
+    port = conn.sock.getsockname()[1] if conn.sock is not None else -1
+    return response.status, (response.getheader("Connection") or "").lower(), port
+
+
+def served_by(server: LiveServer, path: str) -> Counter:
+    """Requests for `path` per gunicorn process id, from the access log."""
+    return Counter(line.rsplit(" ", 1)[1] for line in server.log.splitlines() if f'"GET {path} ' in line)
+
+
+def test_a_keep_alive_connection_is_closed_after_its_cap_and_the_client_goes_on(tmp_path):
+    server = LiveServer(tmp_path, command=server_command(1, 2), WEB_KEEPALIVE_REQUESTS="5")
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        ports, answers = [], []
+        for _ in range(12):
+            conn.connect() if conn.sock is None else None  # the local port of the connection the request goes on
+            ports.append(conn.sock.getsockname()[1])
+            status, connection, _ = get_on(conn)
+            answers.append((status, connection))
+        conn.close()
+    finally:
+        server.stop()
+    # then: requests 5 and 10 were answered with Connection: close, the others kept the connection open; the client
+    # went on over a new connection each time (three in all), every request answered
+    assert [status for status, _ in answers] == [200] * 12
+    assert [i + 1 for i, (_, connection) in enumerate(answers) if connection == "close"] == [5, 10], answers
+    assert [len(set(ports[:5])), len(set(ports[5:10])), len(set(ports[10:]))] == [1, 1, 1]
+    assert len(set(ports)) == 3, ports
+
+
+def test_connections_stay_open_without_a_cap(tmp_path):
+    server = LiveServer(tmp_path, command=server_command(1, 2), WEB_KEEPALIVE_REQUESTS="0")
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        answers = [get_on(conn) for _ in range(150)]  # past the default cap (100)
+        conn.close()
+    finally:
+        server.stop()
+    assert {status for status, _, _ in answers} == {200}
+    assert "close" not in {connection for _, connection, _ in answers}
+    assert len({local_port for _, _, local_port in answers}) == 1  # one TCP connection throughout
+
+
+def test_clients_that_connect_at_once_are_spread_over_the_processes(tmp_path):
+    # given: 2 processes x 2 threads, and 16 clients that open their keep-alive connections together and send
+    # requests back to back (a dashboard's, a proxy's pool): plain gthread leaves most of them on one process (seen
+    # here: 961/0, 660/301, 841/120 requests); each connection reopened after 20 requests
+    server = LiveServer(tmp_path, command=server_command(2, 2), WEB_KEEPALIVE_REQUESTS="20")
+    clients, requests_each = 16, 60
+    go = threading.Barrier(clients)
+    errors: list[str] = []
+
+    def client() -> None:
+        host, port = server.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        go.wait()
+        try:
+            for _ in range(requests_each):
+                status, _, _ = get_on(conn)
+                if status != 200:
+                    errors.append(str(status))
+        except Exception as exc:  # reported below, with the counts
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+
+    try:
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        counts = served_by(server, "/healthz")
+    finally:
+        server.stop()
+    # then: every request answered, and each process served at least a third of them
+    print(f"requests per web process: {dict(counts)}")
+    assert not errors, errors[:5]
+    assert sum(counts.values()) >= clients * requests_each  # LiveServer's own readiness probes come on top
+    assert len(counts) == 2, counts
+    assert min(counts.values()) >= sum(counts.values()) / 3, counts
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("WEB_KEEPALIVE_REQUESTS", "-1"), ("WEB_KEEPALIVE_REQUESTS", "many"), ("WEB_ACCEPT_DEFER_MS", "5000")],
+)
+def test_a_bad_setting_stops_gunicorn_at_start_with_its_name(name, value):
+    proc = subprocess.run(
+        [sys.executable, "-m", "gunicorn", *server_command(2, 2), "--check-config"],
+        cwd=ROOT,
+        env=child_env(**{name: value}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert name in proc.stdout + proc.stderr
+
+
+def test_settings_default_and_bounds(monkeypatch):
+    monkeypatch.delenv("WEB_KEEPALIVE_REQUESTS", raising=False)
+    monkeypatch.delenv("WEB_ACCEPT_DEFER_MS", raising=False)
+    assert gunicorn_worker.keepalive_requests() == 100
+    assert gunicorn_worker.accept_defer_seconds() == 0.01
+    monkeypatch.setenv("WEB_KEEPALIVE_REQUESTS", " 0 ")
+    monkeypatch.setenv("WEB_ACCEPT_DEFER_MS", "1000")
+    assert gunicorn_worker.keepalive_requests() == 0
+    assert gunicorn_worker.accept_defer_seconds() == 1.0
