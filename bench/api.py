@@ -289,7 +289,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
-    from tests.security.live import LiveServer
+    from tests.security.live import LiveServer, web_command
 
     call_command("migrate", verbosity=0)
     for url in (env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"], env["CACHE_URL"]):
@@ -310,25 +310,7 @@ def main() -> None:
         server = LiveServer(
             log_dir,
             # docker-compose.yml's web command, with its WEB_WORKERS / WEB_THREADS
-            [
-                "finops.wsgi:application",
-                "--config",
-                "python:finops.gunicorn_conf",
-                "--bind",
-                "127.0.0.1:0",
-                "--workers",
-                str(args.web_workers),
-                "--threads",
-                str(args.web_threads),
-                "--timeout",
-                "60",
-                "--graceful-timeout",
-                "30",
-                "--access-logfile",
-                "-",
-                "--access-logformat",
-                ACCESS_LOG_FORMAT,
-            ],  # fmt: skip
+            web_command(workers=args.web_workers, threads=args.web_threads, access_log_format=ACCESS_LOG_FORMAT),
             DJANGO_SETTINGS_MODULE="finops.settings",
             JWT_ACCESS_TOKEN_MINUTES="120",  # the default 5 min token would expire mid-run under load
             DEBUG="0",

@@ -14,6 +14,9 @@ worker_class = "finops.gunicorn_worker.ThreadWorker"
 # rather than each worker process at boot.
 gunicorn_worker.keepalive_requests()
 gunicorn_worker.accept_defer_seconds()
+# Each process's slot in the connection counts the worker class shares between the processes.
+pre_fork = gunicorn_worker.slot_assign
+child_exit = gunicorn_worker.slot_release
 
 
 def post_worker_init(worker) -> None:

@@ -6,15 +6,19 @@ are, so clients that connect together (a dashboard's, a proxy's upstream pool, a
 process woke first and stay there: one process serves them on one core while the other idles. bench/api.py saw 49 of
 58 connections on one process of two; its `active` p95 was 179-183 ms, and 143 ms with both measures below.
 
-- A process whose threads are all busy waits WEB_ACCEPT_DEFER_MS before it accepts, so a process with a free thread
-  takes the connection first; when none does, it is accepted all the same (never refused, never left waiting longer).
+- Each process publishes how many connections it holds in a table shared with its siblings (set up by
+  finops/gunicorn_conf.py's pre_fork / child_exit hooks). A process that holds more than the least-loaded sibling,
+  or whose threads are all busy, waits WEB_ACCEPT_DEFER_MS before it accepts, so a process with fewer connections
+  or a free thread takes the connection first; when none does, it is accepted all the same (never refused, never
+  left waiting longer).
 - Like nginx's `keepalive_requests`, the WEB_KEEPALIVE_REQUESTS-th request of a connection is answered with
-  `Connection: close`. The client opens a new connection, which the deferral above gives to a process with time to
-  spare, so a lasting imbalance (after a restart, or a burst while every process was busy) evens out. 0: no cap.
+  `Connection: close`. The client opens a new connection, which the rule above gives to the process with the fewest,
+  so a lasting imbalance (after a restart, or a burst while every process was busy) evens out. 0: no cap.
 """
 
 import os
 import time
+from multiprocessing import sharedctypes
 
 from gunicorn.workers import gthread
 
@@ -43,6 +47,28 @@ def accept_defer_seconds() -> float:
     return _setting("WEB_ACCEPT_DEFER_MS", DEFAULT_ACCEPT_DEFER_MS, 1000) / 1000
 
 
+# Connections held by each process, by slot; -1: no process in the slot. Created in gunicorn's master when it loads
+# the worker class, before it forks, so every process shares it. Plain ints written by one process each: a reader
+# may see a value one step old, which only makes a deferral a little less exact.
+SLOTS = 256
+_connections = sharedctypes.RawArray("i", [-1] * SLOTS)
+
+
+def slot_assign(server, worker) -> None:
+    """gunicorn's pre_fork hook (master): a free slot for the worker about to be forked."""
+    used = {getattr(sibling, "balance_slot", None) for sibling in server.WORKERS.values()}
+    worker.balance_slot = next((i for i in range(SLOTS) if i not in used), None)
+    if worker.balance_slot is not None:
+        _connections[worker.balance_slot] = 0
+
+
+def slot_release(server, worker) -> None:
+    """gunicorn's child_exit hook (master): the exited worker's slot is free again and no longer counts."""
+    slot = getattr(worker, "balance_slot", None)
+    if slot is not None:
+        _connections[slot] = -1
+
+
 class ThreadWorker(gthread.ThreadWorker):
     """gthread that leaves new connections to idler processes and caps the requests of a keep-alive connection."""
 
@@ -52,11 +78,30 @@ class ThreadWorker(gthread.ThreadWorker):
         self.accept_defer = accept_defer_seconds() if self.cfg.workers > 1 else 0.0
         super().init_process()
 
-    def accept(self, server, listener):
+    def _publish(self) -> None:
+        slot = getattr(self, "balance_slot", None)
+        if slot is not None:
+            _connections[slot] = max(self.nr_conns, 0)
+
+    def _should_defer(self) -> bool:
         # self.futures: the requests handed to the pool and not yet collected by the main loop (queued or running).
-        if self.accept_defer and len(self.futures) >= self.cfg.threads:
-            time.sleep(self.accept_defer)  # the pool is busy either way; the main thread only waits
+        if len(self.futures) >= self.cfg.threads:
+            return True
+        slot = getattr(self, "balance_slot", None)
+        if slot is None:
+            return False
+        others = [n for i, n in enumerate(_connections) if i != slot and n >= 0]
+        return bool(others) and self.nr_conns > min(others)
+
+    def accept(self, server, listener):
+        if self.accept_defer and self._should_defer():
+            time.sleep(self.accept_defer)  # the main thread only waits; this process's requests run meanwhile
         super().accept(server, listener)  # non-blocking: when another process took the connection, nothing happens
+        self._publish()
+
+    def murder_keepalived(self):
+        super().murder_keepalived()  # once per turn of the main loop: the count published stays current
+        self._publish()
 
     def handle_request(self, req, conn):
         conn.requests_served = getattr(conn, "requests_served", 0) + 1

@@ -11,49 +11,44 @@ import pytest
 
 from finops import gunicorn_worker
 from tests.celery_procs import ROOT, child_env
-from tests.security.live import LiveServer
+from tests.security.live import LiveServer, web_command
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
-# The process id of the worker that served each request, last on its access-log line.
-PID_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(p)s'
+# Which process served each request, and on which of the client's connections (its X-Conn header: the client's local
+# port), last on the access-log line.
+PID_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(p)s %({x-conn}i)s'
 
 
 def server_command(workers: int, threads: int, *extra: str) -> list[str]:
-    """docker-compose.yml's web command (finops/gunicorn_conf.py), smaller."""
-    return [
-        "finops.wsgi:application",
-        "--config",
-        "python:finops.gunicorn_conf",
-        "--bind",
-        "127.0.0.1:0",
-        "--workers",
-        str(workers),
-        "--threads",
-        str(threads),
-        "--timeout",
-        "60",
-        "--access-logfile",
-        "-",
-        "--access-logformat",
-        PID_LOG_FORMAT,
-        *extra,
-    ]  # fmt: skip
+    """docker-compose.yml's web command, smaller, logging which process served each request."""
+    return [*web_command(workers=workers, threads=threads, access_log_format=PID_LOG_FORMAT), *extra]
 
 
 def get_on(conn: http.client.HTTPConnection, path: str = "/healthz") -> tuple[int, str, int]:
     """One request on `conn` (reopened by http.client when the server closed it): status, Connection header, and the
-    client's local port, which tells one TCP connection from the next."""
-    conn.request("GET", path)
+    client's local port, which tells one TCP connection from the next (also sent as X-Conn, for the access log)."""
+    if conn.sock is None:
+        conn.connect()
+    port = conn.sock.getsockname()[1]
+    conn.request("GET", path, headers={"X-Conn": str(port)})
     response = conn.getresponse()
     response.read()
-    port = conn.sock.getsockname()[1] if conn.sock is not None else -1
     return response.status, (response.getheader("Connection") or "").lower(), port
 
 
-def served_by(server: LiveServer, path: str) -> Counter:
-    """Requests for `path` per gunicorn process id, from the access log."""
-    return Counter(line.rsplit(" ", 1)[1] for line in server.log.splitlines() if f'"GET {path} ' in line)
+def served_by(server: LiveServer, path: str) -> tuple[Counter, Counter]:
+    """Per gunicorn process id, from the access log: the requests for `path` it served, and the connections it served
+    them on."""
+    requests, connections = Counter(), {}
+    for line in server.log.splitlines():
+        if f'"GET {path} ' in line:
+            pid, conn = line.rsplit(" ", 2)[1:]
+            if conn == "-":  # not one of the test's clients (LiveServer's readiness probe)
+                continue
+            requests[pid] += 1
+            connections.setdefault(pid, set()).add(conn)
+    return requests, Counter({pid: len(conns) for pid, conns in connections.items()})
 
 
 def test_a_keep_alive_connection_is_closed_after_its_cap_and_the_client_goes_on(tmp_path):
@@ -63,10 +58,9 @@ def test_a_keep_alive_connection_is_closed_after_its_cap_and_the_client_goes_on(
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         ports, answers = [], []
         for _ in range(12):
-            conn.connect() if conn.sock is None else None  # the local port of the connection the request goes on
-            ports.append(conn.sock.getsockname()[1])
-            status, connection, _ = get_on(conn)
+            status, connection, port = get_on(conn)
             answers.append((status, connection))
+            ports.append(port)
         conn.close()
     finally:
         server.stop()
@@ -121,15 +115,15 @@ def test_clients_that_connect_at_once_are_spread_over_the_processes(tmp_path):
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
-        counts = served_by(server, "/healthz")
+        requests, connections = served_by(server, "/healthz")
     finally:
         server.stop()
-    # then: every request answered, and each process served at least a third of them
-    print(f"requests per web process: {dict(counts)}")
+    # then: every request answered, and each process held at least a third of the connections
+    print(f"per web process: requests {dict(requests)}, connections {dict(connections)}")
     assert not errors, errors[:5]
-    assert sum(counts.values()) >= clients * requests_each  # LiveServer's own readiness probes come on top
-    assert len(counts) == 2, counts
-    assert min(counts.values()) >= sum(counts.values()) / 3, counts
+    assert sum(requests.values()) == clients * requests_each
+    assert len(connections) == 2, connections
+    assert min(connections.values()) >= sum(connections.values()) / 3, connections
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def web_command(*, workers: int, threads: int, access_log_format: str | None = None) -> list[str]:
+    """docker-compose.yml's web command (gunicorn's arguments, finops/gunicorn_conf.py) with these processes and
+    threads; LiveServer sets its --bind. `access_log_format`: gunicorn's access-log format instead of its default."""
+    command = [
+        "finops.wsgi:application",
+        "--config",
+        "python:finops.gunicorn_conf",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--timeout",
+        "60",
+        "--graceful-timeout",
+        "30",
+        "--access-logfile",
+        "-",
+    ]  # fmt: skip
+    return command + (["--access-logformat", access_log_format] if access_log_format else [])
+
+
 class LiveServer:
     def __init__(self, log_dir: Path, command: list[str] | None = None, **env: str):
         """`command`: gunicorn's arguments instead of ours (e.g. docker-compose.yml's); its --bind is replaced."""
