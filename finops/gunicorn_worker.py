@@ -4,7 +4,7 @@ gunicorn's processes share one listening socket, and a keep-alive connection sta
 for as long as the client keeps it open. gthread accepts whenever a connection is waiting, however busy its threads
 are, so clients that connect together (a dashboard's, a proxy's upstream pool, a load test) mostly land on whichever
 process woke first and stay there: one process serves them on one core while the other idles. bench/api.py saw 49 of
-58 connections on one process of two; its `active` p95 was 179-183 ms, and 143 ms with both measures below.
+58 connections on one process of two; its `active` p95 was 179-183 ms, 141-182 ms with the measures below.
 
 - Each process publishes how many connections it holds in a table shared with its siblings (set up by
   finops/gunicorn_conf.py's pre_fork / child_exit hooks). A process that holds more than the least-loaded sibling,
@@ -43,7 +43,8 @@ def keepalive_requests() -> int:
 
 
 def accept_defer_seconds() -> float:
-    """How long a process whose threads are all busy leaves a new connection to the others (0: never)."""
+    """How long a process that holds more connections than a sibling, or whose threads are all busy, leaves a new
+    connection to the others before it accepts it itself (0: never)."""
     return _setting("WEB_ACCEPT_DEFER_MS", DEFAULT_ACCEPT_DEFER_MS, 1000) / 1000
 
 
