@@ -5,7 +5,9 @@ The task figures are read at each scrape (a few aggregate queries, one Redis rou
 workers: the ledger is already the record of every run, and one scrape sees all workers without
 Prometheus' multiprocess mode. HTTP figures are per web process (label `pid` is left to the scrape target).
 Access: `Authorization: Bearer $METRICS_TOKEN` when METRICS_TOKEN is set, otherwise loopback clients only
-(scrape through an internal port or a sidecar). Example alert rules: deploy/prometheus-alerts.yml.
+(scrape through an internal port or a sidecar) that came through no proxy: behind a reverse proxy on the same host
+every client's REMOTE_ADDR is loopback, so a request carrying a forwarding header, or any request once NUM_PROXIES
+says a proxy is in front, needs the token. Example alert rules: deploy/prometheus-alerts.yml.
 """
 
 import hmac
@@ -165,14 +167,27 @@ _registry.register(TaskSystemCollector())
 _registry.register(ReplicaCollector())
 
 
+# Set by a reverse proxy: a request carrying one came from elsewhere, whatever its REMOTE_ADDR.
+PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP", "HTTP_X_FORWARDED_HOST")
+
+
+def _local_client(request) -> bool:
+    """A client on this host talking to gunicorn directly (not a proxy relaying someone else)."""
+    if settings.REST_FRAMEWORK.get("NUM_PROXIES") is not None:
+        return False
+    if any(header in request.META for header in PROXY_HEADERS):
+        return False
+    return request.META.get("REMOTE_ADDR") in ("127.0.0.1", "::1")
+
+
 def metrics_view(request):
     token = settings.METRICS_TOKEN
     if token:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
             return HttpResponseForbidden("metrics: bearer token required\n")
-    elif request.META.get("REMOTE_ADDR") not in ("127.0.0.1", "::1"):
-        return HttpResponseForbidden("metrics: loopback only unless METRICS_TOKEN is set\n")
+    elif not _local_client(request):
+        return HttpResponseForbidden("metrics: loopback clients without a proxy only, unless METRICS_TOKEN is set\n")
     body = generate_latest(_registry) + generate_latest(REGISTRY)
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 

@@ -69,3 +69,22 @@ def test_metrics_are_refused_to_others_without_the_token(settings):
     assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 403
     ok = Client(REMOTE_ADDR="10.1.2.3").get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret")
     assert ok.status_code == 200 and b"finops_task_runs" in ok.content
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP", "HTTP_X_FORWARDED_HOST"],
+)
+def test_a_request_relayed_by_a_proxy_on_this_host_is_not_a_loopback_client(header):
+    # behind nginx on the same host every client's REMOTE_ADDR is 127.0.0.1; the proxy's header gives it away
+    relayed = Client(REMOTE_ADDR="127.0.0.1").get("/metrics", **{header: "203.0.113.7"})
+    assert relayed.status_code == 403
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 200
+
+
+def test_with_a_proxy_declared_only_the_token_opens_metrics(settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 403
+    settings.METRICS_TOKEN = "s3cret"
+    ok = Client(REMOTE_ADDR="127.0.0.1").get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret")
+    assert ok.status_code == 200
