@@ -120,10 +120,12 @@ def platform_probe(
     account_id: int | None = None,
     fail_while_flag: str | None = None,
     mark: str | None = None,
+    query: bool = False,
 ) -> dict:
     """A task whose failure and duration are controlled by its arguments, for drills and integration tests.
 
     fail_transient=N fails transiently on the first N attempts; sleep holds the worker that long;
+    query=True reads the database once after the sleep (a connection lost meanwhile surfaces there);
     account_id takes the per-account lock like the real tasks; fail_while_flag=F fails permanently
     while the Redis key finops:probe:flag:F exists (a fault an operator fixes, then replays);
     mark=M leaves countable side effects: each attempt's start time in finops:probe:M:attempts and,
@@ -146,6 +148,11 @@ def platform_probe(
         marks.rpush(f"finops:probe:{mark}:attempts", repr(started))
     if sleep:
         time.sleep(sleep)
+    if query:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
     if fail_permanent:
         raise PermanentError("probe asked to fail permanently")
     if fail_while_flag and redis_client().exists(f"finops:probe:flag:{fail_while_flag}"):
