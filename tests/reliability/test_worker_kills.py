@@ -5,7 +5,7 @@ Shown: every run ends SUCCESS; each probe's side effect happened exactly once (a
 when its work completed, kept in a Redis of its own); each sync's data equals its file; no dead letter (in
 particular none from a stale lock); every sync hit by a kill completed within 2 minutes of the kill.
 Timings are the production ones scaled down ~10x (stack.Stack.env). RELIABILITY_KILLS sets the number of
-kills (the issue asks 50 in all; the CI default is sized to the time budget).
+kills (50, the issue's figure, by default; about 5 minutes).
 """
 
 import os
@@ -20,11 +20,14 @@ from .stack import Driver
 
 pytestmark = pytest.mark.integration
 
-KILLS = int(os.environ.get("RELIABILITY_KILLS", "24"))
-KILL_EVERY = 4.0
+KILLS = int(os.environ.get("RELIABILITY_KILLS", "50"))
+KILL_EVERY = float(os.environ.get("RELIABILITY_KILL_EVERY", "3.0"))
 SYNC_ROWS = 150_000
 
 
+# ~5 s a kill (a kill needs a run in progress; a replaced worker takes a few seconds to start), then up to 150 s
+# for the runs to finish
+@pytest.mark.timeout(240 + KILLS * 8)
 def test_workers_killed_repeatedly_lose_nothing_and_do_nothing_twice(stack, focus_files):
     rng = random.Random(10)
     files = [focus_files(SYNC_ROWS, seed) for seed in (1, 2, 3)]
