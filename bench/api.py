@@ -13,7 +13,8 @@ measures three rounds, each during its own load of N tasks triggered through the
 - active:  `GET /api/v1/tasks/active` (the ledger and the workers' heartbeat snapshots), by all the clients;
 - live:    `GET /api/v1/tasks/active?live=true` (a broadcast to the workers, waiting for replies): the baseline.
 
-Each client sends its next request as soon as the previous one is answered. The last line is key=value.
+Each client sends its next request as soon as the previous one is answered. The last line is key=value; its
+`cpu_loop_ms` is one core's speed during the run (a fixed loop), to compare runs on different machines.
 """
 
 import argparse
@@ -77,6 +78,23 @@ def server_times(log_path: Path, offset: int, path_part: str) -> list[float]:
             if f" {path_part}" in line and line.rsplit(" ", 1)[-1].isdigit():
                 times.append(float(line.rsplit(" ", 1)[-1]))
     return times
+
+
+def cpu_loop_ms() -> float:
+    """One core's speed as this run found it: a fixed pure-Python loop, the best of three, in ms.
+
+    Machines of one kind differ, and one VM's speed drifts with its host's load without any `steal` showing (seen:
+    the same loop 2.5 s, then 3.2-3.5 s an hour later on an idle machine); closed-loop latencies scale with it, so a
+    p95 is read together with this figure.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(3_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -319,6 +337,7 @@ def main() -> None:
             CACHE_URL=env["CACHE_URL"],
         )
         token = server.token("bench-api", password)
+        loop_before = cpu_loop_ms()
         print(
             f"gunicorn {args.web_workers}x{args.web_threads} threads, worker prefork concurrency=2 on monitoring; "
             f"{args.clients} clients in {args.client_processes} processes (http.client keep-alive)"
@@ -350,6 +369,11 @@ def main() -> None:
                     f"  {kind}: server's own time p50 {percentile(served, 50):.0f} ms, "
                     f"p95 {percentile(served, 95):.0f} ms (gunicorn's access log); {cpu}"
                 )
+        loop_after = cpu_loop_ms()
+        print(
+            f"cpu loop (one core's speed, lower is faster): {loop_before:.0f} ms before the rounds, "
+            f"{loop_after:.0f} after"
+        )
     finally:
         if server is not None:
             server.stop()
@@ -364,6 +388,7 @@ def main() -> None:
         figures += f" live_tasks={min(args.tasks, args.live_tasks)}"
         if "active" in results:
             figures += f" active_vs_live_p95_ratio={results['active'][1] / results['live'][1]:.3f}"
+    figures += f" cpu_loop_ms={(loop_before + loop_after) / 2:.0f}"
     print(f"api tasks={args.tasks} clients={args.clients} client_processes={args.client_processes} {figures}")
 
 
