@@ -12,17 +12,11 @@ from django.db.models import Count
 from costs_app.models import CostLineItem
 from costs_app.services.ingest import focus_file_import
 from finops.errors import TransientError
+from tests.celery_procs import database_url
 from tests.costs_app.focus_lines import daily, days_before, write_focus
 from tests.factories import CloudAccountFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def database_url() -> str:
-    params = connection.get_connection_params()
-    return psycopg.conninfo.make_conninfo(
-        **{k: v for k, v in params.items() if k in ("host", "port", "user", "dbname", "password")}
-    )
 
 
 @pytest.fixture

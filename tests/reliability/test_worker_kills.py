@@ -21,7 +21,7 @@ from .stack import Driver
 pytestmark = pytest.mark.integration
 
 KILLS = int(os.environ.get("RELIABILITY_KILLS", "50"))
-KILL_EVERY = float(os.environ.get("RELIABILITY_KILL_EVERY", "3.0"))
+KILL_EVERY = 3.0
 SYNC_ROWS = 150_000
 
 

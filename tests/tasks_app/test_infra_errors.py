@@ -12,11 +12,11 @@ import time
 import psycopg
 import pytest
 from celery.exceptions import Retry
-from django.db import connection
 
 from tasks_app import platform
 from tasks_app.models import DeadLetter, RunState, TaskRun
 from tasks_app.tasks import platform_probe
+from tests.celery_procs import database_url
 from tests.reliability.stack import OwnRedis
 
 from .test_platform_ledger import deliver, enqueued
@@ -24,22 +24,11 @@ from .test_platform_ledger import deliver, enqueued
 pytestmark = pytest.mark.django_db(transaction=True)  # the task's own connection must be a real, separate one
 
 
-def conninfo() -> str:
-    params = connection.settings_dict
-    return psycopg.conninfo.make_conninfo(
-        dbname=params["NAME"],
-        user=params["USER"] or None,
-        host=params["HOST"] or None,
-        port=params["PORT"] or None,
-        password=params["PASSWORD"] or None,
-    )
-
-
 def when_started(run: TaskRun, fault, *, after: float = 0.3) -> threading.Thread:
     """Start a thread that waits until `run` is STARTED in the ledger, then `after` s more, then does `fault`."""
 
     def watch():
-        with psycopg.connect(conninfo(), autocommit=True) as watcher:
+        with psycopg.connect(database_url(), autocommit=True) as watcher:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 row = watcher.execute("SELECT state FROM tasks_app_taskrun WHERE id = %s", [run.id]).fetchone()
