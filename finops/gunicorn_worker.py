@@ -7,16 +7,18 @@ process woke first and stay there: one process serves them on one core while the
 58 connections on one process of two; its `active` p95 was 179-183 ms, 141-182 ms with the measures below.
 
 - Each process publishes how many connections it holds in a table shared with its siblings (set up by
-  finops/gunicorn_conf.py's pre_fork / child_exit hooks). A process that holds more than the least-loaded sibling,
-  or whose threads are all busy, waits WEB_ACCEPT_DEFER_MS before it accepts, so a process with fewer connections
-  or a free thread takes the connection first; when none does, it is accepted all the same (never refused, never
-  left waiting longer).
+  finops/gunicorn_conf.py's pre_fork / child_exit hooks). A process whose threads are all busy waits
+  WEB_ACCEPT_DEFER_MS before it accepts; one that holds more than the least-loaded sibling waits that long for each
+  connection it is ahead by, up to DEFER_STEPS times (on a loaded machine a sibling may need more than one step to
+  be scheduled: one step alone had let 33/15 connections through). It stops waiting as soon as a sibling took the
+  connection; when none does, it accepts it all the same (never refused, never left waiting longer).
 - Like nginx's `keepalive_requests`, the WEB_KEEPALIVE_REQUESTS-th request of a connection is answered with
   `Connection: close`. The client opens a new connection, which the rule above gives to the process with the fewest,
   so a lasting imbalance (after a restart, or a burst while every process was busy) evens out. 0: no cap.
 """
 
 import os
+import select
 import time
 from multiprocessing import sharedctypes
 
@@ -24,6 +26,8 @@ from gunicorn.workers import gthread
 
 DEFAULT_KEEPALIVE_REQUESTS = 100
 DEFAULT_ACCEPT_DEFER_MS = 10
+# The most steps of WEB_ACCEPT_DEFER_MS a process that holds more connections than a sibling leaves a new one to it.
+DEFER_STEPS = 4
 
 
 def _setting(name: str, default: int, maximum: int) -> int:
@@ -84,19 +88,25 @@ class ThreadWorker(gthread.ThreadWorker):
         if slot is not None:
             _connections[slot] = max(self.nr_conns, 0)
 
-    def _should_defer(self) -> bool:
+    def _defer_steps(self) -> int:
+        """How many steps of accept_defer to leave a waiting connection to the siblings: one when every thread is
+        busy, one per connection this process is ahead of the least-loaded sibling (at most DEFER_STEPS)."""
         # self.futures: the requests handed to the pool and not yet collected by the main loop (queued or running).
-        if len(self.futures) >= self.cfg.threads:
-            return True
+        busy = 1 if len(self.futures) >= self.cfg.threads else 0
         slot = getattr(self, "balance_slot", None)
         if slot is None:
-            return False
+            return busy
         others = [n for i, n in enumerate(_connections) if i != slot and n >= 0]
-        return bool(others) and self.nr_conns > min(others)
+        ahead = self.nr_conns - min(others) if others else 0
+        return max(busy, min(ahead, DEFER_STEPS))
 
     def accept(self, server, listener):
-        if self.accept_defer and self._should_defer():
-            time.sleep(self.accept_defer)  # the main thread only waits; this process's requests run meanwhile
+        if self.accept_defer:
+            # the main thread only waits; this process's requests run meanwhile
+            for _ in range(self._defer_steps()):
+                time.sleep(self.accept_defer)
+                if not select.select([listener], [], [], 0)[0]:
+                    return  # a sibling took it (or the client gave up): nothing to accept
         super().accept(server, listener)  # non-blocking: when another process took the connection, nothing happens
         self._publish()
 
