@@ -342,6 +342,10 @@ BEAT_HEARTBEAT_MAX_AGE = env.int("BEAT_HEARTBEAT_MAX_AGE", default=120)
 # within about one lease, and the frozen one's late result is refused (fencing).
 TASK_CLAIM_LEASE = env.int("TASK_CLAIM_LEASE", default=60)
 TASK_CLAIM_RENEW = env.float("TASK_CLAIM_RENEW", default=20.0)
+# A run whose lock (per account) is held by a live run waits for it this long in all, looking again at growing
+# intervals (at most 60 s) without spending TASK_MAX_RETRIES: by default a holder's longest life, its hard time
+# limit plus one claim lease. Past it the run fails, naming the lock.
+TASK_LOCK_WAIT = env.int("TASK_LOCK_WAIT", default=CELERY_TASK_TIME_LIMIT + TASK_CLAIM_LEASE)
 # A message a worker took (prefetch, or a retry's countdown) but did not start this long after it was due: the
 # worker died holding it, and the reconciler publishes the run again (the ledger claim drops a duplicate).
 TASK_UNACKED_GRACE = env.int("TASK_UNACKED_GRACE", default=120)

@@ -18,6 +18,7 @@ import time
 import traceback
 import uuid
 from datetime import datetime
+from typing import NoReturn
 
 import psycopg
 import redis
@@ -70,6 +71,15 @@ INFRA_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
 )
+
+
+class LockHeld(TransientError):
+    """The run's lock is held by a live holder: the run waits for it (TASK_LOCK_WAIT s in all), retrying without
+    spending TASK_MAX_RETRIES, which are for errors."""
+
+
+# The longest countdown between two looks at a held lock (the waits grow like the retry backoff up to this).
+LOCK_POLL_MAX = 60.0
 
 
 class Fenced(Exception):
@@ -192,12 +202,12 @@ class RunLock:
             with contextlib.suppress(redis.RedisError):
                 holder = parse_lock_value(client.get(self.key))
             alive = f" (run {holder['run']}, alive)" if holder else ""
-            raise TransientError(f"another run holds the lock {self.name}{alive}")
+            raise LockHeld(f"another run holds the lock {self.name}{alive}")
         self.held = True
         older = self._older_live_run()
         if older is not None:
             self.release()
-            raise TransientError(f"another run holds the lock {self.name} (run {older}, per the ledger)")
+            raise LockHeld(f"another run holds the lock {self.name} (run {older}, per the ledger)")
 
     def _take_over_dead_holder(self, client) -> bool:
         raw = client.get(self.key)
@@ -492,32 +502,21 @@ class FinOpsTask(Task):
         if isinstance(exc, (TransientError, *INFRA_ERRORS)):
             reason = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}".strip()
             reason = reason.splitlines()[0] if reason else type(exc).__name__
-            if request.retries < settings.TASK_MAX_RETRIES:
-                countdown = self._backoff(request.retries)
-                recorded = patiently(
-                    lambda: ledger.mark_retry(
-                        run_id=run_id,
-                        retries=request.retries + 1,
-                        error=reason,
-                        error_type=type(exc).__name__,
-                        countdown=countdown,
-                        claimed_at=claimed_at,
-                    ),
-                    what="retry",
-                )
-                if not recorded:  # cancelled or taken over meanwhile: nothing of ours to retry
-                    logger.warning("%s: run %s no longer ours, not retried: %s", self.name, run_id, reason)
-                    raise Ignore() from exc
-                logger.warning(
-                    "%s: transient error, retry %d in %ss: %s", self.name, request.retries + 1, countdown, reason
-                )
-                raise self.retry(
-                    exc=exc,
-                    countdown=countdown,
-                    max_retries=settings.TASK_MAX_RETRIES,
-                    headers={correlation.TASK_HEADER: correlation.get(), "run_id": str(run_id)},
-                ) from exc
-            self._fail(run_id, exc, f"gave up after {request.retries} retries: {reason}", claimed_at=claimed_at)
+            # request.retries counts every retry; the ones spent waiting for a lock are not errors.
+            lock_waits = min(_int_header(request, "lock_waits"), request.retries)
+            if isinstance(exc, LockHeld):
+                since = _float_header(request, "lock_wait_since") or time.time()
+                waited = time.time() - since
+                if waited < settings.TASK_LOCK_WAIT:
+                    countdown = min(self._backoff(lock_waits), LOCK_POLL_MAX, settings.TASK_LOCK_WAIT - waited)
+                    self._retry(run_id, claimed_at, exc, reason, countdown, lock_waits + 1, since)
+                message = f"gave up after waiting {waited:.0f} s (TASK_LOCK_WAIT) for the lock: {reason}"
+                self._fail(run_id, exc, message, claimed_at=claimed_at)
+            else:
+                attempts = request.retries - lock_waits
+                if attempts < settings.TASK_MAX_RETRIES:
+                    self._retry(run_id, claimed_at, exc, reason, self._backoff(attempts), lock_waits, None)
+                self._fail(run_id, exc, f"gave up after {attempts} retries: {reason}", claimed_at=claimed_at)
         elif isinstance(exc, SoftTimeLimitExceeded):
             limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
             message = f"stopped at the soft time limit of {limit} s; work done so far was rolled back"
@@ -528,6 +527,30 @@ class FinOpsTask(Task):
             # The message for users, the traceback apart (platform admins and the logs only).
             self._fail(run_id, exc, f"{type(exc).__name__}: {exc}", tb=_format(exc), claimed_at=claimed_at)
         raise exc
+
+    def _retry(self, run_id, claimed_at, exc, reason: str, countdown: float, lock_waits: int, lock_since) -> NoReturn:
+        """Record the retry in the ledger and hand the run back to the broker for `countdown` s (raises Retry)."""
+        request = self.request
+        recorded = patiently(
+            lambda: ledger.mark_retry(
+                run_id=run_id,
+                retries=request.retries + 1,
+                error=reason,
+                error_type=type(exc).__name__,
+                countdown=countdown,
+                claimed_at=claimed_at,
+            ),
+            what="retry",
+        )
+        if not recorded:  # cancelled or taken over meanwhile: nothing of ours to retry
+            logger.warning("%s: run %s no longer ours, not retried: %s", self.name, run_id, reason)
+            raise Ignore() from exc
+        what = "waiting for its lock" if lock_since is not None else "transient error"
+        logger.warning("%s: %s, retry %d in %.1fs: %s", self.name, what, request.retries + 1, countdown, reason)
+        headers = {correlation.TASK_HEADER: correlation.get(), "run_id": str(run_id), "lock_waits": lock_waits}
+        if lock_since is not None:
+            headers["lock_wait_since"] = lock_since
+        raise self.retry(exc=exc, countdown=countdown, max_retries=None, headers=headers) from exc
 
     def _fail(
         self, run_id, exc: BaseException, message: str, tb: str = "", *, claimed_at: datetime | None = None
@@ -566,6 +589,22 @@ def _header(request, key: str):
     if value is None and isinstance(request.headers, dict):
         value = request.headers.get(key)
     return value
+
+
+def _int_header(request, key: str) -> int:
+    """A count this platform put in the message's headers; 0 when absent or not a count (a republished message)."""
+    try:
+        return max(int(_header(request, key) or 0), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float_header(request, key: str) -> float | None:
+    try:
+        value = _header(request, key)
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 # What each worker executes and holds, written at every worker heartbeat (2 s) and read by GET /tasks/active

@@ -18,7 +18,6 @@ from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from finops.errors import TransientError
 from tasks_app.models import DeadLetter, RunState, TaskRun, TriggerKind
 from tasks_app.services.runs import dead_letter_replay, run_cancel, task_enqueue
 from tasks_app.tasks import reconcile_task_runs
@@ -323,16 +322,50 @@ def test_runs_for_different_accounts_run_side_by_side(broker, workers):
     assert spans[0][1] > spans[1][0], spans
 
 
-def test_a_held_account_lock_makes_a_real_task_retry_not_overlap(broker, workers):
-    # given: another run holds sync_provider_cost_data's lock for account 7 (the key the platform uses)
-    worker = workers(env=child_env(TASK_RETRY_BACKOFF_BASE="0.3", TASK_MAX_RETRIES="1"))
+def test_a_run_waits_out_a_live_holder_without_spending_its_retries_on_the_wait(broker, workers):
+    # given: one retry for errors (TASK_MAX_RETRIES=1), looks at a held lock 0.3, 0.6, 1.2 ... s apart, and a run of
+    # account 43 holding the lock for 6 s: longer than one retry's wait (before: FAILURE "gave up after 1 retries:
+    # another run holds the lock", and a sync overlapping a 30-minute one failed after 7 minutes)
+    workers(concurrency=2, env=child_env(TASK_RETRY_BACKOFF_BASE="0.3", TASK_MAX_RETRIES="1"))
+    holder = enqueue_probe(account_id=43, sleep=6, mark="holder")
+    run_in_state(holder, RunState.STARTED, timeout=40)
+    # when: two more runs of account 43 come, one that works and one whose work fails transiently every time
+    waiter = enqueue_probe(account_id=43, mark="waiter")
+    failing = enqueue_probe(account_id=43, fail_transient=99, mark="failing")
+    finished = [run_in_state(run, RunState.SUCCESS, RunState.FAILURE, timeout=90) for run in (holder, waiter, failing)]
+    # then: the waiter waited (more retries than TASK_MAX_RETRIES, all spent on the lock) and succeeded after the
+    # holder's work; the failing one also got the lock, and its errors still had their one retry: two attempts of
+    # its work, then FAILURE for its own error, not for the lock
+    assert [run.state for run in finished] == [RunState.SUCCESS, RunState.SUCCESS, RunState.FAILURE], [
+        (run.state, run.error) for run in finished
+    ]
+    assert finished[1].retries > 1
+    (held,) = [json.loads(span) for span in broker.lrange("finops:probe:holder:spans", 0, -1)]
+    (waited,) = [json.loads(span) for span in broker.lrange("finops:probe:waiter:spans", 0, -1)]
+    assert held[1] <= waited[0], (held, waited)
+    assert len(attempts(broker, "failing")) == 2
+    assert min(attempts(broker, "failing")) >= held[1]
+    assert finished[2].error.startswith("gave up after 1 retries: probe transient failure"), finished[2].error
+    assert finished[2].retries > 1  # its lock waits besides
+    assert DeadLetter.objects.filter(run_id=finished[2].id).exists()
+    assert not DeadLetter.objects.filter(run_id__in=[holder.id, waiter.id]).exists()
+
+
+def test_a_held_account_lock_is_waited_for_up_to_task_lock_wait_and_never_overlapped(broker, workers):
+    # given: another run holds sync_provider_cost_data's lock for account 7 (the key the platform uses), longer than
+    # the run will wait (TASK_LOCK_WAIT=3 s)
+    worker = workers(env=child_env(TASK_RETRY_BACKOFF_BASE="0.3", TASK_MAX_RETRIES="1", TASK_LOCK_WAIT="3"))
     broker.set("finops:lock:sync_provider_cost_data:account_id:7", "held-by-another-run", ex=60)
     # when
     run = task_enqueue(task_name="sync_provider_cost_data", kwargs={"account_id": 7}, triggered_by=TriggerKind.COMMAND)
     failed = run_in_state(run, RunState.FAILURE, RunState.SUCCESS)
-    # then: the contention is transient (retried), and the holder's lock was not touched
-    assert failed.retries == 1
-    assert failed.error_type == TransientError.__name__
-    assert "another run holds the lock sync_provider_cost_data:account_id:7" in failed.error
-    assert worker.log.count("another run holds the lock sync_provider_cost_data:account_id:7") >= 2
+    # then: the contention is waited for (looked at again and again, past TASK_MAX_RETRIES), then the run fails
+    # naming the lock and the wait, and the holder's lock was not touched
+    assert failed.retries >= 3
+    assert failed.error_type == "LockHeld"
+    assert failed.error.startswith("gave up after waiting "), failed.error
+    assert "(TASK_LOCK_WAIT) for the lock: another run holds the lock sync_provider_cost_data:account_id:7" in (
+        failed.error
+    )
+    assert worker.log.count("waiting for its lock") >= 3
     assert broker.get("finops:lock:sync_provider_cost_data:account_id:7") == b"held-by-another-run"
