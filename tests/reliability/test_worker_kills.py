@@ -56,9 +56,8 @@ def test_workers_killed_repeatedly_lose_nothing_and_do_nothing_twice(stack, focu
                 mark = f"p{len(probes)}"
                 kwargs = {"sleep": round(rng.uniform(0.1, 1.2), 2), "mark": mark}
                 if rng.random() < 0.3:  # under a lock of their own (contention with syncs is not the point here)
-                    # spread over 30 accounts: over 10, two runs retrying in step lost the lock four times running
-                    # to other live holders and gave up (TASK_MAX_RETRIES) once in a CI run; contention itself is
-                    # tests/integration/test_reliability.py's subject, not this drill's
+                    # spread over 30 accounts, so that waits for a live holder (which spend no retries, up to
+                    # TASK_LOCK_WAIT) stay short; contention itself is tests/integration/test_reliability.py's subject
                     kwargs["account_id"] = 900 + rng.randrange(30)
                 driver("enqueue", task="platform_probe", kwargs=kwargs)
                 probes.append(mark)
