@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -383,7 +384,10 @@ def unpublished_runs_republish(*, now: datetime) -> int:
     It happens when a process dies between writing the run and publishing it (a reconciler's requeue, an
     enqueue), or a worker dies between taking a message and recording it as unacknowledged. Runs queued
     for TASK_UNACKED_GRACE s are looked up in the broker; the ledger claim drops a duplicate should a message
-    have been in flight meanwhile.
+    have been in flight meanwhile. An unacknowledged copy delivered before the run was last queued is an
+    earlier delivery's (a dead worker's, kept until the visibility timeout), not the message the run waits
+    for: the worker-kill drill once saw a requeued run's new message lost in a killed worker's hands while
+    the old copy, still in `unacked`, made it look present, and the run stayed QUEUED.
     """
     from ..platform import redis_client
 
@@ -394,22 +398,25 @@ def unpublished_runs_republish(*, now: datetime) -> int:
     if not candidates:
         return 0
     client = redis_client()
-    present: set[str] = set()
+    # task id -> when its latest copy reached a worker (unacked_index's score), or +inf while in its queue
+    present: dict[str, float] = {}
     # unacked holds [message, exchange, routing key]; a queue holds bare messages
-    held = [(raw, True) for raw in client.hvals("unacked")]
+    delivered_at = {_text(tag): score for tag, score in client.zrange("unacked_index", 0, -1, withscores=True)}
+    held = [(raw, delivered_at.get(_text(tag), 0.0)) for tag, raw in client.hgetall("unacked").items()]
     for queue in {run.queue for run in candidates}:
         if client.llen(queue) > UNPUBLISHED_SCAN_LIMIT:
             return 0
-        held += [(raw, False) for raw in client.lrange(queue, 0, -1)]
-    for raw, wrapped in held:
+        held += [(raw, None) for raw in client.lrange(queue, 0, -1)]
+    for raw, delivered in held:
         try:
             message = json.loads(raw)
-            present.add((message[0] if wrapped else message)["headers"]["id"])
+            task_id = (message if delivered is None else message[0])["headers"]["id"]
         except (TypeError, ValueError, KeyError, IndexError):
             continue
+        present[task_id] = max(present.get(task_id, 0.0), math.inf if delivered is None else delivered)
     republished = 0
     for run in candidates:
-        if run.celery_task_id in present:
+        if present.get(run.celery_task_id, -1.0) >= run.enqueued_at.timestamp():
             continue
         updated = TaskRun.objects.filter(id=run.id, state=RunState.QUEUED, enqueued_at=run.enqueued_at).update(
             enqueued_at=now, redeliveries=run.redeliveries + 1
@@ -421,6 +428,10 @@ def unpublished_runs_republish(*, now: datetime) -> int:
             _publish(run)
             republished += 1
     return republished
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> ReconcileResult:

@@ -229,3 +229,38 @@ def test_a_queued_run_whose_message_waits_in_the_broker_is_not_published_twice(b
     # then
     assert result.republished == 0
     assert [h["id"] for h in published(broker)] == [waiting.celery_task_id]
+
+
+def held_by_a_worker(broker, run: TaskRun, *, delivered_at: float) -> None:
+    """What kombu writes when a worker takes a message: the message under a delivery tag in `unacked`, and the
+    time it was delivered in `unacked_index` (kombu.transport.redis.QoS.append)."""
+    tag = str(uuid.uuid4())
+    message = {"headers": {"id": run.celery_task_id, "task": run.task_name}, "body": "", "properties": {}}
+    broker.hset("unacked", tag, json.dumps([message, "", run.queue]))
+    broker.zadd("unacked_index", {tag: delivered_at})
+
+
+def test_a_requeued_run_whose_new_message_was_lost_is_not_hidden_by_an_earlier_copy(broker):
+    # given: a run queued again a while ago (its claim's worker died), whose new message never reached a worker
+    # that lived to record it; a dead worker's copy of its earlier delivery is still unacknowledged in the broker
+    # (seen in the worker-kill drill: the run stayed QUEUED until the queued lease, hours)
+    run = make_run(RunState.QUEUED, age=settings.TASK_UNACKED_GRACE + 10, redeliveries=1)
+    held_by_a_worker(broker, run, delivered_at=run.enqueued_at.timestamp() - 5)
+    # when
+    result = runs_reconcile(now=timezone.now())
+    # then: the earlier copy does not count, the run is published again
+    assert result.republished == 1
+    assert [h["id"] for h in published(broker)] == [run.celery_task_id]
+    assert TaskRun.objects.get(id=run.id).redeliveries == 2
+
+
+def test_a_run_whose_message_a_live_worker_holds_since_its_enqueue_is_not_published_twice(broker):
+    # given: the same, but the copy in `unacked` was delivered after the run was queued (a worker holds it in its
+    # prefetch; the stranded-message rule, not this one, decides once TASK_UNACKED_GRACE has passed since delivery)
+    run = make_run(RunState.QUEUED, age=settings.TASK_UNACKED_GRACE + 10)
+    held_by_a_worker(broker, run, delivered_at=timezone.now().timestamp() - 1)
+    # when
+    result = runs_reconcile(now=timezone.now())
+    # then
+    assert result.republished == 0
+    assert published(broker) == []
