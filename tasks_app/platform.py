@@ -13,6 +13,7 @@ Tasks themselves stay thin (see tasks_app/tasks.py); they subclass nothing and d
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 import traceback
@@ -503,9 +504,9 @@ class FinOpsTask(Task):
             reason = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}".strip()
             reason = reason.splitlines()[0] if reason else type(exc).__name__
             # request.retries counts every retry; the ones spent waiting for a lock are not errors.
-            lock_waits = min(_int_header(request, "lock_waits"), request.retries)
+            lock_waits = min(max(int(_number_header(request, "lock_waits") or 0), 0), request.retries)
             if isinstance(exc, LockHeld):
-                since = _float_header(request, "lock_wait_since") or time.time()
+                since = _number_header(request, "lock_wait_since") or time.time()
                 waited = time.time() - since
                 if waited < settings.TASK_LOCK_WAIT:
                     countdown = min(self._backoff(lock_waits), LOCK_POLL_MAX, settings.TASK_LOCK_WAIT - waited)
@@ -591,20 +592,13 @@ def _header(request, key: str):
     return value
 
 
-def _int_header(request, key: str) -> int:
-    """A count this platform put in the message's headers; 0 when absent or not a count (a republished message)."""
+def _number_header(request, key: str) -> float | None:
+    """A number this platform put in the message's headers; None when absent (a republished message) or not one."""
     try:
-        return max(int(_header(request, key) or 0), 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _float_header(request, key: str) -> float | None:
-    try:
-        value = _header(request, key)
-        return float(value) if value is not None else None
+        value = float(_header(request, key))
     except (TypeError, ValueError):
         return None
+    return value if math.isfinite(value) else None
 
 
 # What each worker executes and holds, written at every worker heartbeat (2 s) and read by GET /tasks/active

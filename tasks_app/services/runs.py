@@ -338,21 +338,15 @@ def stranded_runs_republish(*, now: datetime) -> int:
     """
     from ..platform import redis_client
 
-    client = redis_client()
     cutoff = now.timestamp() - settings.TASK_UNACKED_GRACE
-    tags = client.zrangebyscore("unacked_index", "-inf", cutoff, start=0, num=1000, withscores=True)
-    if not tags:
-        return 0
     delivered: dict[str, float] = {}
-    for (_tag, score), raw in zip(tags, client.hmget("unacked", [tag for tag, _ in tags]), strict=True):
-        try:
-            headers = json.loads(raw)[0]["headers"]
-        except (TypeError, ValueError, KeyError, IndexError):
-            continue
+    for headers, score in _unacked(redis_client(), delivered_before=cutoff, limit=1000):
         eta = headers.get("eta")
         if eta and datetime.fromisoformat(eta).timestamp() > cutoff:
             continue  # a countdown still running (or just over): the worker holds it on purpose
         delivered[headers.get("id")] = score
+    if not delivered:
+        return 0
     republished = 0
     waiting = TaskRun.objects.filter(celery_task_id__in=list(delivered), state__in=(RunState.QUEUED, RunState.RETRY))
     for run in waiting:
@@ -398,22 +392,18 @@ def unpublished_runs_republish(*, now: datetime) -> int:
     if not candidates:
         return 0
     client = redis_client()
-    # task id -> when its latest copy reached a worker (unacked_index's score), or +inf while in its queue
+    # task id -> when its latest copy reached a worker, or +inf while one waits in its queue
     present: dict[str, float] = {}
-    # unacked holds [message, exchange, routing key]; a queue holds bare messages
-    delivered_at = {_text(tag): score for tag, score in client.zrange("unacked_index", 0, -1, withscores=True)}
-    held = [(raw, delivered_at.get(_text(tag), 0.0)) for tag, raw in client.hgetall("unacked").items()]
+    for headers, delivered in _unacked(client):
+        present[headers.get("id")] = max(present.get(headers.get("id"), 0.0), delivered)
     for queue in {run.queue for run in candidates}:
         if client.llen(queue) > UNPUBLISHED_SCAN_LIMIT:
             return 0
-        held += [(raw, None) for raw in client.lrange(queue, 0, -1)]
-    for raw, delivered in held:
-        try:
-            message = json.loads(raw)
-            task_id = (message if delivered is None else message[0])["headers"]["id"]
-        except (TypeError, ValueError, KeyError, IndexError):
-            continue
-        present[task_id] = max(present.get(task_id, 0.0), math.inf if delivered is None else delivered)
+        for raw in client.lrange(queue, 0, -1):
+            try:
+                present[json.loads(raw)["headers"]["id"]] = math.inf
+            except (TypeError, ValueError, KeyError):
+                continue
     republished = 0
     for run in candidates:
         if present.get(run.celery_task_id, -1.0) >= run.enqueued_at.timestamp():
@@ -430,8 +420,23 @@ def unpublished_runs_republish(*, now: datetime) -> int:
     return republished
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _unacked(client, *, delivered_before: float | str = "+inf", limit: int | None = None) -> list[tuple[dict, float]]:
+    """The messages workers took and have not acknowledged, oldest first: (headers, when delivered).
+
+    kombu's Redis transport keeps each as [message, exchange, routing key] in the `unacked` hash under its
+    delivery tag, and the time it was delivered in the `unacked_index` sorted set.
+    """
+    page = {"start": 0, "num": limit} if limit else {}
+    tags = client.zrangebyscore("unacked_index", "-inf", delivered_before, withscores=True, **page)
+    if not tags:
+        return []
+    copies = []
+    for (_tag, delivered), raw in zip(tags, client.hmget("unacked", [tag for tag, _ in tags]), strict=True):
+        try:
+            copies.append((json.loads(raw)[0]["headers"], delivered))
+        except (TypeError, ValueError, KeyError, IndexError):  # acknowledged meanwhile, or not kombu's
+            continue
+    return copies
 
 
 def runs_reconcile(*, now: datetime, workers: set[str] | None = None) -> ReconcileResult:
